@@ -1,0 +1,8 @@
+"""Double-Batch K-SVD sparse dictionary learning for scikit-learn."""
+
+from ._dbksvd import DBKSVDDictionaryLearning
+from ._encode import sparse_encode_mp
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["DBKSVDDictionaryLearning", "__version__", "sparse_encode_mp"]

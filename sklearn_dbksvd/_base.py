@@ -1,0 +1,402 @@
+"""Shared base of the DB-KSVD estimators: parameters, fit loop, transform."""
+
+import math
+import time
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.decomposition import sparse_encode
+from sklearn.utils import check_random_state, gen_even_slices
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ._encode import _mp_encode, selections_to_csr
+from ._progress import ProgressReporter
+from .datasets import uniform_atoms
+from .metrics import _variance_explained_of_residual
+
+_SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
+_FLOAT_DTYPES = [np.float64, np.float32]
+
+
+class _SmoothedError:
+    """Early stopping on the exponentially smoothed batch relative error.
+
+    As in ``MiniBatchDictionaryLearning``, the weight of a new batch is its
+    share of the data, and fitting stops after ``patience`` steps in a row
+    without a relative improvement larger than ``tol``.
+    """
+
+    def __init__(self, tol, patience, batch_weight):
+        self.tol, self.patience, self.batch_weight = tol, patience, batch_weight
+        self.smoothed = self.best = None
+        self.stale_steps = 0
+
+    def should_stop(self, error):
+        if self.smoothed is None:
+            self.smoothed = error
+        else:
+            w = self.batch_weight
+            self.smoothed = (1 - w) * self.smoothed + w * error
+        if self.best is None or self.smoothed < self.best * (1 - self.tol):
+            self.best = self.smoothed
+            self.stale_steps = 0
+        else:
+            self.stale_steps += 1
+        return self.patience is not None and self.stale_steps >= self.patience
+
+
+class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Fit loop, sparse coding and scoring shared by the DB-KSVD estimators.
+
+    Subclasses implement ``_step(X_batch, components, random_state, replace)``
+    returning the new components and a dict of the step's metrics.
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left"), None],
+        "n_nonzero_coefs": [Interval(Integral, 1, None, closed="left"), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_steps": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [
+            Interval(Integral, 1, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
+        "fit_algorithm": [StrOptions({"mp", "omp"})],
+        "dict_update": [StrOptions({"ksvd", "approx"})],
+        "update_batch_size": [
+            Interval(Integral, 1, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
+        "transform_algorithm": [StrOptions({"mp"} | _SKLEARN_CODERS)],
+        "transform_n_nonzero_coefs": [Interval(Integral, 1, None, closed="left"), None],
+        "transform_alpha": [Interval(Real, 0, None, closed="left"), None],
+        "transform_max_iter": [Interval(Integral, 0, None, closed="left")],
+        "positive_code": ["boolean"],
+        "dict_init": ["array-like", None],
+        "init": [StrOptions({"auto", "uniform", "samples"})],
+        "shuffle": ["boolean"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
+        "replace_min_usage": [Interval(Real, 0, None, closed="left")],
+        "replace_coherence": [Interval(Real, 0, 1, closed="both")],
+        "replace_until": [Interval(Real, 0, 1, closed="both")],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "callback": [callable, None],
+    }
+
+    # ------------------------------------------------------------------
+    # Resolving defaults
+    # ------------------------------------------------------------------
+    def _resolved_n_components(self, n_features):
+        return n_features if self.n_components is None else self.n_components
+
+    def _resolved_n_nonzero_coefs(self, n_features, n_components):
+        if self.n_nonzero_coefs is None:
+            # scikit-learn's OMP default, capped so that it is always valid.
+            return min(max(1, n_features // 10), n_components)
+        if self.n_nonzero_coefs > n_components:
+            raise ValueError(
+                f"n_nonzero_coefs={self.n_nonzero_coefs} exceeds "
+                f"n_components={n_components}: a code cannot use more atoms "
+                "than the dictionary has."
+            )
+        return self.n_nonzero_coefs
+
+    def _resolved_batch_size(self, n_samples, n_features):
+        if self.batch_size == "auto":
+            # The paper wants 10-100x n_features samples per step.
+            return min(n_samples, max(4096, 32 * n_features))
+        return min(self.batch_size, n_samples)
+
+    def _resolved_update_batch_size(self, n_components):
+        if self.update_batch_size == "auto":
+            # Part of the algorithm, not of the machine: 16 atoms from one
+            # snapshot barely changes convergence (paper 4.1) and gives
+            # threads enough independent work.
+            return min(16, n_components)
+        return self.update_batch_size
+
+    def _check_settings(self, n_features):
+        """Resolve and cross-check parameters that depend on the data shape."""
+        n_components = self._resolved_n_components(n_features)
+        k = self._resolved_n_nonzero_coefs(n_features, n_components)
+        if self.positive_code and self.fit_algorithm == "omp":
+            raise ValueError(
+                "positive_code=True needs fit_algorithm='mp'; scikit-learn's OMP "
+                "has no positive constraint."
+            )
+        if self.dict_init is not None:
+            shape = np.shape(self.dict_init)
+            if shape != (n_components, n_features):
+                raise ValueError(
+                    f"dict_init has shape {shape}; expected (n_components, "
+                    f"n_features) = ({n_components}, {n_features})."
+                )
+        return n_components, k
+
+    # ------------------------------------------------------------------
+    # Initialisation
+    # ------------------------------------------------------------------
+    def _initial_components(self, X_batch, n_components, random_state):
+        dtype = X_batch.dtype
+        if self.dict_init is not None:
+            atoms = check_array(self.dict_init, dtype=dtype, copy=True)
+            norms = np.linalg.norm(atoms, axis=1, keepdims=True)
+            if np.any(norms == 0):
+                raise ValueError("dict_init has an all-zero atom; it has no direction.")
+            return atoms / norms
+        atoms = uniform_atoms(n_components, X_batch.shape[1], random_state, dtype)
+        init = "samples" if self.init == "auto" else self.init
+        if init == "samples":
+            norms = np.linalg.norm(X_batch, axis=1)
+            candidates = np.flatnonzero(norms > 0)
+            chosen = random_state.permutation(candidates)[:n_components]
+            # Without enough nonzero samples the remaining atoms stay uniform.
+            atoms[: len(chosen)] = X_batch[chosen] / norms[chosen, None]
+        return atoms
+
+    # ------------------------------------------------------------------
+    # Fitting
+    # ------------------------------------------------------------------
+    def _validate_fit_data(self, X, reset):
+        return validate_data(self, X, dtype=_FLOAT_DTYPES, reset=reset)
+
+    def _run_steps(self, X, components, random_state, batches, n_steps, batch_weight):
+        """Run DB-KSVD steps over ``batches``; the state is set by the caller."""
+        history = []
+        stopper = _SmoothedError(self.tol, self.max_no_improvement, batch_weight)
+        seen = 0
+        last_replacing_step = self.replace_until * n_steps
+        with ProgressReporter(n_steps, verbose=self.verbose) as progress:
+            for step, batch in enumerate(batches):
+                tic = time.perf_counter()
+                components, info = self._step(
+                    X[batch], components, random_state, step < last_replacing_step
+                )
+                seen += len(batch)
+                info = {
+                    "step": step,
+                    **info,
+                    "seconds": time.perf_counter() - tic,
+                    "n_samples_seen": seen,
+                }
+                history.append(info)
+                progress.update(info)
+                stop = self.callback is not None and self.callback(info) is True
+                if stop or stopper.should_stop(info["relative_error"]):
+                    break
+        return components, history
+
+    def _batches(self, n_samples, batch_size, random_state):
+        """Yield sorted sample indices of each step: epochs of even batches."""
+        n_batches = math.ceil(n_samples / batch_size)
+        for _ in range(self.max_iter):
+            order = (
+                random_state.permutation(n_samples)
+                if self.shuffle
+                else np.arange(n_samples)
+            )
+            for part in gen_even_slices(n_samples, n_batches):
+                # Sorted: same batch, friendlier reads from memory-mapped data.
+                yield np.sort(order[part])
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the dictionary from ``X``.
+
+        Runs DB-KSVD steps on shuffled batches of ``batch_size`` samples for
+        ``max_iter`` epochs, at most ``max_steps`` steps, or until early
+        stopping.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        X = self._validate_fit_data(X, reset=True)
+        n_samples, n_features = X.shape
+        n_components, _ = self._check_settings(n_features)
+        batch_size = self._resolved_batch_size(n_samples, n_features)
+        n_batches = math.ceil(n_samples / batch_size)
+        n_steps = self.max_iter * n_batches
+        if self.max_steps is not None:
+            n_steps = min(n_steps, self.max_steps)
+        random_state = check_random_state(self.random_state)
+        batches = self._batches(n_samples, batch_size, random_state)
+        first = next(batches)
+        components = self._initial_components(X[first], n_components, random_state)
+
+        def all_batches():
+            yield first
+            for _, batch in zip(range(n_steps - 1), batches):
+                yield batch
+
+        components, history = self._run_steps(
+            X, components, random_state, all_batches(), n_steps, batch_size / n_samples
+        )
+        self.components_ = components
+        self.n_steps_ = len(history)
+        self.n_iter_ = math.ceil(self.n_steps_ / n_batches)
+        self.n_samples_seen_ = history[-1]["n_samples_seen"]
+        self.history_ = history
+        self._random_state = random_state
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Run one DB-KSVD step on ``X`` as one batch (outer batching).
+
+        The first call initialises the dictionary from ``X`` (or
+        ``dict_init``). A call that fails leaves the fitted state unchanged.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The batch.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            Updated estimator.
+        """
+        first_call = not hasattr(self, "components_")
+        X = self._validate_fit_data(X, reset=first_call)
+        n_components, _ = self._check_settings(X.shape[1])
+        if first_call:
+            random_state = check_random_state(self.random_state)
+            components = self._initial_components(X, n_components, random_state)
+        else:
+            random_state = self._random_state
+            components = self.components_
+        # The step may draw random numbers: work on a copy of the generator so
+        # that a failed step leaves the fitted state untouched.
+        step_state = np.random.RandomState()
+        step_state.set_state(random_state.get_state())
+        components, info = self._step(X, components, step_state, True)
+        info = {
+            "step": getattr(self, "n_steps_", 0),
+            **info,
+            "n_samples_seen": getattr(self, "n_samples_seen_", 0) + X.shape[0],
+        }
+        if self.callback is not None:
+            self.callback(info)
+        self.components_ = components
+        self._random_state = step_state
+        self.n_steps_ = info["step"] + 1
+        self.n_iter_ = getattr(self, "n_iter_", 0)
+        self.n_samples_seen_ = info["n_samples_seen"]
+        self.history_ = [*getattr(self, "history_", []), info]
+        return self
+
+    # ------------------------------------------------------------------
+    # Coding
+    # ------------------------------------------------------------------
+    def _transform_n_nonzero_coefs(self):
+        n_components = self.components_.shape[0]
+        if self.transform_n_nonzero_coefs is None:
+            return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        return self.transform_n_nonzero_coefs
+
+    def transform(self, X):
+        """Sparse codes of ``X`` on the learned dictionary.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data.
+
+        Returns
+        -------
+        code : ndarray of shape (n_samples, n_components)
+            Codes, in the dtype of ``X``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        components = self.components_.astype(X.dtype, copy=False)
+        k = self._transform_n_nonzero_coefs()
+        if self.transform_algorithm == "mp":
+            indices, values = _mp_encode(
+                X, components, k, positive=self.positive_code, n_jobs=self.n_jobs
+            )
+            return selections_to_csr(indices, values, len(components)).toarray()
+        code = sparse_encode(
+            X,
+            components,
+            algorithm=self.transform_algorithm,
+            n_nonzero_coefs=k,
+            alpha=self.transform_alpha,
+            max_iter=self.transform_max_iter,
+            n_jobs=self.n_jobs,
+            positive=self.positive_code,
+        )
+        # scikit-learn's coders may return float64 for float32 input.
+        return code.astype(X.dtype, copy=False)
+
+    def inverse_transform(self, X):
+        """Reconstruct data from codes: ``X @ components_``.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_components)
+            Codes.
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        X = check_array(X, dtype=_FLOAT_DTYPES, accept_sparse=("csr", "csc"))
+        if X.shape[1] != self.components_.shape[0]:
+            raise ValueError(
+                f"The codes have {X.shape[1]} columns but the dictionary has "
+                f"{self.components_.shape[0]} atoms."
+            )
+        return np.asarray(X @ self.components_.astype(X.dtype, copy=False))
+
+    def score(self, X, y=None):
+        """Variance of ``X`` explained by its sparse codes (paper Eq. 7).
+
+        Higher is better, so ``GridSearchCV`` can use it without a scorer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        residual = X - self.inverse_transform(self.transform(X))
+        return _variance_explained_of_residual(X, residual)
+
+    @property
+    def _n_features_out(self):
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

@@ -1,0 +1,220 @@
+"""DBKSVDDictionaryLearning: the Double-Batch K-SVD estimator."""
+
+from ._base import _BaseDBKSVD
+from ._step import dbksvd_step
+
+
+class DBKSVDDictionaryLearning(_BaseDBKSVD):
+    """Sparse dictionary learning by Double-Batch K-SVD (DB-KSVD).
+
+    Finds unit-norm atoms ``components_`` and codes with at most
+    ``n_nonzero_coefs`` nonzeros that solve::
+
+        min ‖X − code @ components_‖²_F   s.t. ‖components_[j]‖₂ = 1,
+                                              ‖code[i]‖₀ ≤ n_nonzero_coefs
+
+    by alternating matching pursuit on the Gram matrix with K-SVD atom
+    updates. Each step works on one batch of samples (outer batching) and
+    refits the atoms in inner batches of ``update_batch_size`` from one
+    residual snapshot, which is what lets it scale to millions of samples
+    with thousands of features. A drop-in replacement for
+    :class:`sklearn.decomposition.MiniBatchDictionaryLearning`.
+
+    Parameters
+    ----------
+    n_components : int, default=None
+        Number of atoms ``m``. None means ``n_features``.
+    n_nonzero_coefs : int, default=None
+        Nonzeros per code during fit (``k``). None means
+        ``max(1, n_features // 10)``, capped at ``n_components``. A larger value
+        than ``n_components`` raises ``ValueError``.
+    max_iter : int, default=10
+        Passes over the data (epochs).
+    max_steps : int, default=None
+        Cap on the number of steps (one step encodes one batch and updates
+        all atoms). The paper runs 40 steps of 2^16 samples.
+    batch_size : int or "auto", default="auto"
+        Samples per step. "auto" means
+        ``min(n_samples, max(4096, 32 * n_features))``; the paper recommends
+        10 to 100 times ``n_features``. Batches of one epoch have equal sizes.
+    fit_algorithm : {"mp", "omp"}, default="mp"
+        Sparse coder during fit: matching pursuit on the Gram matrix (fast) or
+        scikit-learn's orthogonal matching pursuit.
+    dict_update : {"ksvd", "approx"}, default="ksvd"
+        "ksvd" refits each atom and its codes with the leading singular pair
+        of its error matrix, computed iteratively to tolerance; "approx" takes
+        one power step instead (approximate K-SVD).
+    update_batch_size : int or "auto", default="auto"
+        Atoms refitted together from one residual snapshot (inner batching).
+        Part of the algorithm, independent of ``n_jobs``; 1 is exact
+        sequential K-SVD. "auto" means 16.
+    transform_algorithm : {"mp", "omp", "lasso_lars", "lasso_cd", "lars", \
+            "threshold"}, default="mp"
+        Coder of :meth:`transform`; all but "mp" are delegated to
+        :func:`sklearn.decomposition.sparse_encode`.
+    transform_n_nonzero_coefs : int, default=None
+        Nonzeros per code in :meth:`transform` for "mp" and "omp". None means
+        the fitted ``n_nonzero_coefs``.
+    transform_alpha : float, default=None
+        Regularisation of the lasso and threshold coders.
+    transform_max_iter : int, default=1000
+        Iterations of "lasso_cd" and "lasso_lars".
+    positive_code : bool, default=False
+        Nonnegative codes: matching pursuit only takes positive correlations
+        and the atom update keeps codes nonnegative.
+    dict_init : array-like of shape (n_components, n_features), default=None
+        Initial atoms (normalised on use); overrides ``init``.
+    init : {"auto", "uniform", "samples"}, default="auto"
+        "uniform": U(−1/2, 1/2) entries, rows normalised (the paper's);
+        "samples": normalised random samples of the first batch. "auto" is
+        "samples", which converged faster in ``benchmarks/``.
+    shuffle : bool, default=True
+        Shuffle the samples before making the batches of each epoch.
+    tol : float, default=1e-3
+        Early stopping: a step improves when it lowers the smoothed batch
+        relative error by more than this fraction.
+    max_no_improvement : int, default=10
+        Stop after this many steps in a row without improvement. None
+        disables early stopping.
+    replace_min_usage : float, default=0.02
+        After each step, atoms used by fewer samples than this fraction of the
+        mean usage ``batch_size * k / m`` are replaced by the normalised
+        residuals of the worst-fitted samples (unused atoms always are). 0
+        replaces unused atoms only.
+    replace_coherence : float, default=0.99
+        Of two atoms with ``|cos| >`` this, the less used one is replaced. 1
+        disables.
+    replace_until : float, default=0.8
+        Fraction of the planned steps of :meth:`fit` during which atoms are
+        replaced, so that the last steps can settle. 0 disables replacement.
+        :meth:`partial_fit` always replaces.
+    n_jobs : int, default=None
+        Threads for matching pursuit and for the atoms of an inner batch.
+        Results do not depend on it.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial dictionary, the shuffling and the order of atom
+        updates.
+    verbose : bool or int, default=False
+        Show a progress bar (tqdm, if installed) with the step, relative error
+        and variance explained.
+    callback : callable, default=None
+        Called after every step with a dict of the step's metrics (the
+        record appended to ``history_``); returning True stops the fit.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        The atoms, unit norm, in the dtype of the training data.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+    n_iter_ : int
+        Epochs started.
+    n_steps_ : int
+        DB-KSVD steps run.
+    n_samples_seen_ : int
+        Samples processed by the steps (with repetition over epochs).
+    history_ : list of dict
+        One record per step: ``step``, ``relative_error`` (paper Eq. 6),
+        ``variance_explained`` (Eq. 7), both of the batch after the atom
+        update, ``n_replaced``, ``seconds`` and ``n_samples_seen``.
+
+    See Also
+    --------
+    sklearn.decomposition.MiniBatchDictionaryLearning : Online dictionary
+        learning with an l1 penalty.
+    sparse_encode_mp : The matching-pursuit coder.
+
+    References
+    ----------
+    R. Valentin, S. M. Katz, V. Vanhoucke, M. J. Kochenderfer, "DB-KSVD:
+    Scalable Alternating Optimization for Disentangling High-Dimensional
+    Embedding Spaces", 2025.
+
+    M. Aharon, M. Elad, A. Bruckstein, "K-SVD: An Algorithm for Designing
+    Overcomplete Dictionaries for Sparse Representation", IEEE Trans. Signal
+    Processing 54(11), 2006.
+
+    Examples
+    --------
+    >>> from sklearn_dbksvd import DBKSVDDictionaryLearning
+    >>> from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+    >>> X, _, _ = make_sparse_dictionary_problem(2000, 16, 32, 3, random_state=0)
+    >>> model = DBKSVDDictionaryLearning(32, n_nonzero_coefs=3, random_state=0)
+    >>> code = model.fit_transform(X)
+    >>> code.shape, int((code != 0).sum(axis=1).max())
+    ((2000, 32), 3)
+    """
+
+    def __init__(
+        self,
+        n_components=None,
+        *,
+        n_nonzero_coefs=None,
+        max_iter=10,
+        max_steps=None,
+        batch_size="auto",
+        fit_algorithm="mp",
+        dict_update="ksvd",
+        update_batch_size="auto",
+        transform_algorithm="mp",
+        transform_n_nonzero_coefs=None,
+        transform_alpha=None,
+        transform_max_iter=1000,
+        positive_code=False,
+        dict_init=None,
+        init="auto",
+        shuffle=True,
+        tol=1e-3,
+        max_no_improvement=10,
+        replace_min_usage=0.02,
+        replace_coherence=0.99,
+        replace_until=0.8,
+        n_jobs=None,
+        random_state=None,
+        verbose=False,
+        callback=None,
+    ):
+        self.n_components = n_components
+        self.n_nonzero_coefs = n_nonzero_coefs
+        self.max_iter = max_iter
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.fit_algorithm = fit_algorithm
+        self.dict_update = dict_update
+        self.update_batch_size = update_batch_size
+        self.transform_algorithm = transform_algorithm
+        self.transform_n_nonzero_coefs = transform_n_nonzero_coefs
+        self.transform_alpha = transform_alpha
+        self.transform_max_iter = transform_max_iter
+        self.positive_code = positive_code
+        self.dict_init = dict_init
+        self.init = init
+        self.shuffle = shuffle
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.replace_min_usage = replace_min_usage
+        self.replace_coherence = replace_coherence
+        self.replace_until = replace_until
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callback = callback
+
+    def _step(self, X_batch, components, random_state, replace):
+        n_components, k = self._check_settings(X_batch.shape[1])
+        return dbksvd_step(
+            X_batch,
+            components,
+            n_nonzero_coefs=k,
+            fit_algorithm=self.fit_algorithm,
+            dict_update=self.dict_update,
+            update_batch_size=self._resolved_update_batch_size(n_components),
+            positive=self.positive_code,
+            replace=replace,
+            replace_min_usage=self.replace_min_usage,
+            replace_coherence=self.replace_coherence,
+            random_state=random_state,
+            n_jobs=self.n_jobs,
+        )

@@ -1,0 +1,13 @@
+"""scikit-learn's estimator checks on every public estimator."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_dbksvd import DBKSVDDictionaryLearning
+
+# Small, fast settings: the checks fit dozens of times on tiny data.
+ESTIMATORS = [DBKSVDDictionaryLearning(max_iter=2, random_state=0)]
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
