@@ -79,6 +79,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "transform_alpha": [Interval(Real, 0, None, closed="left"), None],
         "transform_max_iter": [Interval(Integral, 0, None, closed="left")],
         "positive_code": ["boolean"],
+        "mp_tol": [Interval(Real, 0, 1, closed="both"), None],
+        "mp_refit": ["boolean"],
         "dict_init": ["array-like", None],
         "init": [StrOptions({"auto", "uniform", "samples"})],
         "shuffle": ["boolean"],
@@ -129,6 +131,11 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """Resolve and cross-check parameters that depend on the data shape."""
         n_components = self._resolved_n_components(n_features)
         k = self._resolved_n_nonzero_coefs(n_features, n_components)
+        if self.mp_refit and self.positive_code:
+            raise ValueError(
+                "mp_refit=True cannot keep codes nonnegative; use "
+                "positive_code=False or mp_refit=False."
+            )
         if self.positive_code and self.fit_algorithm == "omp":
             raise ValueError(
                 "positive_code=True needs fit_algorithm='mp'; scikit-learn's OMP "
@@ -334,7 +341,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         k = self._transform_n_nonzero_coefs()
         if self.transform_algorithm == "mp":
             indices, values = _mp_encode(
-                X, components, k, positive=self.positive_code, n_jobs=self.n_jobs
+                X,
+                components,
+                k,
+                positive=self.positive_code,
+                tol=self.mp_tol,
+                refit=self.mp_refit,
+                n_jobs=self.n_jobs,
             )
             return selections_to_csr(indices, values, len(components)).toarray()
         code = sparse_encode(

@@ -62,6 +62,14 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     positive_code : bool, default=False
         Nonnegative codes: matching pursuit only takes positive correlations
         and the atom update keeps codes nonnegative.
+    mp_tol : float, default=None
+        Matching pursuit (fit and transform) stops selecting for a sample once
+        its relative residual ``‖x − code @ D‖ / ‖x‖`` is at most ``mp_tol``, as
+        the reference implementation's ``rtol``. None always makes
+        ``n_nonzero_coefs`` selections.
+    mp_refit : bool, default=False
+        Matching pursuit (fit and transform) replaces its coefficients by the
+        least-squares fit on the selected atoms. Not with ``positive_code``.
     dict_init : array-like of shape (n_components, n_features), default=None
         Initial atoms (normalised on use); overrides ``init``.
     init : {"auto", "uniform", "samples"}, default="auto"
@@ -163,6 +171,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         transform_alpha=None,
         transform_max_iter=1000,
         positive_code=False,
+        mp_tol=None,
+        mp_refit=False,
         dict_init=None,
         init="auto",
         shuffle=True,
@@ -189,6 +199,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.transform_alpha = transform_alpha
         self.transform_max_iter = transform_max_iter
         self.positive_code = positive_code
+        self.mp_tol = mp_tol
+        self.mp_refit = mp_refit
         self.dict_init = dict_init
         self.init = init
         self.shuffle = shuffle
@@ -217,4 +229,6 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             replace_coherence=self.replace_coherence,
             random_state=random_state,
             n_jobs=self.n_jobs,
+            mp_tol=self.mp_tol,
+            mp_refit=self.mp_refit,
         )

@@ -7,7 +7,7 @@ dictionary inside the loop. The loop is vectorised over a chunk of samples
 sized to stay in cache, and chunks run in parallel threads.
 """
 
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,7 +31,7 @@ def _mp_chunk_size(n_components, itemsize):
     return max(8, _MP_CHUNK_BYTES // (3 * n_components * itemsize))
 
 
-def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive):
+def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
     """Run ``n_nonzero_coefs`` matching-pursuit selections on correlations.
 
     Parameters
@@ -47,13 +47,19 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive):
     positive : bool
         Select the largest positive correlation only; once no correlation is
         positive the remaining selections add zero.
+    sq_norms : ndarray of shape (n_samples,), default=None
+        Squared norms of the samples; needed with ``tol``.
+    tol : float, default=None
+        Stop a sample's selections once ``‖r‖ ≤ tol ‖x‖``. With unit atoms a
+        selection with coefficient ``a`` lowers ``‖r‖²`` by exactly ``a²``, so
+        the residual norm is tracked without touching the residual.
 
     Returns
     -------
     indices : ndarray of shape (n_samples, n_nonzero_coefs)
         Selected atom of each selection.
     values : ndarray of shape (n_samples, n_nonzero_coefs)
-        Coefficient added by each selection.
+        Coefficient added by each selection (zero once a sample has stopped).
     """
     n_samples = corr.shape[0]
     rows = np.arange(n_samples)
@@ -61,6 +67,9 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive):
     values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
     score = np.empty_like(corr)
     gram_rows = np.empty_like(corr)
+    if tol is not None:
+        sq_residual = sq_norms.copy()
+        sq_target = tol**2 * sq_norms
     for t in range(n_nonzero_coefs):
         if positive:
             best = corr.argmax(axis=1)
@@ -68,6 +77,9 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive):
         else:
             best = np.abs(corr, out=score).argmax(axis=1)
             coef = corr[rows, best]
+        if tol is not None:
+            coef[sq_residual <= sq_target] = 0
+            sq_residual -= coef * coef
         indices[:, t] = best
         values[:, t] = coef
         # c <- c - a * G[:, j]: the Gram row replaces a product with D.
@@ -77,25 +89,78 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive):
     return indices, values
 
 
-def _encode_block(X_block, dictionary, gram, n_nonzero_coefs, positive, cov_block):
+def _refit_on_support(indices, values, corr0, gram):
+    """Least-squares coefficients on each sample's selected atoms.
+
+    Solves ``G[S, S] x_S = (D x)[S]`` per sample, batched. Repeated atoms and
+    selections that added zero are masked out of the system (identity row,
+    zero right-hand side), so each system has the size of the true support.
+    A pseudo-inverse keeps linearly dependent supports finite.
+    """
+    n_samples, n_selections = indices.shape
+    rows = np.arange(n_samples)[:, None]
+    order = np.argsort(indices, axis=1, kind="stable")
+    indices = np.take_along_axis(indices, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    # Net coefficient per distinct atom decides whether it is in the support.
+    start = np.ones_like(indices, dtype=bool)
+    start[:, 1:] = indices[:, 1:] != indices[:, :-1]
+    group = np.cumsum(start, axis=1) - 1
+    net = np.zeros(indices.shape, dtype=values.dtype)
+    np.add.at(net, (np.broadcast_to(rows, indices.shape), group), values)
+    active = start & (np.take_along_axis(net, group, axis=1) != 0)
+    system = gram[indices[:, :, None], indices[:, None, :]]
+    system *= active[:, :, None] & active[:, None, :]
+    eye = np.eye(n_selections, dtype=bool)
+    system[:, eye] = np.where(active, system[:, eye], 1)
+    rhs = np.where(active, corr0[rows, indices], 0)
+    coefs = np.einsum("nij,nj->ni", np.linalg.pinv(system), rhs)
+    return indices, np.where(active, coefs, 0).astype(values.dtype, copy=False)
+
+
+def _encode_block(
+    X_block, dictionary, gram, n_nonzero_coefs, positive, cov_block, tol, refit
+):
     """Correlations of one block of samples, then chunked matching pursuit."""
     if cov_block is None:
         corr = X_block @ dictionary.T
     else:
         corr = np.array(cov_block.T, dtype=gram.dtype, order="C")
+    corr0 = corr.copy() if refit else None
+    sq_norms = None
+    if tol is not None:
+        sq_norms = np.einsum("ij,ij->i", X_block, X_block)
     chunk = _mp_chunk_size(gram.shape[0], gram.itemsize)
     indices = np.empty((corr.shape[0], n_nonzero_coefs), dtype=np.intp)
     values = np.empty((corr.shape[0], n_nonzero_coefs), dtype=gram.dtype)
     for start in range(0, corr.shape[0], chunk):
         part = slice(start, start + chunk)
         indices[part], values[part] = _matching_pursuit_gram(
-            corr[part], gram, n_nonzero_coefs, positive
+            corr[part],
+            gram,
+            n_nonzero_coefs,
+            positive,
+            None if sq_norms is None else sq_norms[part],
+            tol,
         )
+        if refit:
+            indices[part], values[part] = _refit_on_support(
+                indices[part], values[part], corr0[part], gram
+            )
     return indices, values
 
 
 def _mp_encode(
-    X, dictionary, n_nonzero_coefs, *, gram=None, cov=None, positive=False, n_jobs=None
+    X,
+    dictionary,
+    n_nonzero_coefs,
+    *,
+    gram=None,
+    cov=None,
+    positive=False,
+    tol=None,
+    refit=False,
+    n_jobs=None,
 ):
     """Matching-pursuit codes in selection form (no validation).
 
@@ -115,7 +180,7 @@ def _mp_encode(
         X_block = None if X is None else X[block]
         cov_block = None if cov is None else cov[:, block]
         return _encode_block(
-            X_block, dictionary, gram, n_nonzero_coefs, positive, cov_block
+            X_block, dictionary, gram, n_nonzero_coefs, positive, cov_block, tol, refit
         )
 
     parts = parallel_map(encode, blocks, n_jobs=n_jobs)
@@ -161,6 +226,8 @@ def selections_to_csr(indices, values, n_components):
         "gram": ["array-like", None],
         "cov": ["array-like", None],
         "positive": ["boolean"],
+        "tol": [Interval(Real, 0, 1, closed="both"), None],
+        "refit": ["boolean"],
         "n_jobs": [Integral, None],
     },
     prefer_skip_nested_validation=True,
@@ -173,6 +240,8 @@ def sparse_encode_mp(
     gram=None,
     cov=None,
     positive=False,
+    tol=None,
+    refit=False,
     n_jobs=None,
 ):
     """Sparse codes by matching pursuit on the Gram matrix.
@@ -202,6 +271,14 @@ def sparse_encode_mp(
     positive : bool, default=False
         Only select atoms with a positive correlation, giving nonnegative
         codes.
+    tol : float, default=None
+        Stop selecting for a sample once its relative residual
+        ``‖x − code @ D‖ / ‖x‖`` is at most ``tol`` (needs ``X``). None always
+        makes ``n_nonzero_coefs`` selections.
+    refit : bool, default=False
+        After the selections, replace the coefficients by the least-squares
+        fit on the selected atoms (as orthogonal matching pursuit would give
+        for that support). Not available with ``positive=True``.
     n_jobs : int, default=None
         Number of threads encoding blocks of samples in parallel. ``None``
         means 1 unless in a :obj:`joblib.parallel_backend` context. The result
@@ -236,6 +313,13 @@ def sparse_encode_mp(
     dtype = dictionary.dtype
     if X is None and cov is None:
         raise ValueError("sparse_encode_mp needs X or cov; both are None.")
+    if tol is not None and X is None:
+        raise ValueError("tol needs X: the residual norm is relative to ‖x‖.")
+    if refit and positive:
+        raise ValueError(
+            "refit=True cannot keep codes nonnegative; use positive=False or "
+            "refit=False."
+        )
     if X is not None:
         X = check_array(X, dtype=dtype)
         if X.shape[1] != dictionary.shape[1]:
@@ -264,6 +348,8 @@ def sparse_encode_mp(
         gram=gram,
         cov=cov,
         positive=positive,
+        tol=tol,
+        refit=refit,
         n_jobs=n_jobs,
     )
     return selections_to_csr(indices, values, n_components).toarray()

@@ -10,12 +10,21 @@ from ._update import update_dictionary
 from .metrics import _relative_error_of_residual, _variance_explained_of_residual
 
 
-def encode_batch(X, components, *, n_nonzero_coefs, algorithm, positive, n_jobs):
+def encode_batch(
+    X, components, *, n_nonzero_coefs, algorithm, positive, n_jobs, tol=None, refit=False
+):
     """Sparse codes of a batch as CSR, by matching pursuit or scikit-learn's OMP."""
     gram = components @ components.T
     if algorithm == "mp":
         indices, values = _mp_encode(
-            X, components, n_nonzero_coefs, gram=gram, positive=positive, n_jobs=n_jobs
+            X,
+            components,
+            n_nonzero_coefs,
+            gram=gram,
+            positive=positive,
+            tol=tol,
+            refit=refit,
+            n_jobs=n_jobs,
         )
         return selections_to_csr(indices, values, components.shape[0])
     code = sparse_encode(
@@ -29,6 +38,66 @@ def encode_batch(X, components, *, n_nonzero_coefs, algorithm, positive, n_jobs)
     code = sp.csr_matrix(code.astype(X.dtype, copy=False))
     code.eliminate_zeros()
     return code
+
+
+def refit_atoms(
+    X, components, codes, *, dict_update, update_batch_size, positive, random_state, n_jobs
+):
+    """K-SVD update of every used atom for fixed supports.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        The batch (or, for nested groups, the residual they must explain).
+    components : ndarray of shape (n_components, n_features)
+        Atoms; updated in place.
+    codes : sparse matrix of shape (n_samples, n_components)
+        Codes whose support is kept.
+    dict_update, update_batch_size, positive, random_state, n_jobs
+        As in :func:`dbksvd_step`.
+
+    Returns
+    -------
+    residual : ndarray of shape (n_samples, n_features)
+        ``X - codes @ components`` after the update.
+    codes : scipy.sparse.csc_matrix
+        Updated codes.
+    """
+    residual = X - codes @ components
+    # Column-major codes: the users of atom j are one contiguous slice.
+    codes = sp.csc_matrix(codes, dtype=X.dtype, copy=True)
+    codes.eliminate_zeros()
+    order = random_state.permutation(components.shape[0])
+    update_dictionary(
+        residual,
+        components,
+        codes,
+        order,
+        update_batch_size=update_batch_size,
+        dict_update=dict_update,
+        positive=positive,
+        n_jobs=n_jobs,
+    )
+    return residual, codes
+
+
+def clear_dictionary(
+    components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence
+):
+    """Replace dead, rare and duplicated atoms; return how many were replaced.
+
+    ``min_usage`` is a fraction of the mean usage ``n_samples * k / m``.
+    """
+    n_samples, n_components = codes.shape
+    usage = np.diff(codes.indptr)
+    mean_usage = n_samples * n_nonzero_coefs / n_components
+    atoms = atoms_to_replace(
+        components,
+        usage,
+        min_usage=min_usage * mean_usage,
+        max_coherence=max_coherence,
+    )
+    return len(replace_atoms(components, atoms, residual))
 
 
 def dbksvd_step(
@@ -45,6 +114,9 @@ def dbksvd_step(
     replace_coherence,
     random_state,
     n_jobs,
+    mp_tol=None,
+    mp_refit=False,
+    codes=None,
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -76,6 +148,10 @@ def dbksvd_step(
         Draws the order of the atom updates.
     n_jobs : int or None
         Threads.
+    mp_tol, mp_refit : float or None, bool
+        Residual tolerance and least-squares refit of matching pursuit.
+    codes : sparse matrix of shape (n_samples, n_components), default=None
+        Codes to use instead of encoding (a known support).
 
     Returns
     -------
@@ -85,29 +161,26 @@ def dbksvd_step(
         ``relative_error`` and ``variance_explained`` of the batch after the
         atom update (before replacement) and ``n_replaced``.
     """
-    n_samples = X.shape[0]
-    n_components = components.shape[0]
     components = components.copy()
-    codes = encode_batch(
+    if codes is None:
+        codes = encode_batch(
+            X,
+            components,
+            n_nonzero_coefs=n_nonzero_coefs,
+            algorithm=fit_algorithm,
+            positive=positive,
+            tol=mp_tol,
+            refit=mp_refit,
+            n_jobs=n_jobs,
+        )
+    residual, codes = refit_atoms(
         X,
         components,
-        n_nonzero_coefs=n_nonzero_coefs,
-        algorithm=fit_algorithm,
-        positive=positive,
-        n_jobs=n_jobs,
-    )
-    residual = X - codes @ components
-    # Column-major codes: the users of atom j are one contiguous slice.
-    codes = codes.tocsc()
-    order = random_state.permutation(n_components)
-    update_dictionary(
-        residual,
-        components,
         codes,
-        order,
-        update_batch_size=update_batch_size,
         dict_update=dict_update,
+        update_batch_size=update_batch_size,
         positive=positive,
+        random_state=random_state,
         n_jobs=n_jobs,
     )
     info = {
@@ -116,13 +189,12 @@ def dbksvd_step(
         "n_replaced": 0,
     }
     if replace:
-        usage = np.diff(codes.indptr)
-        mean_usage = n_samples * n_nonzero_coefs / n_components
-        atoms = atoms_to_replace(
+        info["n_replaced"] = clear_dictionary(
             components,
-            usage,
-            min_usage=replace_min_usage * mean_usage,
+            codes,
+            residual,
+            n_nonzero_coefs=n_nonzero_coefs,
+            min_usage=replace_min_usage,
             max_coherence=replace_coherence,
         )
-        info["n_replaced"] = len(replace_atoms(components, atoms, residual))
     return components, info
