@@ -39,7 +39,8 @@ def _lanczos_bidiag(E, v, n_steps):
     Returns the bases ``V`` (rows), ``U`` (rows) and the upper bidiagonal ``B``
     with ``E Vᵀ = Uᵀ B``. Fully re-orthogonalised: the bases are tiny.
     """
-    n_steps = min(n_steps, *E.shape)
+    # U can hold at most n_users vectors; V one more (B is then rectangular).
+    n_steps = min(n_steps, E.shape[1])
     V = np.zeros((n_steps, E.shape[1]), dtype=E.dtype)
     U = np.zeros((n_steps, E.shape[0]), dtype=E.dtype)
     B = np.zeros((n_steps, n_steps), dtype=E.dtype)
@@ -50,8 +51,9 @@ def _lanczos_bidiag(E, v, n_steps):
             u = E @ V[i] - B[i - 1, i] * U[i - 1]
             u -= U[:i].T @ (U[:i] @ u)
         alpha = np.linalg.norm(u)
-        if alpha <= np.finfo(E.dtype).tiny:
-            return V[:i], U[:i], B[:i, :i]
+        if alpha <= np.finfo(E.dtype).eps * max(B[i - 1, i] if i else 0, 1e-30):
+            # E V[i] lies in span(U[:i]): keep V[i] with a rectangular B.
+            return V[: i + 1], U[:i], B[:i, : i + 1]
         U[i] = u / alpha
         B[i, i] = alpha
         if i + 1 == n_steps:
@@ -96,9 +98,14 @@ def leading_singular_pair(E, v0, *, tol=None, max_restarts=_MAX_RESTARTS):
     v = v0 / np.linalg.norm(v0)
     for _ in range(max_restarts):
         V, U, B = _lanczos_bidiag(E, v, _LANCZOS_STEPS)
-        if len(B) == 0:  # E v0 = 0: E is zero on the span searched.
-            return _flip_sign(v, np.zeros(E.shape[0], dtype=E.dtype))
-        P, s, Qt = np.linalg.svd(B)
+        if len(B) == 0:  # E v = 0
+            row_norms = np.linalg.norm(E, axis=1)
+            if not row_norms.any():
+                return _flip_sign(v, np.zeros(E.shape[0], dtype=E.dtype))
+            # v is orthogonal to every row: restart inside the row space.
+            v = E[np.argmax(row_norms)] / row_norms.max()
+            continue
+        P, s, Qt = np.linalg.svd(B, full_matrices=False)
         v = Qt[0] @ V
         v /= np.linalg.norm(v)
         u = P[:, 0] @ U

@@ -1,0 +1,163 @@
+"""Atom updates against a plain, obviously correct K-SVD."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import orthogonal_mp_gram
+
+from sklearn_dbksvd._step import dbksvd_step
+from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
+from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+from sklearn_dbksvd.tests.test_encode import textbook_matching_pursuit
+
+
+def flip(atom, code):
+    """Largest-magnitude entry of the atom positive, as the estimator does."""
+    sign = np.sign(atom[np.argmax(np.abs(atom))])
+    return sign * atom, sign * code
+
+
+def reference_ksvd_step(X, dictionary, codes, order, batch_size=1):
+    """K-SVD atom updates with a full SVD, recomputing every error matrix.
+
+    Atoms of one inner batch all see the codes and atoms from before the batch.
+    """
+    dictionary, codes = dictionary.copy(), codes.copy()
+    for start in range(0, len(order), batch_size):
+        snapshot_dictionary, snapshot_codes = dictionary.copy(), codes.copy()
+        for j in order[start : start + batch_size]:
+            users = np.flatnonzero(snapshot_codes[:, j])
+            if len(users) == 0:
+                continue
+            E = (
+                X[users]
+                - snapshot_codes[users] @ snapshot_dictionary
+                + np.outer(snapshot_codes[users, j], snapshot_dictionary[j])
+            )
+            U, s, Vt = np.linalg.svd(E, full_matrices=False)
+            dictionary[j], codes[users, j] = flip(Vt[0], s[0] * U[:, 0])
+    return dictionary, codes
+
+
+def omp_codes(X, dictionary, k):
+    gram = dictionary @ dictionary.T
+    return orthogonal_mp_gram(gram, dictionary @ X.T, n_nonzero_coefs=k).T
+
+
+def mp_codes(X, dictionary, k):
+    return np.array([textbook_matching_pursuit(x, dictionary, k) for x in X])
+
+
+def step_settings(**overrides):
+    settings = dict(
+        n_nonzero_coefs=3,
+        fit_algorithm="mp",
+        dict_update="ksvd",
+        update_batch_size=1,
+        positive=False,
+        replace=False,
+        replace_min_usage=0.0,
+        replace_coherence=1.0,
+        random_state=np.random.RandomState(7),
+        n_jobs=None,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def planted(n_samples=300, n_features=12, n_components=20, k=3, seed=0):
+    X, _, _ = make_sparse_dictionary_problem(
+        n_samples, n_features, n_components, k, noise=0.05, random_state=seed
+    )
+    rng = np.random.RandomState(seed + 1)
+    start = rng.randn(n_components, n_features)
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    return X, start
+
+
+@pytest.mark.parametrize("fit_algorithm, coder", [("omp", omp_codes), ("mp", mp_codes)])
+@pytest.mark.parametrize("update_batch_size", [1, 4])
+def test_step_equals_reference_ksvd(fit_algorithm, coder, update_batch_size):
+    X, start = planted()
+    order = np.random.RandomState(7).permutation(len(start))
+    expected, _ = reference_ksvd_step(
+        X, start, coder(X, start, 3), order, batch_size=update_batch_size
+    )
+    atoms, info = dbksvd_step(
+        X,
+        start,
+        **step_settings(fit_algorithm=fit_algorithm, update_batch_size=update_batch_size),
+    )
+    np.testing.assert_allclose(atoms, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(atoms, axis=1), 1.0)
+    assert info["n_replaced"] == 0
+
+
+def test_step_lowers_the_error_of_fixed_codes():
+    X, start = planted()
+    codes = mp_codes(X, start, 3)
+    before = np.linalg.norm(X - codes @ start)
+    order = np.random.RandomState(7).permutation(len(start))
+    atoms, new_codes = reference_ksvd_step(X, start, codes, order)
+    assert np.linalg.norm(X - new_codes @ atoms) < before
+
+
+@pytest.mark.parametrize("shape", [(40, 15), (15, 40), (1, 9), (9, 1)])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-9), (np.float32, 1e-4)])
+def test_leading_singular_pair_matches_svd(shape, dtype, rtol):
+    rng = np.random.RandomState(0)
+    E = rng.randn(*shape).astype(dtype)
+    atom, code = leading_singular_pair(E, rng.randn(shape[1]).astype(dtype))
+    U, s, Vt = np.linalg.svd(E.astype(np.float64), full_matrices=False)
+    expected_atom, expected_code = flip(Vt[0], s[0] * U[:, 0])
+    assert atom.dtype == dtype and code.dtype == dtype
+    np.testing.assert_allclose(atom, expected_atom, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(code, expected_code, rtol=rtol, atol=rtol * s[0])
+
+
+def test_leading_singular_pair_of_rank_one_and_zero_matrices():
+    u, v = np.arange(1.0, 6.0), np.array([0.6, -0.8, 0.0])
+    atom, code = leading_singular_pair(np.outer(u, v), np.ones(3))
+    np.testing.assert_allclose(np.outer(code, atom), np.outer(u, v), atol=1e-12)
+    atom, code = leading_singular_pair(np.zeros((4, 3)), np.array([0.0, 0.0, 2.0]))
+    np.testing.assert_allclose(atom, [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(code, 0.0)
+
+
+def test_power_step_is_one_rubinstein_iteration():
+    rng = np.random.RandomState(0)
+    E, atom, code = rng.randn(30, 8), rng.randn(8), rng.randn(30)
+    new_atom, new_code = rank_one_power_step(E, atom, code)
+    expected = E.T @ code / np.linalg.norm(E.T @ code)
+    expected, expected_code = flip(expected, E @ expected)
+    np.testing.assert_allclose(new_atom, expected)
+    np.testing.assert_allclose(new_code, expected_code)
+
+
+def test_approximate_update_lowers_the_error():
+    X, start = planted()
+    settings = step_settings(dict_update="approx", update_batch_size=4)
+    atoms, info = dbksvd_step(X, start, **settings)
+    codes = mp_codes(X, start, 3)
+    assert info["relative_error"] < np.mean(
+        np.linalg.norm(X - codes @ start, axis=1) / np.linalg.norm(X, axis=1)
+    )
+
+
+def test_positive_codes_stay_nonnegative():
+    X, start = planted()
+    atoms, _ = dbksvd_step(X, start, **step_settings(positive=True))
+    from sklearn_dbksvd import sparse_encode_mp
+
+    assert np.all(sparse_encode_mp(X, atoms, 3, positive=True) >= 0)
+    np.testing.assert_allclose(np.linalg.norm(atoms, axis=1), 1.0)
+
+
+def test_replacement_removes_duplicates_and_dead_atoms():
+    X, start = planted()
+    start[1] = start[0]  # duplicate
+    start[2] = -start[3]  # duplicate up to sign
+    settings = step_settings(replace=True, replace_coherence=0.99)
+    atoms, info = dbksvd_step(X, start, **settings)
+    overlap = np.abs(atoms @ atoms.T) - np.eye(len(atoms))
+    assert overlap.max() < 0.99
+    assert info["n_replaced"] >= 2
