@@ -1,0 +1,317 @@
+"""DBKSVDDictionaryLearning as a user sees it."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.decomposition import MiniBatchDictionaryLearning
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_dbksvd import DBKSVDDictionaryLearning
+from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+from sklearn_dbksvd.metrics import atom_recovery, variance_explained
+
+
+@pytest.fixture(scope="module")
+def planted_problem():
+    """The paper's toy problem at a CI size: d=32, m=64, k=3."""
+    return make_sparse_dictionary_problem(4096, 32, 64, 3, random_state=0)
+
+
+def small_model(**params):
+    defaults = dict(n_components=16, n_nonzero_coefs=3, max_iter=3, random_state=0)
+    return DBKSVDDictionaryLearning(**{**defaults, **params})
+
+
+def small_data(n_samples=200, n_features=10, dtype=np.float64, seed=0):
+    return np.random.RandomState(seed).randn(n_samples, n_features).astype(dtype)
+
+
+def test_recovers_planted_dictionary(planted_problem):
+    X, true_atoms, _ = planted_problem
+    model = DBKSVDDictionaryLearning(
+        64, n_nonzero_coefs=3, max_iter=60, max_no_improvement=None, random_state=0
+    ).fit(X)
+    assert atom_recovery(true_atoms, model.components_, threshold=0.99) >= 0.9
+    errors = np.array([record["relative_error"] for record in model.history_])
+    # Smoothed over 5 steps the batch error falls at every step.
+    smoothed = np.convolve(errors, np.ones(5) / 5, mode="valid")
+    assert np.all(np.diff(smoothed) <= 1e-3)
+    assert errors[-1] < 0.5 * errors[0]
+
+
+def test_replacement_is_what_unsticks_recovery(planted_problem):
+    X, true_atoms, _ = planted_problem
+    params = dict(max_iter=30, max_no_improvement=None, random_state=0)
+    without = DBKSVDDictionaryLearning(64, n_nonzero_coefs=3, replace_until=0, **params)
+    with_replacement = DBKSVDDictionaryLearning(64, n_nonzero_coefs=3, **params)
+    assert atom_recovery(true_atoms, with_replacement.fit(X).components_) > (
+        atom_recovery(true_atoms, without.fit(X).components_)
+    )
+    assert sum(r["n_replaced"] for r in without.history_) == 0
+    assert sum(r["n_replaced"] for r in with_replacement.history_) > 0
+
+
+def test_fitted_attributes_and_shapes():
+    X = small_data()
+    model = small_model(batch_size=64).fit(X)
+    assert model.components_.shape == (16, 10)
+    np.testing.assert_allclose(np.linalg.norm(model.components_, axis=1), 1.0)
+    # 200 samples in batches of at most 64: 4 even batches per epoch.
+    assert model.n_steps_ == 12 and model.n_iter_ == 3
+    assert len(model.history_) == 12
+    assert model.history_[-1]["n_samples_seen"] == 600
+    assert set(model.history_[0]) >= {
+        "step", "relative_error", "variance_explained", "n_replaced", "seconds",
+        "n_samples_seen",
+    }
+    code = model.transform(X)
+    assert code.shape == (200, 16)
+    assert np.all((code != 0).sum(axis=1) <= 3)
+    assert list(model.get_feature_names_out()) == [
+        f"dbksvddictionarylearning{i}" for i in range(16)
+    ]
+
+
+def test_defaults_follow_scikit_learn():
+    X = small_data(n_features=25)
+    model = DBKSVDDictionaryLearning(max_iter=1, random_state=0).fit(X)
+    assert model.components_.shape == (25, 25)  # n_components=None -> n_features
+    assert np.all((model.transform(X) != 0).sum(axis=1) <= 2)  # k = 25 // 10
+
+
+def test_max_steps_caps_the_fit():
+    model = small_model(batch_size=50, max_steps=5, max_iter=100).fit(small_data())
+    assert model.n_steps_ == 5 and model.n_iter_ == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_dtype_is_preserved(dtype, n_jobs):
+    X = small_data(dtype=dtype)
+    # scikit-learn's coders run in processes with n_jobs > 1: keep that case short.
+    algorithms = ["mp", "omp"] if n_jobs > 1 else ["mp", "omp", "lasso_lars", "threshold"]
+    for algorithm in algorithms:
+        model = small_model(
+            n_jobs=n_jobs, transform_algorithm=algorithm, transform_alpha=0.1
+        ).fit(X)
+        assert model.components_.dtype == dtype
+        assert model.transform(X).dtype == dtype
+        assert model.inverse_transform(model.transform(X)).dtype == dtype
+
+
+def test_same_result_for_any_n_jobs():
+    X = small_data(n_samples=6000, n_features=8)
+    one = small_model(n_jobs=1, update_batch_size=4).fit(X)
+    two = small_model(n_jobs=2, update_batch_size=4).fit(X)
+    np.testing.assert_array_equal(one.components_, two.components_)
+    np.testing.assert_array_equal(one.transform(X), two.transform(X))
+
+
+def test_same_random_state_same_dictionary():
+    X = small_data()
+    np.testing.assert_array_equal(
+        small_model().fit(X).components_, small_model().fit(X).components_
+    )
+    assert not np.array_equal(
+        small_model().fit(X).components_, small_model(random_state=1).fit(X).components_
+    )
+
+
+def test_atom_signs_are_deterministic():
+    model = small_model().fit(small_data())
+    atoms = model.components_
+    # Like svd_flip: the largest-magnitude entry of each updated atom is positive.
+    updated = [r["n_replaced"] for r in model.history_][-1] == 0
+    assert updated
+    assert np.all(atoms[np.arange(len(atoms)), np.abs(atoms).argmax(axis=1)] > 0)
+
+
+def test_k_larger_than_n_components_is_a_clear_error():
+    # scikit-learn 1.9's OMP crashes deep inside LAPACK on this input.
+    with pytest.raises(ValueError, match="n_nonzero_coefs=20 exceeds n_components=16"):
+        small_model(n_nonzero_coefs=20).fit(small_data())
+
+
+@pytest.mark.parametrize("init", ["uniform", "samples", "auto"])
+def test_init_options(init):
+    X = small_data()
+    model = small_model(init=init, max_iter=1).fit(X)
+    np.testing.assert_allclose(np.linalg.norm(model.components_, axis=1), 1.0)
+
+
+def test_dict_init_is_used_and_not_modified():
+    X = small_data()
+    dict_init = np.random.RandomState(3).randn(16, 10)
+    original = dict_init.copy()
+    model = small_model(dict_init=dict_init, max_steps=1, replace_until=0).fit(X)
+    np.testing.assert_array_equal(dict_init, original)
+    # One step from dict_init keeps each atom near its start.
+    start = dict_init / np.linalg.norm(dict_init, axis=1, keepdims=True)
+    assert np.median(np.abs(np.sum(start * model.components_, axis=1))) > 0.5
+
+
+def test_input_is_not_modified():
+    X = small_data()
+    original = X.copy()
+    model = small_model().fit(X)
+    model.partial_fit(X)
+    model.transform(X)
+    model.score(X)
+    np.testing.assert_array_equal(X, original)
+
+
+def test_partial_fit_runs_one_step_per_call():
+    X = small_data()
+    model = small_model()
+    for i, batch in enumerate(np.array_split(X, 4)):
+        model.partial_fit(batch)
+        assert model.n_steps_ == i + 1
+    assert len(model.history_) == 4
+    assert model.history_[-1]["n_samples_seen"] == 200
+
+
+def test_early_stopping_and_callback():
+    X = small_data()
+    model = small_model(max_iter=200, tol=0.5, max_no_improvement=2).fit(X)
+    assert model.n_steps_ < 200
+    calls = []
+
+    def stop_after_three(info):
+        calls.append(info)
+        return len(calls) == 3
+
+    model = small_model(max_iter=50, callback=stop_after_three).fit(X)
+    assert model.n_steps_ == 3 and len(calls) == 3
+    assert calls[0]["step"] == 0 and "relative_error" in calls[0]
+
+
+def test_verbose_shows_progress(capsys):
+    small_model(verbose=True, max_iter=2).fit(small_data())
+    captured = capsys.readouterr()
+    assert "DB-KSVD" in captured.err and "rel_err" in captured.err
+
+
+def test_score_is_variance_explained_and_beats_random_atoms():
+    X, _, _ = make_sparse_dictionary_problem(1000, 16, 32, 3, random_state=0)
+    model = DBKSVDDictionaryLearning(32, n_nonzero_coefs=3, random_state=0).fit(X)
+    reconstruction = model.inverse_transform(model.transform(X))
+    assert model.score(X) == pytest.approx(variance_explained(X, reconstruction))
+    assert 0.8 < model.score(X) <= 1.0
+    random_atoms = DBKSVDDictionaryLearning(
+        32, n_nonzero_coefs=3, max_steps=1, replace_until=0, init="uniform",
+        random_state=0,
+    ).fit(X)
+    assert model.score(X) > random_atoms.score(X)
+
+
+def test_lower_error_than_minibatch_dictionary_learning():
+    X, _, _ = make_sparse_dictionary_problem(3000, 16, 32, 3, random_state=0)
+    ours = DBKSVDDictionaryLearning(
+        32, n_nonzero_coefs=3, transform_algorithm="omp", random_state=0
+    ).fit(X)
+    theirs = MiniBatchDictionaryLearning(
+        32, transform_algorithm="omp", transform_n_nonzero_coefs=3, random_state=0
+    ).fit(X)
+    residual = X - theirs.transform(X) @ theirs.components_
+    assert ours.score(X) > 1 - np.mean(residual.var(axis=0) / X.var(axis=0))
+
+
+def test_pipeline_grid_search_clone_pickle():
+    X, _, _ = make_sparse_dictionary_problem(600, 12, 24, 3, random_state=0)
+    pipeline = make_pipeline(StandardScaler(), small_model(n_components=24))
+    search = GridSearchCV(
+        pipeline, {"dbksvddictionarylearning__n_nonzero_coefs": [1, 3]}, cv=2
+    ).fit(X)
+    assert search.best_params_ == {"dbksvddictionarylearning__n_nonzero_coefs": 3}
+    model = small_model().fit(X)
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.transform(X), model.transform(X))
+    assert clone(model).get_params() == model.get_params()
+    assert not hasattr(clone(model), "components_")
+
+
+def test_set_output_pandas():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(small_data(), columns=[f"f{i}" for i in range(10)])
+    model = small_model().set_output(transform="pandas").fit(X)
+    codes = model.transform(X)
+    assert list(codes.columns) == list(model.get_feature_names_out())
+
+
+def test_inverse_transform_accepts_sparse_codes():
+    import scipy.sparse as sp
+
+    X = small_data()
+    model = small_model().fit(X)
+    code = model.transform(X)
+    np.testing.assert_allclose(
+        model.inverse_transform(sp.csr_matrix(code)), code @ model.components_
+    )
+    with pytest.raises(ValueError, match="16 atoms"):
+        model.inverse_transform(code[:, :5])
+
+
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.full((20, 10), np.nan), "NaN"),
+        (np.full((20, 10), np.inf), "infinity"),
+        (np.ones((20, 10)) * 1j, "[Cc]omplex"),
+        (np.ones((0, 10)), "0 sample"),
+        ("not an array", "array"),
+    ],
+)
+def test_bad_training_data_raises(X, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        small_model().fit(X)
+
+
+def test_sparse_input_is_rejected_with_a_clear_error():
+    import scipy.sparse as sp
+
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        small_model().fit(sp.csr_matrix(small_data()))
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"n_nonzero_coefs": 0}, "n_nonzero_coefs"),
+        ({"fit_algorithm": "lars"}, "fit_algorithm"),
+        ({"positive_code": True, "fit_algorithm": "omp"}, "positive_code"),
+        ({"dict_init": np.ones((3, 3))}, "dict_init has shape"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"replace_coherence": 2.0}, "replace_coherence"),
+    ],
+)
+def test_bad_parameters_raise(params, message):
+    with pytest.raises(ValueError, match=message):
+        small_model(**params).fit(small_data())
+
+
+def test_failed_partial_fit_leaves_state_untouched():
+    X = small_data()
+    model = small_model().fit(X)
+    state = pickle.dumps(model)
+    components = model.components_.copy()
+    for bad in [np.full((5, 10), np.nan), small_data(n_features=7), np.ones((0, 10))]:
+        with pytest.raises(ValueError):
+            model.partial_fit(bad)
+    model.set_params(n_nonzero_coefs=99)
+    with pytest.raises(ValueError, match="exceeds"):
+        model.partial_fit(X)
+    model.set_params(n_nonzero_coefs=3)
+    np.testing.assert_array_equal(model.components_, components)
+    assert pickle.dumps(model) == state
+
+
+def test_transform_checks_features_and_fit():
+    with pytest.raises(Exception, match="not fitted"):
+        small_model().transform(small_data())
+    model = small_model().fit(small_data())
+    with pytest.raises(ValueError, match="10 features"):
+        model.transform(small_data(n_features=7))

@@ -1,0 +1,55 @@
+"""Metrics against their formulas written out."""
+
+import numpy as np
+import pytest
+
+from sklearn_dbksvd.metrics import (
+    atom_recovery,
+    coherence,
+    relative_error,
+    variance_explained,
+)
+
+
+def test_relative_error_is_mean_of_ratios():
+    X = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
+    X_hat = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    # 4/5, 0, and 0 for the all-zero sample.
+    assert relative_error(X, X_hat) == pytest.approx(0.8 / 3)
+
+
+def test_variance_explained_per_feature():
+    rng = np.random.RandomState(0)
+    X = rng.randn(50, 3)
+    X_hat = X.copy()
+    X_hat[:, 0] = 0.0  # feature 0 unexplained, others perfect
+    assert variance_explained(X, X_hat) == pytest.approx(1 - 1 / 3)
+    assert variance_explained(X, X) == 1.0
+    # A constant offset is not variance: it costs nothing.
+    assert variance_explained(X, X + 5.0) == pytest.approx(1.0)
+
+
+def test_coherence_per_atom_and_mutual():
+    atoms = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    per_atom, mutual = coherence(atoms)
+    s = 1 / np.sqrt(2)
+    np.testing.assert_allclose(per_atom, [s, s, s])
+    assert mutual == pytest.approx(s)
+    with pytest.raises(ValueError, match="all-zero atom"):
+        coherence([[0.0, 0.0], [1.0, 0.0]])
+    with pytest.raises(ValueError, match="at least two"):
+        coherence([[1.0, 0.0]])
+
+
+def test_atom_recovery_ignores_sign_and_scale():
+    true = np.eye(3)
+    learned = np.array([[-2.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 1.0, 1.0]])
+    assert atom_recovery(true, learned) == pytest.approx(2 / 3)
+    assert atom_recovery(true, learned, threshold=0.7) == 1.0
+    with pytest.raises(ValueError, match="features"):
+        atom_recovery(true, np.eye(2))
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="shape"):
+        relative_error(np.ones((3, 2)), np.ones((3, 3)))
