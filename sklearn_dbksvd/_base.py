@@ -5,6 +5,7 @@ import time
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -12,10 +13,29 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.decomposition import sparse_encode
-from sklearn.utils import check_random_state, gen_even_slices
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_feature_names,
+    _check_n_features,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
+from ._data import (
+    check_batch,
+    check_lazy_array,
+    chunk_rows,
+    dask_map_encode,
+    is_dask_array,
+    is_lazy_array,
+    iter_row_chunks,
+    read_batch,
+    read_rows,
+    schedule_for,
+    stack_codes,
+)
 from ._encode import _mp_encode, selections_to_csr
 from ._progress import ProgressReporter
 from .datasets import uniform_atoms
@@ -79,6 +99,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "transform_alpha": [Interval(Real, 0, None, closed="left"), None],
         "transform_max_iter": [Interval(Integral, 0, None, closed="left")],
         "positive_code": ["boolean"],
+        "sparse_output": ["boolean"],
         "mp_tol": [Interval(Real, 0, 1, closed="both"), None],
         "mp_refit": ["boolean"],
         "dict_init": ["array-like", None],
@@ -174,7 +195,21 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     # ------------------------------------------------------------------
     # Fitting
     # ------------------------------------------------------------------
-    def _validate_fit_data(self, X, reset):
+    def _validate_fit_data(self, X, reset, keep_lazy=False):
+        """Validate training data; lazy arrays are checked without reading.
+
+        With ``keep_lazy`` a lazy array (see ``_data.is_lazy_array``) is
+        returned as is, its metadata checked and its values left to be
+        validated batch by batch; otherwise it is read whole (one batch).
+        """
+        if is_lazy_array(X):
+            check_lazy_array(X)
+            if keep_lazy:
+                _check_n_features(self, X, reset=reset)
+                _check_feature_names(self, X, reset=reset)
+                return X
+            rows = [slice(0, X.shape[0])]
+            X = check_batch(read_rows(X, rows), rows)
         return validate_data(self, X, dtype=_FLOAT_DTYPES, reset=reset)
 
     def _run_steps(self, X, components, random_state, batches, n_steps, batch_weight):
@@ -187,7 +222,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             for step, batch in enumerate(batches):
                 tic = time.perf_counter()
                 components, info = self._step(
-                    X[batch], components, random_state, step < last_replacing_step
+                    batch, components, random_state, step < last_replacing_step
                 )
                 seen += len(batch)
                 info = {
@@ -203,18 +238,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                     break
         return components, history
 
-    def _batches(self, n_samples, batch_size, random_state):
-        """Yield sorted sample indices of each step: epochs of even batches."""
-        n_batches = math.ceil(n_samples / batch_size)
+    def _batches(self, X, batch_size, random_state):
+        """Yield the data of each step: epochs of even batches.
+
+        Rows are shuffled each epoch, or, for chunked stores (h5py, zarr,
+        dask), blocks of contiguous rows are; lazy data is validated as read.
+        """
+        schedule = schedule_for(X, batch_size)
         for _ in range(self.max_iter):
-            order = (
-                random_state.permutation(n_samples)
-                if self.shuffle
-                else np.arange(n_samples)
-            )
-            for part in gen_even_slices(n_samples, n_batches):
-                # Sorted: same batch, friendlier reads from memory-mapped data.
-                yield np.sort(order[part])
+            order = schedule.draw_order(random_state, self.shuffle)
+            for position in range(schedule.n_batches):
+                yield read_batch(X, schedule.rows(order, position))
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -224,9 +258,19 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         ``max_iter`` epochs, at most ``max_steps`` steps, or until early
         stopping.
 
+        Out-of-core data is read one batch at a time and validated as it is
+        read (so NaN in a part never read raises nothing), never loaded
+        whole. ``np.memmap`` data is batched exactly like the same array in
+        memory (a fresh shuffle of the rows each epoch, same result); h5py
+        datasets, zarr arrays and dask arrays are cut into
+        ``16 * n_batches`` contiguous blocks of rows, and each epoch takes
+        them in a new random order, 16 blocks per batch, so that each read
+        is sequential.
+
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like, np.memmap, h5py.Dataset, zarr.Array or \
+                dask.array.Array of shape (n_samples, n_features)
             Training data.
         y : Ignored
             Not used, present for API consistency by convention.
@@ -236,7 +280,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self : object
             Fitted estimator.
         """
-        X = self._validate_fit_data(X, reset=True)
+        X = self._validate_fit_data(X, reset=True, keep_lazy=True)
         n_samples, n_features = X.shape
         n_components, _ = self._check_settings(n_features)
         batch_size = self._resolved_batch_size(n_samples, n_features)
@@ -245,9 +289,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         if self.max_steps is not None:
             n_steps = min(n_steps, self.max_steps)
         random_state = check_random_state(self.random_state)
-        batches = self._batches(n_samples, batch_size, random_state)
+        batches = self._batches(X, batch_size, random_state)
         first = next(batches)
-        components = self._initial_components(X[first], n_components, random_state)
+        components = self._initial_components(first, n_components, random_state)
 
         def all_batches():
             yield first
@@ -327,16 +371,55 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Data.
+        X : array-like, np.memmap, h5py.Dataset, zarr.Array or \
+                dask.array.Array of shape (n_samples, n_features)
+            Data. Memory-mapped and chunked stores are read and encoded in
+            chunks of rows; a dask array is encoded lazily, block by block.
 
         Returns
         -------
-        code : ndarray of shape (n_samples, n_components)
-            Codes, in the dtype of ``X``.
+        code : ndarray or scipy.sparse.csr_matrix of shape (n_samples, \
+                n_components), or dask.array.Array
+            Codes, in the dtype of ``X`` (float64 for non-float ``X``); CSR
+            when ``sparse_output=True``. For a dask array, a dask array
+            chunked along samples like ``X``, whose chunks are CSR when
+            ``sparse_output=True``; it runs where ``X`` is computed, e.g. on a
+            ``dask.distributed`` cluster.
         """
         check_is_fitted(self)
+        if is_lazy_array(X):
+            dtype = check_lazy_array(X)
+            _check_n_features(self, X, reset=False)
+            _check_feature_names(self, X, reset=False)
+            # One Gram matrix for all chunks: it costs as much as encoding
+            # a few thousand samples.
+            gram = self._transform_gram(dtype)
+            if is_dask_array(X):
+                return dask_map_encode(self, X, gram, dtype, self.sparse_output)
+            n_components = self.components_.shape[0]
+            rows = chunk_rows(X.shape[1], n_components, dtype.itemsize)
+            parts = [self._encode(chunk, gram) for _, chunk in iter_row_chunks(X, rows)]
+            return stack_codes(parts, n_components, dtype, self.sparse_output)
         X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        return self._encode(X)
+
+    def _transform_gram(self, dtype):
+        """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None."""
+        if self.transform_algorithm != "mp":
+            return None
+        components = self.components_.astype(dtype, copy=False)
+        return components @ components.T
+
+    def _encode(self, X, gram=None):
+        """Codes of validated ``X``, dense or CSR as ``sparse_output`` says.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features)
+            Validated data, float32 or float64.
+        gram : ndarray of shape (n_components, n_components), default=None
+            Precomputed ``D Dᵀ`` in the dtype of ``X``, reused across chunks.
+        """
         components = self.components_.astype(X.dtype, copy=False)
         k = self._transform_n_nonzero_coefs()
         if self.transform_algorithm == "mp":
@@ -344,12 +427,16 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 X,
                 components,
                 k,
+                gram=gram,
                 positive=self.positive_code,
                 tol=self.mp_tol,
                 refit=self.mp_refit,
                 n_jobs=self.n_jobs,
             )
-            return selections_to_csr(indices, values, len(components)).toarray()
+            # Built from the selections: no dense (n_samples, n_components)
+            # array unless dense output is asked for.
+            code = selections_to_csr(indices, values, len(components))
+            return code if self.sparse_output else code.toarray()
         code = sparse_encode(
             X,
             components,
@@ -361,7 +448,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             positive=self.positive_code,
         )
         # scikit-learn's coders may return float64 for float32 input.
-        return code.astype(X.dtype, copy=False)
+        code = code.astype(X.dtype, copy=False)
+        return sp.csr_matrix(code) if self.sparse_output else code
 
     def inverse_transform(self, X):
         """Reconstruct data from codes: ``X @ components_``.

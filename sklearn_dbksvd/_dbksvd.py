@@ -59,6 +59,13 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         Regularisation of the lasso and threshold coders.
     transform_max_iter : int, default=1000
         Iterations of "lasso_cd" and "lasso_lars".
+    sparse_output : bool, default=False
+        Whether :meth:`transform` returns the codes as a
+        ``scipy.sparse.csr_matrix`` (for "mp" built straight from the
+        selections, never as a dense ``(n_samples, n_components)`` array)
+        instead of a dense ndarray. At most ``n_nonzero_coefs`` of the
+        ``n_components`` entries of a code are nonzero, so CSR saves memory
+        when ``n_components`` is large.
     positive_code : bool, default=False
         Nonnegative codes: matching pursuit only takes positive correlations
         and the atom update keeps codes nonnegative.
@@ -134,6 +141,31 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         learning with an l1 penalty.
     sparse_encode_mp : The matching-pursuit coder.
 
+    Notes
+    -----
+    **Out-of-core data.** :meth:`fit` accepts ``np.memmap`` arrays, h5py
+    datasets, zarr arrays and dask arrays and reads them one batch at a time;
+    each batch is validated (NaN, infinity, complex values) as it is read, and
+    float32 or float64 data keeps its dtype. The sampling of batches depends
+    on how cheaply rows can be read:
+
+    - in-memory and memory-mapped arrays: every epoch is a new random
+      permutation of the rows cut into batches, so a memory-mapped file gives
+      exactly the dictionary of the same array in memory;
+    - h5py, zarr and dask arrays, whose rows live in compressed or computed
+      chunks: the rows are cut into ``16 * n_batches`` contiguous blocks of
+      nearly equal size, and every epoch takes the blocks in a new random
+      order, 16 blocks per batch. Each sample is still seen once per epoch,
+      but samples of one block always share a batch, so data stored sorted
+      (by source, by time) is mixed at block granularity only.
+
+    :meth:`partial_fit` uses the array it is given as one batch and reads it
+    whole. :meth:`transform` encodes memory-mapped and chunked arrays in
+    chunks of rows, and a dask array lazily with ``map_blocks``, returning a
+    dask array: on a ``dask.distributed`` cluster the fitted estimator is
+    sent to the workers once and each block is encoded where it lives. With
+    ``sparse_output=True`` the codes are never dense.
+
     References
     ----------
     R. Valentin, S. M. Katz, V. Vanhoucke, M. J. Kochenderfer, "DB-KSVD:
@@ -170,6 +202,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         transform_n_nonzero_coefs=None,
         transform_alpha=None,
         transform_max_iter=1000,
+        sparse_output=False,
         positive_code=False,
         mp_tol=None,
         mp_refit=False,
@@ -198,6 +231,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.transform_n_nonzero_coefs = transform_n_nonzero_coefs
         self.transform_alpha = transform_alpha
         self.transform_max_iter = transform_max_iter
+        self.sparse_output = sparse_output
         self.positive_code = positive_code
         self.mp_tol = mp_tol
         self.mp_refit = mp_refit

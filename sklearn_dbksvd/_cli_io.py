@@ -1,0 +1,269 @@
+"""Files of the ``dbksvd`` command line: inputs, dictionaries, atomic writes."""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ._data import RowConcatenation, check_lazy_array
+
+_HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}
+_DICTIONARY_FORMAT = 1
+
+
+class UserError(Exception):
+    """A mistake of the user: reported as one line, never as a traceback."""
+
+
+def to_json(obj):
+    """JSON text of ``obj``; NumPy scalars and arrays become plain numbers."""
+
+    def default(value):
+        if isinstance(value, np.generic | np.ndarray):
+            return value.tolist()
+        return repr(value)
+
+    return json.dumps(obj, default=default, sort_keys=True)
+
+
+# ----------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------
+def _pick(names, key, path, what):
+    """The member ``key`` of a container, or its only member."""
+    if key is not None:
+        if key not in names:
+            raise UserError(f"{path} has no {what} {key!r}; it has {sorted(names)}.")
+        return key
+    if len(names) == 1:
+        return next(iter(names))
+    raise UserError(
+        f"{path} holds several {what}s {sorted(names)}; choose one with --key."
+    )
+
+
+def _open_hdf5(path, key):
+    try:
+        import h5py
+    except ImportError as error:
+        raise UserError(f"reading {path} needs h5py (pip install h5py).") from error
+    handle = h5py.File(path, "r")
+    names = []
+    handle.visititems(
+        lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None
+    )
+    # The file stays open for the life of the process: datasets read lazily.
+    return handle[_pick(names, key, path, "dataset")]
+
+
+def _open_zarr(path, key):
+    try:
+        import zarr
+    except ImportError as error:
+        raise UserError(f"reading {path} needs zarr (pip install zarr).") from error
+    store = zarr.open(str(path), mode="r")
+    if hasattr(store, "shape"):
+        return store
+    names = [name for name, _ in store.arrays()]
+    return store[_pick(names, key, path, "array")]
+
+
+def _open_shards(path):
+    shards = sorted(path.glob("*.npy"))
+    if not shards:
+        raise UserError(f"{path} is a directory without .npy shards.")
+    arrays = [np.load(shard, mmap_mode="r") for shard in shards]
+    try:
+        return RowConcatenation(arrays)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from error
+
+
+def open_input(path, key=None):
+    """Open training or encoding data without reading it when possible.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.npy`` file (memory-mapped), a ``.npz`` file (the array named
+        ``key``, or its only array, loaded in memory: zip members cannot be
+        mapped), a directory of ``.npy`` shards stacked in name order
+        (memory-mapped), an HDF5 file (h5py) or a zarr store.
+    key : str, default=None
+        Array of an ``.npz``, dataset of an HDF5 file or array of a zarr group.
+
+    Returns
+    -------
+    X : array-like of shape (n_samples, n_features)
+        An ndarray, a memory map or a lazy array of the estimators.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory.")
+    suffix = path.suffix.lower()
+    if (
+        suffix == ".zarr"
+        or (path / "zarr.json").exists()
+        or (path / ".zarray").exists()
+    ):
+        X = _open_zarr(path, key)
+    elif path.is_dir():
+        X = _open_shards(path)
+    elif suffix == ".npy":
+        X = np.load(path, mmap_mode="r")
+    elif suffix == ".npz":
+        with np.load(path) as archive:
+            X = archive[_pick(archive.files, key, path, "array")]
+    elif suffix in _HDF5_SUFFIXES:
+        X = _open_hdf5(path, key)
+    else:
+        raise UserError(
+            f"{path}: unsupported input; expected .npy, .npz, a directory of .npy "
+            "shards, HDF5 (.h5, .hdf5) or zarr (.zarr)."
+        )
+    try:
+        check_lazy_array(X)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from error
+    return X
+
+
+def describe_input(path, X):
+    """What identifies the training data of a checkpoint."""
+    return {
+        "path": str(Path(path).resolve()),
+        "shape": [int(size) for size in X.shape],
+        "dtype": str(np.dtype(X.dtype)),
+    }
+
+
+# ----------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------
+def check_output(path, force):
+    """Fail early, before any work, when ``path`` cannot be written."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it.")
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: no such directory for the output.")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path, force=True):
+    """Write ``path`` through a temporary file renamed over it at the end.
+
+    The temporary file lives in the same directory, so ``os.replace`` is an
+    atomic rename: readers see the old file or the complete new one, never a
+    half-written one, even if the process is killed.
+
+    Yields
+    ------
+    file : binary file object
+    """
+    path = Path(path)
+    check_output(path, force)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); give it the usual mode.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz_atomic(path, force=True, **arrays):
+    """``np.savez`` through :func:`atomic_write`."""
+    with atomic_write(path, force) as file:
+        np.savez(file, **arrays)
+
+
+# ----------------------------------------------------------------------
+# Dictionaries
+# ----------------------------------------------------------------------
+def estimator_classes():
+    """Estimator classes a dictionary file may name."""
+    import sklearn_dbksvd
+
+    names = ["DBKSVDDictionaryLearning", "MatryoshkaDBKSVD"]
+    return {
+        name: getattr(sklearn_dbksvd, name)
+        for name in names
+        if hasattr(sklearn_dbksvd, name)
+    }
+
+
+def save_dictionary(path, model, force):
+    """Write a fitted estimator as ``.npz``: atoms, parameters, history, version.
+
+    Parameters and history are JSON strings so that the file loads with
+    ``np.load(path)`` (no pickle) and stays readable without this package.
+    """
+    from . import __version__
+
+    save_npz_atomic(
+        path,
+        force,
+        components_=model.components_,
+        estimator=np.array(type(model).__name__),
+        params=np.array(to_json(model.get_params(deep=False))),
+        history_=np.array(to_json(model.history_)),
+        n_steps_=np.array(model.n_steps_),
+        n_iter_=np.array(model.n_iter_),
+        n_samples_seen_=np.array(model.n_samples_seen_),
+        version=np.array(__version__),
+        format=np.array(_DICTIONARY_FORMAT),
+    )
+
+
+def load_dictionary(path):
+    """A fitted estimator from a file written by :func:`save_dictionary`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file.")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is not a readable .npz file ({error}).") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} is not a readable .npz file (it holds one array).")
+    with archive:
+        contents = {name: archive[name] for name in archive.files}
+    missing = {"components_", "estimator", "params"} - set(contents)
+    if missing:
+        raise UserError(
+            f"{path} is not a dbksvd dictionary (missing {', '.join(sorted(missing))})."
+        )
+    name = str(contents["estimator"])
+    classes = estimator_classes()
+    if name not in classes:
+        raise UserError(f"{path} was made by {name}, which this version lacks.")
+    cls = classes[name]
+    params = json.loads(str(contents["params"]))
+    accepted = cls().get_params(deep=False)
+    model = cls(**{key: value for key, value in params.items() if key in accepted})
+    components = contents["components_"]
+    if components.ndim != 2 or components.dtype.kind != "f":
+        raise UserError(f"{path}: components_ is not a 2D float array.")
+    model.components_ = components
+    model.n_features_in_ = components.shape[1]
+    model.history_ = json.loads(str(contents.get("history_", "[]")))
+    for attribute in ("n_steps_", "n_iter_", "n_samples_seen_"):
+        if attribute in contents:
+            setattr(model, attribute, int(contents[attribute]))
+    return model

@@ -1,0 +1,394 @@
+"""Reading training data batch by batch: in memory, memory-mapped or chunked.
+
+Three kinds of input reach :meth:`fit`:
+
+- in-memory arrays, validated once up front and indexed by rows;
+- *row-addressable* lazy arrays (``np.memmap``, :class:`RowConcatenation` of
+  memory-mapped shards): any set of rows can be read cheaply, so batches are
+  drawn exactly as for in-memory arrays (a full shuffle), and each batch is
+  validated when it is read;
+- *chunked* lazy arrays (h5py datasets, zarr arrays, dask arrays): reading
+  scattered rows would decompress or compute nearly every chunk for every
+  batch, so a batch is made of a few random *contiguous blocks* of rows, and
+  each batch is validated when it is read.
+
+Nothing here reads more than one batch (or one chunk of rows) at a time.
+"""
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils import gen_even_slices
+
+_FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+# Contiguous blocks per batch for chunked stores: 16 distant parts of the data
+# mix well enough within a batch, while each block stays a large sequential
+# read (65536-sample batches of 2304 float32 features read 36 MiB per block).
+_BLOCKS_PER_BATCH = 16
+
+# Budget of one chunk of rows when streaming transform/encode: its samples
+# plus its dense correlations with the atoms, so that memory stays bounded by
+# this rather than by n_samples (about 3600 rows at d=2304, m=16384, float32).
+_CHUNK_BYTES = 2**28
+
+_CHUNKED_MODULES = {"h5py", "zarr", "dask"}
+
+
+class RowConcatenation:
+    """Several 2-D arrays stacked along rows, read lazily.
+
+    Stands for the directory of ``.npy`` shards of the command line: each
+    shard is typically memory-mapped, and only the rows asked for are read.
+
+    Parameters
+    ----------
+    arrays : sequence of array-like of shape (n_rows_i, n_features)
+        Shards with the same number of columns and the same dtype.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(sum of n_rows_i, n_features)``.
+    dtype : numpy.dtype
+        Dtype of the shards.
+    """
+
+    def __init__(self, arrays):
+        arrays = list(arrays)
+        if not arrays:
+            raise ValueError("RowConcatenation needs at least one array.")
+        for array in arrays:
+            if len(array.shape) != 2:
+                raise ValueError(
+                    f"Expected 2D shards, got one of shape {tuple(array.shape)}."
+                )
+        n_features = {array.shape[1] for array in arrays}
+        dtypes = {np.dtype(array.dtype) for array in arrays}
+        if len(n_features) > 1:
+            raise ValueError(f"The shards have different n_features: {n_features}.")
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"The shards have different dtypes: {sorted(map(str, dtypes))}."
+            )
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [array.shape[0] for array in arrays])
+        self.shape = (int(self.offsets[-1]), n_features.pop())
+        self.dtype = dtypes.pop()
+        self.ndim = 2
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        """Rows given by a slice with step 1 or an array of row indices."""
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.shape[0])
+            if step != 1:
+                rows = np.arange(start, stop, step)
+            else:
+                parts = []
+                for i, array in enumerate(self.arrays):
+                    lo = max(start, self.offsets[i])
+                    hi = min(stop, self.offsets[i + 1])
+                    if lo < hi:
+                        parts.append(
+                            np.asarray(
+                                array[lo - self.offsets[i] : hi - self.offsets[i]]
+                            )
+                        )
+                if not parts:
+                    return np.empty((0, self.shape[1]), dtype=self.dtype)
+                return np.concatenate(parts)
+        rows = np.asarray(rows)
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        for i in np.unique(shard):
+            mine = shard == i
+            out[mine] = self.arrays[i][rows[mine] - self.offsets[i]]
+        return out
+
+
+def is_dask_array(X):
+    """Whether ``X`` is a dask array (without importing dask)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+
+
+def _is_chunked(X):
+    return type(X).__module__.split(".")[0] in _CHUNKED_MODULES and hasattr(X, "shape")
+
+
+def is_lazy_array(X):
+    """Whether ``X`` is read batch by batch rather than validated whole.
+
+    True for ``np.memmap``, :class:`RowConcatenation`, h5py datasets, zarr
+    arrays and dask arrays.
+    """
+    return isinstance(X, np.memmap | RowConcatenation) or _is_chunked(X)
+
+
+def check_lazy_array(X):
+    """Validate the metadata of a lazy array without reading it.
+
+    Parameters
+    ----------
+    X : lazy array
+        See :func:`is_lazy_array`.
+
+    Returns
+    -------
+    dtype : numpy.dtype
+        The dtype batches will have: float32 and float64 are kept, other real
+        dtypes become float64.
+
+    Raises
+    ------
+    ValueError
+        When ``X`` is not 2-D, is empty, has unknown dask chunk sizes or holds
+        complex or non-numeric values.
+    """
+    shape = tuple(X.shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"Expected 2D array, got {len(shape)}D array of shape {shape} instead."
+        )
+    if any(isinstance(size, float) and math.isnan(size) for size in shape):
+        raise ValueError(
+            "The dask array has unknown chunk sizes; call X.compute_chunk_sizes() "
+            "first."
+        )
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(
+            f"Found array with shape {shape}, while at least 1 sample and 1 "
+            "feature are required."
+        )
+    dtype = np.dtype(X.dtype)
+    if dtype.kind == "c":
+        raise ValueError(f"Complex data not supported (dtype {dtype}).")
+    if dtype.kind not in "biuf":
+        raise ValueError(f"Data of dtype {dtype} is not supported; expected numbers.")
+    return dtype if dtype in _FLOAT_DTYPES else np.dtype(np.float64)
+
+
+def _row_number(rows, i):
+    """Row of ``X`` that is row ``i`` of a batch read with ``rows``."""
+    if isinstance(rows, np.ndarray):
+        return int(rows[i])
+    for block in rows:
+        if i < block.stop - block.start:
+            return block.start + i
+        i -= block.stop - block.start
+    return None
+
+
+def check_batch(batch, rows=None):
+    """Validate one batch read from a lazy array.
+
+    Parameters
+    ----------
+    batch : array-like of shape (n_rows, n_features)
+        Rows just read.
+    rows : ndarray of int or list of slice, default=None
+        Where the rows come from in ``X``, to name the faulty row in errors.
+
+    Returns
+    -------
+    batch : ndarray of shape (n_rows, n_features)
+        float32 and float64 kept, other real dtypes converted to float64.
+
+    Raises
+    ------
+    ValueError
+        On complex values, NaN or infinity.
+    """
+    batch = np.asarray(batch)
+    if batch.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported (dtype {batch.dtype}).")
+    if batch.dtype not in _FLOAT_DTYPES:
+        batch = batch.astype(np.float64)
+    # A finite sum proves every entry finite without a boolean copy; only a
+    # failing batch (or an overflowing sum) pays for locating the culprit.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = batch.sum()
+    if not np.isfinite(total):
+        bad_rows = np.flatnonzero(~np.isfinite(batch).all(axis=1))
+        if len(bad_rows):
+            i = bad_rows[0]
+            what = "NaN" if np.isnan(batch[i]).any() else "infinity"
+            where = "" if rows is None else f" (row {_row_number(rows, i)})"
+            raise ValueError(f"Input X contains {what}{where}.")
+    return batch
+
+
+class BatchSchedule:
+    """Which rows each step of an epoch reads.
+
+    An epoch is cut into ``n_batches = ceil(n_samples / batch_size)`` batches
+    of nearly equal size. With ``contiguous=False`` an epoch is a permutation
+    of the rows (the full shuffle of in-memory data). With ``contiguous=True``
+    the rows are cut into ``n_batches * 16`` contiguous blocks of nearly equal
+    size, an epoch is a permutation of the blocks and a batch is 16 of them.
+
+    Parameters
+    ----------
+    n_samples : int
+        Rows of the data.
+    batch_size : int
+        Requested samples per batch, at most ``n_samples``.
+    contiguous : bool
+        Blocks of rows rather than single rows.
+    """
+
+    def __init__(self, n_samples, batch_size, contiguous):
+        self.n_samples, self.contiguous = n_samples, contiguous
+        self.n_batches = math.ceil(n_samples / batch_size)
+        if contiguous:
+            # Blocks nest in the batches of an unshuffled epoch, so that
+            # shuffle=False reads the same consecutive batches as in memory.
+            self._blocks = [
+                slice(part.start + block.start, part.start + block.stop)
+                for part in gen_even_slices(n_samples, self.n_batches)
+                for block in gen_even_slices(
+                    part.stop - part.start,
+                    min(_BLOCKS_PER_BATCH, part.stop - part.start),
+                )
+            ]
+            self.n_units = len(self._blocks)
+        else:
+            self.n_units = n_samples
+        self._parts = list(gen_even_slices(self.n_units, self.n_batches))
+
+    def draw_order(self, random_state, shuffle):
+        """Order of the rows or blocks for one epoch; draws only if ``shuffle``."""
+        if shuffle:
+            return random_state.permutation(self.n_units)
+        return np.arange(self.n_units)
+
+    def rows(self, order, position):
+        """Rows of batch ``position`` of the epoch ordered by ``order``.
+
+        Returns
+        -------
+        rows : ndarray of int or list of slice
+            Sorted row indices, or sorted, merged contiguous blocks.
+        """
+        # Sorted: same batch, sequential reads from disk.
+        units = np.sort(order[self._parts[position]])
+        if not self.contiguous:
+            return units
+        merged = []
+        for unit in units:
+            block = self._blocks[unit]
+            if merged and merged[-1].stop == block.start:
+                merged[-1] = slice(merged[-1].start, block.stop)
+            else:
+                merged.append(block)
+        return merged
+
+
+def schedule_for(X, batch_size):
+    """The :class:`BatchSchedule` of ``X``: contiguous blocks for chunked stores."""
+    return BatchSchedule(X.shape[0], batch_size, contiguous=_is_chunked(X))
+
+
+def read_batch(X, rows):
+    """Rows of ``X`` as an ndarray, validated when ``X`` is lazy.
+
+    In-memory data is validated whole before fitting; lazy data can only be
+    validated as it is read.
+    """
+    if is_lazy_array(X):
+        return check_batch(read_rows(X, rows), rows)
+    return X[rows]
+
+
+def _runs(rows):
+    """Sorted row indices as slices of consecutive rows."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    pairs = zip(starts, stops, strict=True)
+    return [slice(int(rows[a]), int(rows[b - 1]) + 1) for a, b in pairs]
+
+
+def read_rows(X, rows):
+    """Read the rows of ``X`` given by an index array or a list of slices.
+
+    Index arrays must be sorted and without repeats.
+    """
+    if isinstance(rows, np.ndarray):
+        if not _is_chunked(X):
+            return np.asarray(X[rows])
+        # Chunked stores differ in fancy indexing (zarr wants .oindex, h5py
+        # is slow at it); runs of consecutive rows read alike everywhere.
+        rows = _runs(rows) if len(rows) else [slice(0, 0)]
+    parts = [X[block] for block in rows]
+    if is_dask_array(X):
+        import dask
+
+        # One compute: blocks sharing a dask chunk share its computation.
+        parts = dask.compute(*parts)
+    parts = [np.asarray(part) for part in parts]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def chunk_rows(n_features, n_components, itemsize):
+    """Rows per chunk when streaming codes, within the ``_CHUNK_BYTES`` budget."""
+    return max(1, _CHUNK_BYTES // (itemsize * (n_features + n_components)))
+
+
+def iter_row_chunks(X, rows_per_chunk):
+    """Yield ``(slice, validated chunk)`` over consecutive rows of ``X``."""
+    n_samples = X.shape[0]
+    for start in range(0, n_samples, rows_per_chunk):
+        block = slice(start, min(start + rows_per_chunk, n_samples))
+        yield block, check_batch(read_rows(X, [block]), [block])
+
+
+def stack_codes(parts, n_components, dtype, sparse):
+    """Stack per-chunk codes into one CSR matrix or one dense array."""
+    if sparse:
+        if not parts:
+            return sp.csr_matrix((0, n_components), dtype=dtype)
+        return sp.vstack(parts, format="csr")
+    if not parts:
+        return np.empty((0, n_components), dtype=dtype)
+    return np.concatenate(parts)
+
+
+def _encode_dask_block(block, estimator, gram):
+    return estimator._encode(check_batch(block), gram=gram)
+
+
+def dask_map_encode(estimator, X, gram, dtype, sparse):
+    """Codes of the dask array ``X``, computed block-wise by ``map_blocks``.
+
+    The fitted estimator and its Gram matrix go into the graph once, as
+    delayed objects, so that every worker receives them once rather than once
+    per block.
+
+    Returns
+    -------
+    codes : dask.array.Array of shape (n_samples, n_components)
+        Chunked along samples like ``X``; chunks are scipy.sparse CSR
+        matrices when ``sparse`` is true.
+    """
+    import dask
+
+    n_components = estimator.components_.shape[0]
+    # Each block must hold whole samples to be encoded.
+    X = X.rechunk({1: -1})
+    meta = (
+        sp.csr_matrix((0, n_components), dtype=dtype)
+        if sparse
+        else np.empty((0, n_components), dtype=dtype)
+    )
+    return X.map_blocks(
+        _encode_dask_block,
+        dask.delayed(estimator, traverse=False),
+        dask.delayed(gram, traverse=False),
+        dtype=dtype,
+        chunks=(X.chunks[0], (n_components,)),
+        meta=meta,
+    )
