@@ -1,0 +1,55 @@
+"""What the API page lists, section by section.
+
+``conf.py`` renders ``api.rst`` from this list. A name that the installed
+package does not have yet is skipped, so objects still being written elsewhere
+(``MatryoshkaDBKSVD``, the GPU backend helpers) can be listed here ahead of
+time and appear as soon as they exist.
+"""
+
+API_REFERENCE = [
+    {
+        "title": "Estimators",
+        "module": "sklearn_dbksvd",
+        "description": """
+Dictionary learners with the scikit-learn transformer API: ``fit`` learns
+``components_``, ``transform`` returns sparse codes, ``score`` is the variance
+explained. See :ref:`user_guide`.
+""",
+        # MatryoshkaDBKSVD: nested groups of atoms (paper section 4.2).
+        "names": ["DBKSVDDictionaryLearning", "MatryoshkaDBKSVD"],
+    },
+    {
+        "title": "Sparse coding",
+        "module": "sklearn_dbksvd",
+        "description": """
+The matching-pursuit coder of the estimators, usable on its own with any
+dictionary (see :ref:`ug_encoding`).
+""",
+        "names": ["sparse_encode_mp"],
+    },
+    {
+        "title": "Metrics",
+        "module": "sklearn_dbksvd.metrics",
+        "description": """
+.. automodule:: sklearn_dbksvd.metrics
+   :no-members:
+   :no-index:
+
+See :ref:`ug_metrics`.
+""",
+        "names": [
+            "relative_error",
+            "variance_explained",
+            "coherence",
+            "atom_recovery",
+        ],
+    },
+    {
+        "title": "Datasets",
+        "module": "sklearn_dbksvd.datasets",
+        "description": """
+Synthetic and bundled data for examples, tests and benchmarks.
+""",
+        "names": ["make_sparse_dictionary_problem", "load_sample_patches"],
+    },
+]
