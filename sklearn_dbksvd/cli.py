@@ -1,4 +1,4 @@
-"""The ``dbksvd`` command line: demo, fit, encode, report.
+"""The ``dbksvd`` command line: demo, fit, encode, report, export.
 
 Mistakes of the user (missing or malformed files, NaN in the data, a
 dictionary that does not match the data, an output that exists) are reported
@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._cli_export import add_export_parser
 from ._cli_io import UserError
 
 
@@ -426,6 +427,8 @@ def build_parser():
     )
     _add_common(report, output="report file to write (.png or .html)")
     report.set_defaults(handler=_report)
+
+    add_export_parser(commands)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""``dbksvd export``: a dictionary file in the format of another tool.
+
+The work is :func:`sklearn_dbksvd.interop.save_sae`; this module only reads
+the dictionary written by ``dbksvd fit`` and maps the command-line options.
+"""
+
+FORMATS = ("saelens",)
+
+
+def add_export_parser(commands):
+    """Add the ``export`` subcommand to the ``dbksvd`` subparsers."""
+    export = commands.add_parser(
+        "export",
+        help="write a dictionary as an SAELens directory (for SAEBench)",
+        description="Write the dictionary as an SAELens directory (cfg.json and "
+        "sae_weights.safetensors: W_dec = the atoms, W_enc = W_dec.T, zero "
+        "biases, architecture 'topk' with the dictionary's k) that SAELens "
+        "and SAEBench load, and that sklearn_dbksvd.interop.load_sae and "
+        "load_torch load with the exact matching-pursuit encoder. The "
+        "directory is written aside and renamed into place when complete. "
+        "Needs safetensors (pip install 'sklearn-dbksvd[torch]').",
+    )
+    export.add_argument("dictionary", help="dictionary file written by 'dbksvd fit'")
+    export.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="saelens",
+        help="output format (default: %(default)s)",
+    )
+    export.add_argument("-o", "--output", required=True, help="directory to write")
+    export.add_argument(
+        "--hook-name",
+        required=True,
+        help="TransformerLens hook of the activations, e.g. blocks.8.hook_resid_post",
+    )
+    export.add_argument(
+        "--model-name", required=True, help="language model, e.g. pythia-70m-deduped"
+    )
+    export.add_argument(
+        "--hook-layer",
+        type=int,
+        default=None,
+        help="layer of the hook (default: read from 'blocks.<layer>.' in the name)",
+    )
+    export.add_argument(
+        "--split-sign",
+        action="store_true",
+        help="write [D; -D] so that latents are nonnegative (d_sae = 2 m)",
+    )
+    export.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help="dtype of the tensors (default: the dictionary's)",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace an existing SAE directory"
+    )
+    export.set_defaults(handler=run_export)
+    return export
+
+
+def run_export(args):
+    """Handler of ``dbksvd export``: load the dictionary, write the directory."""
+    from pathlib import Path
+
+    from ._cli_io import UserError, load_dictionary
+    from .interop import save_sae
+
+    if Path(args.output).exists() and not args.force:
+        raise UserError(f"{args.output} exists; pass --force to replace it.")
+    model = load_dictionary(args.dictionary)
+    path = save_sae(
+        model,
+        args.output,
+        hook_name=args.hook_name,
+        model_name=args.model_name,
+        hook_layer=args.hook_layer,
+        split_sign=args.split_sign,
+        dtype=args.dtype,
+        overwrite=args.force,
+    )
+    n_components, n_features = model.components_.shape
+    d_sae = 2 * n_components if args.split_sign else n_components
+    print(
+        f"SAELens directory with d_in={n_features}, d_sae={d_sae}, "
+        f"k={model._transform_n_nonzero_coefs()}: {path}"
+    )
+    return 0
