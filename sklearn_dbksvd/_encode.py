@@ -14,53 +14,55 @@ import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_array
 
+from . import _backend, _numba
 from ._parallel import parallel_map
 
-# Samples per chunk of matching pursuit: three (chunk, n_components) buffers
-# (correlations, scores, gathered Gram rows) should stay in a 2 MiB L2/L3
-# slice, so each selection streams from cache rather than from memory.
+# Samples per chunk of the NumPy fallback of matching pursuit: three (chunk,
+# n_components) buffers (correlations, scores, gathered Gram rows) should stay
+# in a 2 MiB L2/L3 slice, so each selection streams from cache, not memory.
 _MP_CHUNK_BYTES = 2**19
 
-# Samples per block of the correlation GEMM ``X_block @ Dᵀ``: large enough for
-# an efficient GEMM, small enough that the block of correlations (block,
-# n_components) never dominates memory (64 MiB at 4096 atoms in float32).
-_GEMM_BLOCK_SAMPLES = 4096
+# Bytes of one block of correlations ``X_block @ Dᵀ``: 32 MiB is 2048 samples
+# at 4096 float32 atoms, large enough for an efficient GEMM, small enough
+# that the blocks in flight (one per thread) never dominate memory: the
+# correlations of a whole batch (1 GiB at the paper's size) never exist.
+_BLOCK_BYTES = 2**25
+
+# Entries per group of the compiled arg-max: the per-group maxima let the
+# search for the arg-max touch one group (256 entries, 1 KiB in float32)
+# instead of half of the row on average.
+_ARGMAX_GROUP = 256
 
 
 def _mp_chunk_size(n_components, itemsize):
     return max(8, _MP_CHUNK_BYTES // (3 * n_components * itemsize))
 
 
-def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
-    """Run ``n_nonzero_coefs`` matching-pursuit selections on correlations.
+def _block_size(n_components, itemsize):
+    """Samples per correlation block; a multiple of 64 for the GEMM."""
+    return max(64, _BLOCK_BYTES // (n_components * itemsize) // 64 * 64)
 
-    Parameters
-    ----------
-    corr : ndarray of shape (n_samples, n_components)
-        Correlations ``X @ D.T`` of the samples with the atoms; overwritten
-        with the correlations of the final residuals.
-    gram : ndarray of shape (n_components, n_components)
-        ``D @ D.T``.
-    n_nonzero_coefs : int
-        Number of selections per sample. An atom may be selected again; its
-        coefficients then accumulate.
-    positive : bool
-        Select the largest positive correlation only; once no correlation is
-        positive the remaining selections add zero.
-    sq_norms : ndarray of shape (n_samples,), default=None
-        Squared norms of the samples; needed with ``tol``.
-    tol : float, default=None
-        Stop a sample's selections once ``‖r‖ ≤ tol ‖x‖``. With unit atoms a
-        selection with coefficient ``a`` lowers ``‖r‖²`` by exactly ``a²``, so
-        the residual norm is tracked without touching the residual.
 
-    Returns
-    -------
-    indices : ndarray of shape (n_samples, n_nonzero_coefs)
-        Selected atom of each selection.
-    values : ndarray of shape (n_samples, n_nonzero_coefs)
-        Coefficient added by each selection (zero once a sample has stopped).
-    """
+def _matching_pursuit_numpy(corr, gram, n_nonzero_coefs, positive, sq_norms, tol):
+    """NumPy fallback of :func:`_matching_pursuit_gram`, one chunk at a time."""
+    n_samples = corr.shape[0]
+    indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
+    values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
+    chunk = _mp_chunk_size(gram.shape[0], gram.itemsize)
+    for start in range(0, n_samples, chunk):
+        part = slice(start, start + chunk)
+        indices[part], values[part] = _matching_pursuit_chunk(
+            corr[part],
+            gram,
+            n_nonzero_coefs,
+            positive,
+            None if sq_norms is None else sq_norms[part],
+            tol,
+        )
+    return indices, values
+
+
+def _matching_pursuit_chunk(corr, gram, n_nonzero_coefs, positive, sq_norms, tol):
     n_samples = corr.shape[0]
     rows = np.arange(n_samples)
     indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
@@ -86,6 +88,141 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None,
         np.take(gram, best, axis=0, out=gram_rows)
         gram_rows *= coef[:, None]
         corr -= gram_rows
+    return indices, values
+
+
+@_numba.jit()
+def _argmax_key(keys, and_mask, xor_mask, shift, group_max):  # pragma: no cover
+    """First index of the largest ``key(keys[j])``, by groups of entries.
+
+    ``keys`` are the bits of the correlations as signed integers, and
+    ``key(b) = (b & and_mask) ^ ((b >> shift) & xor_mask)`` orders them like
+    ``|c|`` (``and_mask`` clears the sign bit, ``xor_mask = 0``) or like ``c``
+    (``and_mask = -1``, ``xor_mask`` flips the magnitude bits of negative
+    numbers). Integer maxima vectorise where LLVM keeps float maxima serial
+    (measured: 9 against 1.6 billion entries per second).
+    """
+    n = keys.shape[0]
+    n_groups = group_max.shape[0]
+    for g in range(n_groups):
+        group = keys[g * _ARGMAX_GROUP : (g + 1) * _ARGMAX_GROUP]
+        top = (group[0] & and_mask) ^ ((group[0] >> shift) & xor_mask)
+        if group.shape[0] == _ARGMAX_GROUP:
+            # A constant trip count is what lets LLVM vectorise this loop.
+            for j in range(_ARGMAX_GROUP):
+                top = max(top, (group[j] & and_mask) ^ ((group[j] >> shift) & xor_mask))
+        else:
+            for j in range(group.shape[0]):
+                top = max(top, (group[j] & and_mask) ^ ((group[j] >> shift) & xor_mask))
+        group_max[g] = top
+    best_group = 0
+    for g in range(1, n_groups):
+        if group_max[g] > group_max[best_group]:
+            best_group = g
+    top = group_max[best_group]
+    for j in range(best_group * _ARGMAX_GROUP, n):
+        if (keys[j] & and_mask) ^ ((keys[j] >> shift) & xor_mask) == top:
+            return j
+    return 0
+
+
+@_numba.jit()
+def _matching_pursuit_jit(
+    corr, keys, gram, positive, sq_norms, sq_target, masks, indices, values
+):  # pragma: no cover
+    """Compiled matching pursuit, one sample at a time (same selections).
+
+    ``keys`` is ``corr`` viewed as integers; ``sq_norms`` is empty without a
+    tolerance. A selection whose coefficient is zero leaves the correlations
+    unchanged, so every later selection repeats it: they are filled at once.
+    """
+    n_samples, n_components = corr.shape
+    n_nonzero_coefs = indices.shape[1]
+    and_mask, xor_mask, shift = masks[0], masks[1], masks[2]
+    group_max = np.empty((n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP, keys.dtype)
+    use_tol = sq_norms.shape[0] > 0
+    for i in range(n_samples):
+        c = corr[i]
+        key = keys[i]
+        sq_residual = sq_norms[i] if use_tol else c[0]
+        for t in range(n_nonzero_coefs):
+            best = _argmax_key(key, and_mask, xor_mask, shift, group_max)
+            coef = c[best]
+            # ``coef - coef`` is a zero of the array's dtype (a literal 0
+            # would promote float32 to float64).
+            if positive and coef < 0:
+                coef = coef - coef
+            if use_tol:
+                if sq_residual <= sq_target[i]:
+                    coef = coef - coef
+                sq_residual -= coef * coef
+            indices[i, t] = best
+            values[i, t] = coef
+            if coef == 0:
+                for rest in range(t + 1, n_nonzero_coefs):
+                    indices[i, rest] = best
+                    values[i, rest] = coef
+                break
+            if t + 1 < n_nonzero_coefs:
+                g = gram[best]
+                for j in range(n_components):
+                    c[j] = c[j] - coef * g[j]
+
+
+def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
+    """Run ``n_nonzero_coefs`` matching-pursuit selections on correlations.
+
+    Compiled with numba when available, else vectorised NumPy over chunks of
+    samples; both make the same selections (the compiled one is a few times
+    faster: ``benchmarks/RESULTS.md``, Performance).
+
+    Parameters
+    ----------
+    corr : ndarray of shape (n_samples, n_components)
+        C-ordered correlations ``X @ D.T`` of the samples with the atoms;
+        overwritten (with the correlations of intermediate residuals).
+    gram : ndarray of shape (n_components, n_components)
+        ``D @ D.T``.
+    n_nonzero_coefs : int
+        Number of selections per sample. An atom may be selected again; its
+        coefficients then accumulate.
+    positive : bool
+        Select the largest positive correlation only; once no correlation is
+        positive the remaining selections add zero.
+    sq_norms : ndarray of shape (n_samples,), default=None
+        Squared norms of the samples; needed with ``tol``.
+    tol : float, default=None
+        Stop a sample's selections once ``‖r‖ ≤ tol ‖x‖``. With unit atoms a
+        selection with coefficient ``a`` lowers ``‖r‖²`` by exactly ``a²``, so
+        the residual norm is tracked without touching the residual.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_samples, n_nonzero_coefs)
+        Selected atom of each selection.
+    values : ndarray of shape (n_samples, n_nonzero_coefs)
+        Coefficient added by each selection (zero once a sample has stopped).
+    """
+    if not _numba.use_numba():
+        return _matching_pursuit_numpy(
+            corr, gram, n_nonzero_coefs, positive, sq_norms, tol
+        )
+    n_samples = corr.shape[0]
+    indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
+    values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
+    int_dtype = np.int32 if corr.itemsize == 4 else np.int64
+    top = np.iinfo(int_dtype).max  # all bits but the sign
+    masks = np.array(
+        [-1, top, 8 * corr.itemsize - 1] if positive else [top, 0, 0], dtype=int_dtype
+    )
+    if tol is None:
+        sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
+    else:
+        sq_target = tol**2 * sq_norms
+    _matching_pursuit_jit(
+        corr, corr.view(int_dtype), gram, positive, sq_norms, sq_target, masks,
+        indices, values,
+    )
     return indices, values
 
 
@@ -119,34 +256,30 @@ def _refit_on_support(indices, values, corr0, gram):
 
 
 def _encode_block(
-    X_block, dictionary, gram, n_nonzero_coefs, positive, cov_block, tol, refit
+    block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs, positive,
+    tol, refit, backend, residual,
 ):
-    """Correlations of one block of samples, then chunked matching pursuit."""
-    if cov_block is None:
-        corr = X_block @ dictionary.T
+    """Correlations of one block of samples, matching pursuit, residual."""
+    X_block = None if X is None else X[block]
+    if cov is None:
+        corr = _backend.correlations(backend, X_block, dictionary_dev)
     else:
-        corr = np.array(cov_block.T, dtype=gram.dtype, order="C")
+        corr = np.array(cov[:, block].T, dtype=gram.dtype, order="C")
     corr0 = corr.copy() if refit else None
     sq_norms = None
     if tol is not None:
-        sq_norms = np.einsum("ij,ij->i", X_block, X_block)
-    chunk = _mp_chunk_size(gram.shape[0], gram.itemsize)
-    indices = np.empty((corr.shape[0], n_nonzero_coefs), dtype=np.intp)
-    values = np.empty((corr.shape[0], n_nonzero_coefs), dtype=gram.dtype)
-    for start in range(0, corr.shape[0], chunk):
-        part = slice(start, start + chunk)
-        indices[part], values[part] = _matching_pursuit_gram(
-            corr[part],
-            gram,
-            n_nonzero_coefs,
-            positive,
-            None if sq_norms is None else sq_norms[part],
-            tol,
+        sq_norms = _backend.sq_norms(backend, X_block).astype(gram.dtype, copy=False)
+    indices, values = _matching_pursuit_gram(
+        corr, gram, n_nonzero_coefs, positive, sq_norms, tol
+    )
+    del corr
+    if refit:
+        indices, values = _refit_on_support(indices, values, corr0, gram)
+    if residual is not None:
+        _backend.residual(
+            backend, X_block, indices, values, dictionary, dictionary_dev,
+            out=residual[block],
         )
-        if refit:
-            indices[part], values[part] = _refit_on_support(
-                indices[part], values[part], corr0[part], gram
-            )
     return indices, values
 
 
@@ -161,34 +294,50 @@ def _mp_encode(
     tol=None,
     refit=False,
     n_jobs=None,
+    backend=None,
+    return_residual=False,
 ):
     """Matching-pursuit codes in selection form (no validation).
 
     Returns ``indices, values`` of shape (n_samples, n_nonzero_coefs); the
     code of sample ``i`` is the sum of ``values[i, t] * e_{indices[i, t]}``.
+    With ``return_residual`` also the host residual ``X - code @ D`` of shape
+    (n_samples, n_features), computed block by block while the block is at
+    hand. ``backend`` (an :class:`~sklearn_dbksvd._backend.ArrayBackend`,
+    default: from ``X``) runs the products; ``X`` may live on its device.
     Results do not depend on ``n_jobs``: every sample is encoded alone.
     """
+    if backend is None:
+        backend = _backend.resolve_backend("numpy", X)
+    dictionary = _backend.to_numpy(dictionary)
+    dictionary_dev = backend.asarray(dictionary)
     if gram is None:
-        gram = dictionary @ dictionary.T
+        gram = _backend.gram(backend, dictionary)
     n_samples = X.shape[0] if cov is None else cov.shape[1]
+    step = _block_size(gram.shape[0], gram.itemsize)
     blocks = [
-        slice(start, min(start + _GEMM_BLOCK_SAMPLES, n_samples))
-        for start in range(0, n_samples, _GEMM_BLOCK_SAMPLES)
+        slice(start, min(start + step, n_samples))
+        for start in range(0, n_samples, step)
     ]
+    residual = None
+    if return_residual:
+        residual = np.empty((n_samples, dictionary.shape[1]), dtype=gram.dtype)
 
     def encode(block):
-        X_block = None if X is None else X[block]
-        cov_block = None if cov is None else cov[:, block]
         return _encode_block(
-            X_block, dictionary, gram, n_nonzero_coefs, positive, cov_block, tol, refit
+            block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs,
+            positive, tol, refit, backend, residual,
         )
 
     parts = parallel_map(encode, blocks, n_jobs=n_jobs)
-    if not parts:
-        empty = np.empty((0, n_nonzero_coefs))
-        return empty.astype(np.intp), empty.astype(gram.dtype)
-    indices = np.concatenate([p[0] for p in parts])
-    values = np.concatenate([p[1] for p in parts])
+    if parts:
+        indices = np.concatenate([p[0] for p in parts])
+        values = np.concatenate([p[1] for p in parts])
+    else:
+        indices = np.empty((0, n_nonzero_coefs), dtype=np.intp)
+        values = np.empty((0, n_nonzero_coefs), dtype=gram.dtype)
+    if return_residual:
+        return indices, values, residual
     return indices, values
 
 

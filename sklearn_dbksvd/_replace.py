@@ -8,6 +8,11 @@ replace them by the worst-represented signals. Measured on a planted problem
 
 import numpy as np
 
+# Bytes of one block of atom overlaps ``D[block] @ Dᵀ``: 16 MiB, so the
+# coherence check never holds the (n_components, n_components) matrix (1 GiB
+# in float32 at 16384 atoms) nor its temporaries.
+_OVERLAP_BLOCK_BYTES = 2**24
+
 
 def atoms_to_replace(components, usage, *, min_usage, max_coherence):
     """Indices of atoms that are unused, rarely used or near-duplicates.
@@ -31,10 +36,19 @@ def atoms_to_replace(components, usage, *, min_usage, max_coherence):
     """
     rare = (usage < min_usage) | (usage == 0)
     if max_coherence < 1:
-        overlap = np.abs(components @ components.T)
-        i, j = np.nonzero(np.triu(overlap > max_coherence, k=1))
-        loser = np.where(usage[i] < usage[j], i, j)
-        rare[loser] = True
+        n_components = len(components)
+        step = max(1, _OVERLAP_BLOCK_BYTES // (n_components * components.itemsize))
+        for start in range(0, n_components, step):
+            # Pairs (i, j > i) only: the blocks left of the diagonal were
+            # seen from the other side, which halves the products.
+            overlap = components[start : start + step] @ components[start:].T
+            i, j = np.nonzero(np.abs(overlap, out=overlap) > max_coherence)
+            i += start
+            j += start
+            upper = j > i
+            i, j = i[upper], j[upper]
+            loser = np.where(usage[i] < usage[j], i, j)
+            rare[loser] = True
     return np.flatnonzero(rare)
 
 
@@ -58,7 +72,8 @@ def replace_atoms(components, atoms, residual):
     ndarray of int
         The atoms actually replaced.
     """
-    norms = np.linalg.norm(residual, axis=1)
+    # Row norms without a temporary of the residual's size.
+    norms = np.sqrt(np.einsum("ij,ij->i", residual, residual))
     n_new = min(len(atoms), int(np.count_nonzero(norms > 0)))
     if n_new == 0:
         return atoms[:0]

@@ -1,20 +1,56 @@
-"""One DB-KSVD step on a batch: encode, refit atoms, clear the dictionary."""
+"""One DB-KSVD step on a batch: encode, refit atoms, clear the dictionary.
+
+Memory: besides the batch, a step holds one dense array of the batch's shape
+(the residual), the codes in sparse form and the Gram matrix; correlations
+exist one block of samples at a time (see ``_encode._BLOCK_BYTES``).
+"""
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import sparse_encode
 
+from . import _backend
 from ._encode import _mp_encode, selections_to_csr
 from ._replace import atoms_to_replace, replace_atoms
 from ._update import update_dictionary
-from .metrics import _relative_error_of_residual, _variance_explained_of_residual
+
+# Samples per block of the passes over the batch that do not go through the
+# encoder (residual of given codes, metrics): 16 MiB of float32 at 2304
+# features; enough to amortise the per-block NumPy calls, small next to
+# the batch, so no temporary of the batch's size is ever made.
+_PASS_BLOCK_BYTES = 2**24
+
+
+def _row_blocks(n_samples, n_features, itemsize):
+    step = max(1, _PASS_BLOCK_BYTES // max(1, n_features * itemsize))
+    return [slice(i, min(i + step, n_samples)) for i in range(0, n_samples, step)]
+
+
+def _as_backend(backend, X):
+    if isinstance(backend, _backend.ArrayBackend):
+        return backend
+    return _backend.resolve_backend(backend or "numpy", X)
 
 
 def encode_batch(
-    X, components, *, n_nonzero_coefs, algorithm, positive, n_jobs, tol=None, refit=False
+    X,
+    components,
+    *,
+    n_nonzero_coefs,
+    algorithm,
+    positive,
+    n_jobs,
+    tol=None,
+    refit=False,
+    backend=None,
 ):
-    """Sparse codes of a batch as CSR, by matching pursuit or scikit-learn's OMP."""
-    gram = components @ components.T
+    """Sparse codes of a batch as CSR, by matching pursuit or scikit-learn's OMP.
+
+    ``backend`` ("numpy", "cupy" or an ``ArrayBackend``; default from ``X``)
+    runs the products ``X Dᵀ`` and ``D Dᵀ``.
+    """
+    backend = _as_backend(backend, X)
+    gram = _backend.gram(backend, components)
     if algorithm == "mp":
         indices, values = _mp_encode(
             X,
@@ -25,10 +61,11 @@ def encode_batch(
             tol=tol,
             refit=refit,
             n_jobs=n_jobs,
+            backend=backend,
         )
         return selections_to_csr(indices, values, components.shape[0])
     code = sparse_encode(
-        X,
+        _backend.to_numpy(X),
         components,
         gram=gram,
         algorithm="omp",
@@ -40,8 +77,44 @@ def encode_batch(
     return code
 
 
+def batch_residual(X, components, codes):
+    """``X - codes @ components`` on the host, block by block.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        The batch, in any array namespace.
+    components : ndarray of shape (n_components, n_features)
+        Atoms.
+    codes : sparse matrix of shape (n_samples, n_components)
+        Codes.
+
+    Returns
+    -------
+    residual : ndarray of shape (n_samples, n_features)
+        C-ordered, in the dtype of ``components``.
+    """
+    codes = sp.csr_matrix(codes)
+    n_samples, n_features = X.shape
+    residual = np.empty((n_samples, n_features), dtype=components.dtype)
+    for block in _row_blocks(n_samples, n_features, components.itemsize):
+        residual[block] = _backend.to_numpy(X[block])
+        residual[block] -= codes[block] @ components
+    return residual
+
+
 def refit_atoms(
-    X, components, codes, *, dict_update, update_batch_size, positive, random_state, n_jobs
+    X,
+    components,
+    codes,
+    *,
+    dict_update,
+    update_batch_size,
+    positive,
+    random_state,
+    n_jobs,
+    residual=None,
+    backend=None,
 ):
     """K-SVD update of every used atom for fixed supports.
 
@@ -55,6 +128,11 @@ def refit_atoms(
         Codes whose support is kept.
     dict_update, update_batch_size, positive, random_state, n_jobs
         As in :func:`dbksvd_step`.
+    residual : ndarray of shape (n_samples, n_features), default=None
+        ``X - codes @ components`` if already known (it is then updated in
+        place and returned); computed from ``X`` otherwise.
+    backend : str or ArrayBackend, default=None
+        Where the products with wide error matrices run.
 
     Returns
     -------
@@ -63,10 +141,12 @@ def refit_atoms(
     codes : scipy.sparse.csc_matrix
         Updated codes.
     """
-    residual = X - codes @ components
+    if residual is None:
+        residual = batch_residual(X, components, codes)
     # Column-major codes: the users of atom j are one contiguous slice.
-    codes = sp.csc_matrix(codes, dtype=X.dtype, copy=True)
+    codes = sp.csc_matrix(codes, dtype=components.dtype, copy=True)
     codes.eliminate_zeros()
+    codes.sort_indices()
     order = random_state.permutation(components.shape[0])
     update_dictionary(
         residual,
@@ -77,6 +157,7 @@ def refit_atoms(
         dict_update=dict_update,
         positive=positive,
         n_jobs=n_jobs,
+        backend=_as_backend(backend, X),
     )
     return residual, codes
 
@@ -117,6 +198,7 @@ def dbksvd_step(
     mp_tol=None,
     mp_refit=False,
     codes=None,
+    backend="numpy",
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -152,6 +234,10 @@ def dbksvd_step(
         Residual tolerance and least-squares refit of matching pursuit.
     codes : sparse matrix of shape (n_samples, n_components), default=None
         Codes to use instead of encoding (a known support).
+    backend : {"numpy", "cupy"} or ArrayBackend, default="numpy"
+        Where the products that grow with the batch run (``X Dᵀ``, ``D Dᵀ``,
+        the residual, ``EᵀE`` of wide error matrices); ``X`` may already
+        live there. See :mod:`sklearn_dbksvd._backend`.
 
     Returns
     -------
@@ -161,17 +247,35 @@ def dbksvd_step(
         ``relative_error`` and ``variance_explained`` of the batch after the
         atom update (before replacement) and ``n_replaced``.
     """
-    components = components.copy()
-    if codes is None:
+    backend = _as_backend(backend, X)
+    components = _backend.to_numpy(components).copy()
+    residual = None
+    if codes is None and fit_algorithm == "mp":
+        gram = _backend.gram(backend, components)
+        indices, values, residual = _mp_encode(
+            X,
+            components,
+            n_nonzero_coefs,
+            gram=gram,
+            positive=positive,
+            tol=mp_tol,
+            refit=mp_refit,
+            n_jobs=n_jobs,
+            backend=backend,
+            return_residual=True,
+        )
+        del gram
+        codes = selections_to_csr(indices, values, components.shape[0])
+        del indices, values
+    elif codes is None:
         codes = encode_batch(
             X,
             components,
             n_nonzero_coefs=n_nonzero_coefs,
             algorithm=fit_algorithm,
             positive=positive,
-            tol=mp_tol,
-            refit=mp_refit,
             n_jobs=n_jobs,
+            backend=backend,
         )
     residual, codes = refit_atoms(
         X,
@@ -182,10 +286,13 @@ def dbksvd_step(
         positive=positive,
         random_state=random_state,
         n_jobs=n_jobs,
+        residual=residual,
+        backend=backend,
     )
+    relative_error, variance_explained = batch_metrics(X, residual)
     info = {
-        "relative_error": _relative_error_of_residual(X, residual),
-        "variance_explained": _variance_explained_of_residual(X, residual),
+        "relative_error": relative_error,
+        "variance_explained": variance_explained,
         "n_replaced": 0,
     }
     if replace:
@@ -198,3 +305,54 @@ def dbksvd_step(
             max_coherence=replace_coherence,
         )
     return components, info
+
+
+def batch_metrics(X, residual):
+    """Relative error (paper Eq. 6) and variance explained (Eq. 7), streamed.
+
+    Equal to :func:`~sklearn_dbksvd.metrics.relative_error` and
+    :func:`~sklearn_dbksvd.metrics.variance_explained` of ``X`` and
+    ``X - residual``, but read block by block (``X`` may live on a device)
+    with float64 sums, so no temporary of the batch's size is made. Feature
+    variances merge the blocks' means and squared deviations (Chan et al.).
+    """
+    n_samples, n_features = residual.shape
+    if n_samples == 0:
+        return 0.0, 1.0
+    ratio_sum = 0.0
+    stats = {"x": [0, np.zeros(n_features), np.zeros(n_features)]}
+    stats["r"] = [0, np.zeros(n_features), np.zeros(n_features)]
+    for block in _row_blocks(n_samples, n_features, residual.itemsize):
+        X_block = _backend.to_numpy(X[block])
+        norms = np.linalg.norm(X_block, axis=1)
+        errors = np.linalg.norm(residual[block], axis=1)
+        ratio = np.divide(errors, norms, out=np.zeros_like(errors), where=norms > 0)
+        ratio_sum += float(ratio.sum(dtype=np.float64))
+        for key, data in (("x", X_block), ("r", residual[block])):
+            _merge_moments(stats[key], data)
+    var_x = stats["x"][2] / n_samples
+    var_r = stats["r"][2] / n_samples
+    keep = var_x > 0
+    if not keep.any():
+        explained = 0.0 if _any_nonzero(residual) else 1.0
+    else:
+        explained = float(1.0 - np.mean(var_r[keep] / var_x[keep]))
+    return ratio_sum / n_samples, explained
+
+
+def _any_nonzero(residual):
+    return any(np.any(residual[b]) for b in _row_blocks(*residual.shape, residual.itemsize))
+
+
+def _merge_moments(moments, data):
+    """Merge a block into ``[count, mean, sum of squared deviations]``."""
+    count, mean, m2 = moments
+    n = data.shape[0]
+    block_mean = data.mean(axis=0, dtype=np.float64)
+    centred = data - block_mean.astype(data.dtype)
+    block_m2 = np.einsum("ij,ij->j", centred, centred, dtype=np.float64)
+    total = count + n
+    delta = block_mean - mean
+    moments[1] = mean + delta * (n / total)
+    moments[2] = m2 + block_m2 + delta**2 * (count * n / total)
+    moments[0] = total

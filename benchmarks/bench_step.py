@@ -1,0 +1,253 @@
+"""Time one DB-KSVD step, phase by phase, against the GEMM ``X @ D.T``.
+
+The machine this project runs on is shared and its timings are noisy, so
+every number is a ratio to a floor measured in the same run: the single GEMM
+``X @ D.T`` for the same samples (BLAS on all cores). Each measurement is the
+best of ``--repeat`` runs.
+
+Usage::
+
+    python benchmarks/bench_step.py                      # paper size, 2^16 x 2304, m=4096, k=20
+    python benchmarks/bench_step.py -m 16384 -k 80
+    python benchmarks/bench_step.py --scaling             # n_jobs=1 (one core) vs n_jobs=2
+    python benchmarks/bench_step.py --omp                 # sparse_encode_mp vs orthogonal_mp_gram
+    python benchmarks/bench_step.py --stream 16           # partial_fit over 16 batches, RSS per step
+    python benchmarks/bench_step.py --rss                 # peak RSS of one step, in a fresh process
+
+Random Gaussian data and unit-norm random atoms: the worst case for the
+Lanczos solves (small spectral gaps), fine for timing.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+
+def best_time(func, repeat):
+    """Best wall-clock time of ``repeat`` calls, and the last result."""
+    best, result = np.inf, None
+    for _ in range(repeat):
+        tic = time.perf_counter()
+        result = func()
+        best = min(best, time.perf_counter() - tic)
+    return best, result
+
+
+def problem(n_samples, n_features, n_components, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features), dtype=np.float32)
+    D = rng.standard_normal((n_components, n_features), dtype=np.float32)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    return X, D
+
+
+def step_kwargs(k, n_jobs, seed=0):
+    return dict(
+        n_nonzero_coefs=k,
+        fit_algorithm="mp",
+        dict_update="ksvd",
+        update_batch_size=16,
+        positive=False,
+        replace=True,
+        replace_min_usage=0.02,
+        replace_coherence=0.99,
+        random_state=np.random.RandomState(seed),
+        n_jobs=n_jobs,
+    )
+
+
+def breakdown(X, D, k, n_jobs, repeat):
+    """Seconds of each phase of one step, as the step runs them."""
+    import scipy.sparse as sp
+
+    from sklearn_dbksvd import _backend
+    from sklearn_dbksvd._encode import (
+        _block_size,
+        _matching_pursuit_gram,
+        _mp_encode,
+        selections_to_csr,
+    )
+    from sklearn_dbksvd._step import batch_metrics, clear_dictionary, dbksvd_step
+    from sklearn_dbksvd._update import update_dictionary
+
+    backend = _backend.ArrayBackend(np)
+    times = {}
+    times["gemm X @ D.T (floor)"], _ = best_time(lambda: X @ D.T, repeat)
+    times["gram D @ D.T"], G = best_time(lambda: D @ D.T, repeat)
+    step = _block_size(len(D), D.itemsize)
+    blocks = [slice(i, i + step) for i in range(0, len(X), step)]
+
+    def correlations_only():
+        for b in blocks:
+            X[b] @ D.T
+
+    times["X @ D.T in blocks"], _ = best_time(correlations_only, repeat)
+    corr = X[blocks[0]] @ D.T
+    t_mp, _ = best_time(
+        lambda: _matching_pursuit_gram(corr.copy(), G, k, False), repeat
+    )
+    times["matching pursuit"] = t_mp * len(X) / corr.shape[0]
+    times["encode + residual (all)"], (idx, val, R) = best_time(
+        lambda: _mp_encode(X, D, k, gram=G, n_jobs=n_jobs, return_residual=True),
+        repeat,
+    )
+    out = np.empty_like(R)
+
+    def residual_only():
+        for b in blocks:
+            _backend.residual(backend, X[b], idx[b], val[b], D, D, out=out[b])
+
+    times["residual"], _ = best_time(residual_only, repeat)
+
+    def codes_csc():
+        codes = sp.csc_matrix(selections_to_csr(idx, val, len(D)))
+        codes.sort_indices()
+        return codes
+
+    times["codes csr/csc"], codes = best_time(codes_csc, repeat)
+    order = np.random.RandomState(0).permutation(len(D))
+
+    def update():
+        C, R2, c2 = D.copy(), R.copy(), codes.copy()
+        tic = time.perf_counter()
+        update_dictionary(R2, C, c2, order, update_batch_size=16, n_jobs=n_jobs)
+        return time.perf_counter() - tic, (C, R2, c2)
+
+    times["atom updates"] = np.inf
+    for _ in range(repeat):
+        seconds, (C, R2, c2) = update()
+        times["atom updates"] = min(times["atom updates"], seconds)
+    times["metrics"], _ = best_time(lambda: batch_metrics(X, R2), repeat)
+    times["replacement"], _ = best_time(
+        lambda: clear_dictionary(
+            C.copy(), c2, R2, n_nonzero_coefs=k, min_usage=0.02, max_coherence=0.99
+        ),
+        repeat,
+    )
+    times["one step (dbksvd_step)"], _ = best_time(
+        lambda: dbksvd_step(X, D, **step_kwargs(k, n_jobs)), repeat
+    )
+    return times
+
+
+def print_table(times, floor_key="gemm X @ D.T (floor)"):
+    floor = times[floor_key]
+    for name, seconds in times.items():
+        print(f"  {name:28s} {seconds:8.2f} s {seconds / floor:7.3f} x floor")
+
+
+def scaling(X, D, k, repeat):
+    """One step with n_jobs=1 on one core against n_jobs=2 on two."""
+    from sklearn_dbksvd._step import dbksvd_step
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        one, A = best_time(lambda: dbksvd_step(X, D, **step_kwargs(k, 1)), repeat)
+    two, B = best_time(lambda: dbksvd_step(X, D, **step_kwargs(k, 2)), repeat)
+    print(f"  n_jobs=1 (BLAS 1 thread): {one:.2f} s")
+    print(f"  n_jobs=2                : {two:.2f} s  speed-up {one / two:.2f}x")
+    print(f"  identical components    : {np.array_equal(A[0], B[0])}")
+
+
+def versus_omp(X, D, k, repeat, n_omp=256):
+    """sparse_encode_mp against orthogonal_mp_gram and the GEMM, per sample."""
+    from sklearn.linear_model import orthogonal_mp_gram
+
+    from sklearn_dbksvd import sparse_encode_mp
+
+    G = D @ D.T
+    t_gemm, cov = best_time(lambda: D @ X.T, repeat)
+    t_mp_cov, _ = best_time(
+        lambda: sparse_encode_mp(None, D, k, gram=G, cov=cov, n_jobs=2), repeat
+    )
+    t_mp_full, _ = best_time(lambda: sparse_encode_mp(X, D, k, gram=G, n_jobs=2), repeat)
+    t_omp, _ = best_time(
+        lambda: orthogonal_mp_gram(G, cov[:, :n_omp], n_nonzero_coefs=k), 1
+    )
+    per = len(X)
+    t_omp_all = t_omp * per / n_omp
+    print(f"  GEMM D @ X.T                : {t_gemm:.2f} s")
+    print(f"  sparse_encode_mp(gram, cov) : {t_mp_cov:.2f} s  {t_mp_cov / t_gemm:.3f} x GEMM")
+    print(f"  sparse_encode_mp(X)         : {t_mp_full:.2f} s  {t_mp_full / t_gemm:.3f} x GEMM")
+    print(f"  orthogonal_mp_gram (est.)   : {t_omp_all:.1f} s  ({n_omp} samples timed)")
+    print(f"  speed-up vs OMP (gram, cov) : {t_omp_all / t_mp_cov:.0f}x")
+    print(f"  speed-up vs OMP (from X)    : {t_omp_all / t_mp_full:.0f}x")
+
+
+def max_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def stream(n_batches, n_samples, n_features, n_components, k, n_jobs):
+    """partial_fit over fresh batches; time and peak RSS after each step."""
+    from sklearn_dbksvd import DBKSVDDictionaryLearning
+
+    model = DBKSVDDictionaryLearning(
+        n_components, n_nonzero_coefs=k, n_jobs=n_jobs, random_state=0
+    )
+    rng = np.random.default_rng(1)
+    X = np.empty((n_samples, n_features), dtype=np.float32)
+    for step in range(n_batches):
+        X[:] = rng.standard_normal(X.shape, dtype=np.float32)
+        tic = time.perf_counter()
+        model.partial_fit(X)
+        seconds = time.perf_counter() - tic
+        print(f"  step {step:3d}: {seconds:7.2f} s  peak RSS {max_rss_gb():.2f} GiB")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2**16, help="samples per batch")
+    parser.add_argument("-d", type=int, default=2304, help="features")
+    parser.add_argument("-m", type=int, default=4096, help="atoms")
+    parser.add_argument("-k", type=int, default=20, help="nonzeros per code")
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--omp", action="store_true")
+    parser.add_argument("--stream", type=int, default=0, metavar="N_BATCHES")
+    parser.add_argument("--rss", action="store_true")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    print(f"n={args.n} d={args.d} m={args.m} k={args.k} float32")
+    if args.stream:
+        stream(args.stream, args.n, args.d, args.m, args.k, args.n_jobs)
+        return
+    if args.rss:
+        # A fresh process, so that the peak is the step's and nothing else's.
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", *sys.argv[1:]],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        print(out.strip())
+        return
+    X, D = problem(args.n, args.d, args.m)
+    if args.rss_child:
+        from sklearn_dbksvd._step import dbksvd_step
+
+        base = max_rss_gb()
+        tic = time.perf_counter()
+        dbksvd_step(X, D, **step_kwargs(args.k, args.n_jobs))
+        print(json.dumps({
+            "seconds": time.perf_counter() - tic,
+            "peak_rss_gib": max_rss_gb(),
+            "rss_before_step_gib": base,
+            "batch_gib": X.nbytes / 2**30,
+        }))
+        return
+    if args.scaling:
+        scaling(X, D, args.k, args.repeat)
+        return
+    if args.omp:
+        versus_omp(X, D, args.k, args.repeat)
+        return
+    print_table(breakdown(X, D, args.k, args.n_jobs, args.repeat))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Optional numba compilation of the per-sample and per-atom loops.
+
+Matching pursuit and the atom updates are loops over samples and atoms whose
+bodies are short vector operations; run from NumPy they pay a Python and a
+temporary array per operation. Compiled with numba (``nogil``, so threads run
+them in parallel) they run several times faster (numbers in
+``benchmarks/RESULTS.md``, section Performance). numba is optional: without it,
+or with the environment variable ``SKLEARN_DBKSVD_NUMBA=0``, every kernel has a
+pure NumPy fallback that gives the same results to rounding.
+"""
+
+import os
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is missing
+    numba = None
+
+# Read at call time by the kernels, so tests can switch the fallback on.
+USE_NUMBA = numba is not None and os.environ.get("SKLEARN_DBKSVD_NUMBA", "1") != "0"
+
+
+def use_numba():
+    """Whether the compiled kernels are used."""
+    return USE_NUMBA and numba is not None
+
+
+def jit(*, fastmath=False):
+    """``numba.njit(nogil=True, cache=True)``; the function itself without numba.
+
+    ``fastmath`` takes numba's flag sets; the kernels only ask for the flags
+    that let LLVM vectorise reductions (``reassoc`` for sums, ``nnan``/``ninf``
+    for maxima) and never ``contract``, so products and sums round as in NumPy
+    where the fallback must agree exactly.
+    """
+
+    def decorate(func):
+        if numba is None:  # pragma: no cover
+            return func
+        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(func)
+
+    return decorate
