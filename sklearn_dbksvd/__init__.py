@@ -2,7 +2,13 @@
 
 from ._dbksvd import DBKSVDDictionaryLearning
 from ._encode import sparse_encode_mp
+from ._matryoshka import MatryoshkaDBKSVD
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["DBKSVDDictionaryLearning", "__version__", "sparse_encode_mp"]
+__all__ = [
+    "DBKSVDDictionaryLearning",
+    "MatryoshkaDBKSVD",
+    "__version__",
+    "sparse_encode_mp",
+]

@@ -38,6 +38,7 @@ from ._data import (
 )
 from ._encode import _mp_encode, selections_to_csr
 from ._progress import ProgressReporter
+from ._step import refit_atoms
 from .datasets import uniform_atoms
 from .metrics import _variance_explained_of_residual
 
@@ -103,6 +104,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "mp_tol": [Interval(Real, 0, 1, closed="both"), None],
         "mp_refit": ["boolean"],
         "dict_init": ["array-like", None],
+        "code_init": ["array-like", "sparse matrix", None],
         "init": [StrOptions({"auto", "uniform", "samples"})],
         "shuffle": ["boolean"],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -171,6 +173,24 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 )
         return n_components, k
 
+    def _check_code_init(self, n_samples, n_components):
+        """``code_init`` as CSR, one row per sample given to fit."""
+        if self.code_init is None:
+            return None
+        code_init = check_array(
+            self.code_init,
+            accept_sparse=("csr", "csc", "coo"),
+            dtype=_FLOAT_DTYPES,
+            input_name="code_init",
+        )
+        if code_init.shape != (n_samples, n_components):
+            raise ValueError(
+                f"code_init has shape {code_init.shape}; expected (n_samples, "
+                f"n_components) = ({n_samples}, {n_components}): one row per "
+                "sample given to fit, one column per atom."
+            )
+        return sp.csr_matrix(code_init)
+
     # ------------------------------------------------------------------
     # Initialisation
     # ------------------------------------------------------------------
@@ -191,6 +211,46 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             # Without enough nonzero samples the remaining atoms stay uniform.
             atoms[: len(chosen)] = X_batch[chosen] / norms[chosen, None]
         return atoms
+
+    def _components_from_known_support(
+        self, X, code_init, batch_size, components, random_state
+    ):
+        """Initial atoms refitted on the known support ``code_init`` (paper 5.4).
+
+        The samples with a known support (at most ``batch_size`` of them,
+        drawn at random when there are more) are read, and the atoms get one
+        K-SVD update with ``code_init`` as the codes: as if the alternation
+        started from the codes rather than from the atoms.
+        """
+        rows = np.flatnonzero(np.diff(code_init.indptr))
+        if len(rows) == 0:
+            return components
+        if len(rows) > batch_size:
+            rows = np.sort(random_state.choice(rows, batch_size, replace=False))
+        X_known = read_batch(X, rows)
+        return self._refit_on_known_support(
+            X_known, code_init[rows].astype(X_known.dtype), components, random_state
+        )
+
+    def _refit_on_known_support(self, X_known, codes, components, random_state):
+        """One K-SVD update of ``components`` (a copy) for the codes ``codes``.
+
+        Atoms with a known user are refitted to their users; the others keep
+        their value.
+        """
+        n_components, _ = self._check_settings(X_known.shape[1])
+        components = components.copy()
+        refit_atoms(
+            X_known,
+            components,
+            codes,
+            dict_update=self.dict_update,
+            update_batch_size=self._resolved_update_batch_size(n_components),
+            positive=self.positive_code,
+            random_state=random_state,
+            n_jobs=self.n_jobs,
+        )
+        return components
 
     # ------------------------------------------------------------------
     # Fitting
@@ -283,6 +343,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         X = self._validate_fit_data(X, reset=True, keep_lazy=True)
         n_samples, n_features = X.shape
         n_components, _ = self._check_settings(n_features)
+        code_init = self._check_code_init(n_samples, n_components)
         batch_size = self._resolved_batch_size(n_samples, n_features)
         n_batches = math.ceil(n_samples / batch_size)
         n_steps = self.max_iter * n_batches
@@ -292,6 +353,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         batches = self._batches(X, batch_size, random_state)
         first = next(batches)
         components = self._initial_components(first, n_components, random_state)
+        if code_init is not None:
+            components = self._components_from_known_support(
+                X, code_init, batch_size, components, random_state
+            )
 
         def all_batches():
             yield first

@@ -79,6 +79,19 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         least-squares fit on the selected atoms. Not with ``positive_code``.
     dict_init : array-like of shape (n_components, n_features), default=None
         Initial atoms (normalised on use); overrides ``init``.
+    code_init : array-like or sparse matrix of shape (n_samples, \
+            n_components), default=None
+        Known structure of the codes (paper section 5.4), row ``i`` for the
+        sample ``X[i]`` given to :meth:`fit`. Its nonzeros are the known
+        support: sample ``i`` uses atom ``j``. Rows may be partly or entirely
+        zero (unknown), and its values are initial coefficients (1 for a
+        known adjacency, as in the paper). Before the first step, the initial
+        atoms (``dict_init`` or ``init``) get one K-SVD update with
+        ``code_init`` as the codes, on the samples with a known support (at
+        most ``batch_size`` of them, drawn at random when there are more):
+        every atom with known users is refitted to them, the others keep
+        their initial value. Fitting then alternates as usual; the support
+        is not imposed on later steps. Ignored by :meth:`partial_fit`.
     init : {"auto", "uniform", "samples"}, default="auto"
         "uniform": U(−1/2, 1/2) entries, rows normalised (the paper's);
         "samples": normalised random samples of the first batch. "auto" is
@@ -207,6 +220,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         mp_tol=None,
         mp_refit=False,
         dict_init=None,
+        code_init=None,
         init="auto",
         shuffle=True,
         tol=1e-3,
@@ -236,6 +250,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.mp_tol = mp_tol
         self.mp_refit = mp_refit
         self.dict_init = dict_init
+        self.code_init = code_init
         self.init = init
         self.shuffle = shuffle
         self.tol = tol

@@ -2,10 +2,13 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_dbksvd import DBKSVDDictionaryLearning
+from sklearn_dbksvd import DBKSVDDictionaryLearning, MatryoshkaDBKSVD
 
 # Small, fast settings: the checks fit dozens of times on tiny data.
-ESTIMATORS = [DBKSVDDictionaryLearning(max_iter=2, random_state=0)]
+ESTIMATORS = [
+    DBKSVDDictionaryLearning(max_iter=2, random_state=0),
+    MatryoshkaDBKSVD(max_iter=2, random_state=0),
+]
 
 
 @parametrize_with_checks(ESTIMATORS)

@@ -1,0 +1,580 @@
+"""MatryoshkaDBKSVD: DB-KSVD with nested groups of atoms (paper section 4.2).
+
+The atoms are split into groups of doubling size. Group 1 is encoded and
+refitted on the batch, group 2 on the residual group 1 leaves after its
+update, and so on, each group with its own share of the ``k`` nonzeros. The
+first groups must then explain as much as they can alone and later groups
+what is left; the paper (section 5.3) finds the dictionaries less coherent,
+and so does ``benchmarks/paper_toy.py`` on the planted problem.
+"""
+
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import _BaseDBKSVD
+from ._step import clear_dictionary, encode_batch, refit_atoms
+from .metrics import _relative_error_of_residual, _variance_explained_of_residual
+
+
+def default_group_sizes(n_components):
+    """Doubling group sizes summing to ``n_components``.
+
+    The first group has ``max(1, n_components // 16)`` atoms and every next
+    group as many atoms as all groups before it (``g, g, 2g, 4g, ...``), for
+    as long as the next group fits; the last group absorbs the remainder.
+    From 16 atoms on there are always five groups, the paper's choice for
+    4096 atoms (A.1): 4096 gives (256, 256, 512, 1024, 2048) and 1000 gives
+    (62, 62, 124, 248, 504).
+    """
+    sizes = [max(1, n_components // 16)]
+    total = sizes[0]
+    while 2 * total <= n_components:
+        sizes.append(total)
+        total *= 2
+    sizes[-1] += n_components - total
+    return tuple(sizes)
+
+
+def check_group_sizes(group_sizes, n_components):
+    """Resolve ``group_sizes`` (None means the default) and validate it."""
+    if group_sizes is None:
+        return default_group_sizes(n_components)
+    sizes = np.asarray(group_sizes)
+    if sizes.ndim != 1 or sizes.size == 0:
+        raise ValueError(
+            f"group_sizes must be a non-empty sequence of ints; got {group_sizes!r}."
+        )
+    if not all(isinstance(s, Integral | np.integer) for s in sizes.tolist()):
+        raise ValueError(f"group_sizes must contain ints; got {group_sizes!r}.")
+    if np.any(sizes < 1):
+        raise ValueError(f"group_sizes must be positive; got {group_sizes!r}.")
+    if sizes.sum() != n_components:
+        raise ValueError(
+            f"group_sizes {tuple(sizes.tolist())} sum to {sizes.sum()}, but "
+            f"n_components={n_components}."
+        )
+    return tuple(int(s) for s in sizes)
+
+
+def nonzero_shares(n_nonzero_coefs, n_groups):
+    """Equal shares of ``k`` per group; the first ``k % n_groups`` get one more.
+
+    The extra nonzeros go to the coarse groups, which the nesting asks to
+    explain the most. The shares always sum to exactly ``k``.
+    """
+    base, extra = divmod(n_nonzero_coefs, n_groups)
+    return [base + (g < extra) for g in range(n_groups)]
+
+
+def nested_levels(group_sizes, n_nonzero_coefs):
+    """``(atom slice, share of k)`` of each level of the nested coding.
+
+    A level is a group, except when ``k`` is smaller than the number of
+    groups: then groups ``k+1, ...`` would have no nonzero of their own and
+    are merged into group ``k`` (one level, one nonzero), so that every atom
+    can still be used and learned.
+    """
+    shares = nonzero_shares(n_nonzero_coefs, len(group_sizes))
+    bounds = [0, *np.cumsum(group_sizes).tolist()]
+    n_levels = sum(share > 0 for share in shares)
+    levels = [(slice(bounds[g], bounds[g + 1]), shares[g]) for g in range(n_levels)]
+    last, share = levels[-1]
+    levels[-1] = (slice(last.start, bounds[-1]), share)
+    return levels
+
+
+def nested_pass(
+    X,
+    components,
+    levels,
+    *,
+    algorithm,
+    positive,
+    n_jobs,
+    mp_tol=None,
+    mp_refit=False,
+    update=None,
+    codes=None,
+):
+    """Encode (and, with ``update``, refit) the levels one after another.
+
+    Level ``g`` is encoded on the residual that levels ``1..g-1`` leave, after
+    their update (paper section 4.2).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        The batch.
+    components : ndarray of shape (n_components, n_features)
+        Atoms; updated in place when ``update`` is given.
+    levels : list of (slice, int)
+        Output of :func:`nested_levels`.
+    algorithm : {"mp", "omp"}
+        Coder of each level.
+    positive, n_jobs, mp_tol, mp_refit
+        As in :func:`~sklearn_dbksvd._step.encode_batch`. ``mp_tol`` is
+        relative to ``‖x‖``: a sample whose residual already meets it gets no
+        further nonzeros; inside a level the coder stops at ``mp_tol`` times
+        the norm of its own input (the coder takes one scalar tolerance), so
+        it may stop later than strictly needed, never earlier.
+    update : dict, default=None
+        Keyword arguments of the K-SVD refit (``dict_update``,
+        ``update_batch_size``, ``random_state``) and of the replacement
+        (``replace``, ``replace_min_usage``, ``replace_coherence``). None only
+        encodes.
+    codes : sparse matrix of shape (n_samples, n_components), default=None
+        Codes to use instead of encoding (a known support).
+
+    Returns
+    -------
+    residual : ndarray of shape (n_samples, n_features)
+        What all levels leave of ``X`` (after the updates, before replacement).
+    codes : scipy.sparse.csr_matrix of shape (n_samples, n_components)
+    n_replaced : int
+    """
+    residual = X
+    if mp_tol is not None:
+        sq_target = mp_tol**2 * np.einsum("ij,ij->i", X, X)
+    blocks, n_replaced = [], 0
+    for atoms, share in levels:
+        group = np.array(components[atoms])
+        if codes is not None:
+            level_codes = sp.csr_matrix(codes[:, atoms])
+        else:
+            level_input = residual
+            if mp_tol is not None:
+                done = np.einsum("ij,ij->i", residual, residual) <= sq_target
+                # A zero row gets no nonzero from matching pursuit.
+                level_input = np.where(done[:, None], 0, residual)
+            level_codes = encode_batch(
+                level_input,
+                group,
+                # scikit-learn's OMP refuses more nonzeros than atoms.
+                n_nonzero_coefs=min(share, len(group)),
+                algorithm=algorithm,
+                positive=positive,
+                tol=mp_tol,
+                refit=mp_refit,
+                n_jobs=n_jobs,
+            )
+        if update is None:
+            residual = residual - level_codes @ group
+        else:
+            residual, level_codes = refit_atoms(
+                residual,
+                group,
+                level_codes,
+                dict_update=update["dict_update"],
+                update_batch_size=update["update_batch_size"],
+                positive=positive,
+                random_state=update["random_state"],
+                n_jobs=n_jobs,
+            )
+            if update["replace"]:
+                # Per group: a group's atoms are judged on the residual it fits.
+                n_replaced += clear_dictionary(
+                    group,
+                    level_codes,
+                    residual,
+                    n_nonzero_coefs=share,
+                    min_usage=update["replace_min_usage"],
+                    max_coherence=update["replace_coherence"],
+                )
+            components[atoms] = group
+        blocks.append(level_codes)
+    return residual, sp.hstack(blocks, format="csr"), n_replaced
+
+
+def matryoshka_step(
+    X,
+    components,
+    *,
+    levels,
+    fit_algorithm,
+    dict_update,
+    update_batch_size,
+    positive,
+    replace,
+    replace_min_usage,
+    replace_coherence,
+    random_state,
+    n_jobs,
+    mp_tol=None,
+    mp_refit=False,
+):
+    """One Matryoshka DB-KSVD step (paper section 4.2) on the batch ``X``.
+
+    Arguments as in :func:`~sklearn_dbksvd._step.dbksvd_step`, with
+    ``levels`` from :func:`nested_levels` in place of ``n_nonzero_coefs``.
+
+    Returns
+    -------
+    components : ndarray of shape (n_components, n_features)
+        The new atoms (the input is not modified).
+    info : dict
+        ``relative_error`` and ``variance_explained`` of the final residual
+        against the batch, and ``n_replaced`` over all groups.
+    codes : scipy.sparse.csr_matrix of shape (n_samples, n_components)
+        The codes after the update.
+    """
+    components = components.copy()
+    update = {
+        "dict_update": dict_update,
+        "update_batch_size": update_batch_size,
+        "random_state": random_state,
+        "replace": replace,
+        "replace_min_usage": replace_min_usage,
+        "replace_coherence": replace_coherence,
+    }
+    residual, codes, n_replaced = nested_pass(
+        X,
+        components,
+        levels,
+        algorithm=fit_algorithm,
+        positive=positive,
+        n_jobs=n_jobs,
+        mp_tol=mp_tol,
+        mp_refit=mp_refit,
+        update=update,
+    )
+    info = {
+        "relative_error": _relative_error_of_residual(X, residual),
+        "variance_explained": _variance_explained_of_residual(X, residual),
+        "n_replaced": n_replaced,
+    }
+    return components, info, codes
+
+
+class MatryoshkaDBKSVD(_BaseDBKSVD):
+    """Double-Batch K-SVD with Matryoshka (nested) groups of atoms.
+
+    Learns the same model as :class:`DBKSVDDictionaryLearning`::
+
+        min ‖X − code @ components_‖²_F   s.t. ‖components_[j]‖₂ = 1,
+                                              ‖code[i]‖₀ ≤ n_nonzero_coefs
+
+    with the atoms split into groups ``D⁽¹⁾, D⁽²⁾, ...`` of doubling size
+    (DB-KSVD paper, section 4.2, after Bussmann et al.'s Matryoshka SAEs).
+    Each group owns an equal share of the ``k`` nonzeros. A step encodes
+    group 1 on the batch with its share and refits it (K-SVD), then encodes
+    and refits group 2 on the residual ``E⁽¹⁾ = X − code⁽¹⁾ D⁽¹⁾`` left after
+    that update, and so on: every group's update uses its own codes on its own
+    residual. The first groups must explain the data alone, which orders the
+    atoms from coarse to fine and, in the paper, makes the dictionary less
+    coherent. At evaluation, one encoding with the whole dictionary suffices
+    (``transform_mode="full"``, the paper's); ``"nested"`` encodes group by
+    group as in training.
+
+    Parameters
+    ----------
+    n_components : int, default=None
+        Number of atoms ``m``. None means ``n_features``.
+    group_sizes : sequence of int, default=None
+        Atoms per group, in nesting order; positive ints summing to
+        ``n_components``. None means doubling groups: the first has
+        ``max(1, n_components // 16)`` atoms, each next one as many as all
+        before it (``g, g, 2g, 4g, ...``) while it fits, and the last group
+        absorbs the remainder (4096 → 256, 256, 512, 1024, 2048, the paper's
+        groups; 1000 → 62, 62, 124, 248, 504). The paper's 16384-atom run used
+        seven groups starting at 256; pass them explicitly to reproduce it.
+    transform_mode : {"full", "nested"}, default="full"
+        How :meth:`transform` encodes with "mp" or "omp". "full": one encoding
+        with the whole dictionary and ``transform_n_nonzero_coefs`` nonzeros
+        (paper 4.2). "nested": group by group on the residual, each group with
+        its share of ``transform_n_nonzero_coefs``, as in training; then the
+        codes of the first ``g`` groups alone give exactly their nested
+        reconstruction. "nested" needs ``transform_algorithm`` "mp" or "omp".
+    n_nonzero_coefs : int, default=None
+        Nonzeros per code during fit (``k``), shared by the groups: each gets
+        ``k // n_groups`` and the first ``k % n_groups`` groups one more (the
+        coarse groups explain the most), so the total is exactly ``k``. When
+        ``k < n_groups`` the groups after the ``k``-th would get none; they are
+        merged into the ``k``-th group (one level, one nonzero, encoded and
+        refitted together) so that every atom is still learned. None means
+        ``max(1, n_features // 10)``, capped at ``n_components``.
+    max_iter : int, default=10
+        Passes over the data (epochs).
+    max_steps : int, default=None
+        Cap on the number of steps.
+    batch_size : int or "auto", default="auto"
+        Samples per step; "auto" means
+        ``min(n_samples, max(4096, 32 * n_features))``.
+    fit_algorithm : {"mp", "omp"}, default="mp"
+        Sparse coder of each group during fit.
+    dict_update : {"ksvd", "approx"}, default="ksvd"
+        Leading singular pair to tolerance, or one power step.
+    update_batch_size : int or "auto", default="auto"
+        Atoms of a group refitted together from one residual snapshot; "auto"
+        means 16.
+    transform_algorithm : {"mp", "omp", "lasso_lars", "lasso_cd", "lars", \
+            "threshold"}, default="mp"
+        Coder of :meth:`transform`.
+    transform_n_nonzero_coefs : int, default=None
+        Nonzeros per code in :meth:`transform`; None means ``k``.
+    transform_alpha : float, default=None
+        Regularisation of the lasso and threshold coders.
+    transform_max_iter : int, default=1000
+        Iterations of "lasso_cd" and "lasso_lars".
+    sparse_output : bool, default=False
+        Whether :meth:`transform` returns a ``scipy.sparse.csr_matrix``.
+    positive_code : bool, default=False
+        Nonnegative codes.
+    mp_tol : float, default=None
+        Matching pursuit stops adding nonzeros to a sample once its relative
+        residual ``‖x − code @ D‖ / ‖x‖`` is at most ``mp_tol``: later groups
+        skip such a sample. Within a group, the coder stops at ``mp_tol``
+        times the norm of the residual it is given, so it may use a few more
+        nonzeros than the single-encoding rule would, never more than the
+        group's share. None always uses the whole share.
+    mp_refit : bool, default=False
+        Least-squares refit of each group's coefficients on its support. Not
+        with ``positive_code``.
+    dict_init : array-like of shape (n_components, n_features), default=None
+        Initial atoms (normalised on use); overrides ``init``.
+    code_init : array-like or sparse matrix of shape (n_samples, \
+            n_components), default=None
+        Known support of the codes of the samples given to :meth:`fit`
+        (paper 5.4), as in :class:`DBKSVDDictionaryLearning`; the initial
+        K-SVD update on it runs group by group on the residual.
+    init : {"auto", "uniform", "samples"}, default="auto"
+        Initial atoms when ``dict_init`` is None.
+    shuffle : bool, default=True
+        Shuffle the samples each epoch.
+    tol : float, default=1e-3
+        Early stopping on the smoothed batch relative error.
+    max_no_improvement : int, default=10
+        Steps without improvement before stopping; None disables.
+    replace_min_usage : float, default=0.02
+        Atoms of a group used by fewer samples than this fraction of the
+        group's mean usage ``batch_size * share / group_size`` are replaced.
+    replace_coherence : float, default=0.99
+        Of two atoms of one group with ``|cos| >`` this, the less used one is
+        replaced.
+    replace_until : float, default=0.8
+        Fraction of the planned steps of :meth:`fit` during which atoms are
+        replaced.
+    n_jobs : int, default=None
+        Threads; results do not depend on it.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial dictionary, the shuffling and the update order.
+    verbose : bool or int, default=False
+        Show a progress bar.
+    callback : callable, default=None
+        Called after every step with its record of ``history_``; returning
+        True stops the fit.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        The atoms, unit norm, group after group.
+    group_sizes_ : tuple of int
+        The resolved group sizes.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+    n_iter_ : int
+        Epochs started.
+    n_steps_ : int
+        Steps run.
+    n_samples_seen_ : int
+        Samples processed by the steps.
+    history_ : list of dict
+        One record per step: ``relative_error`` and ``variance_explained`` of
+        the residual left by the last group against the batch,
+        ``n_replaced`` (all groups), ``seconds``, ``n_samples_seen``.
+
+    See Also
+    --------
+    DBKSVDDictionaryLearning : The same without groups.
+
+    References
+    ----------
+    R. Valentin, S. M. Katz, V. Vanhoucke, M. J. Kochenderfer, "DB-KSVD:
+    Scalable Alternating Optimization for Disentangling High-Dimensional
+    Embedding Spaces", 2025, section 4.2.
+
+    B. Bussmann, N. Nabeshima, A. Karvonen, N. Nanda, "Learning
+    Multi-Level Features with Matryoshka Sparse Autoencoders", 2025.
+
+    Examples
+    --------
+    >>> from sklearn_dbksvd import MatryoshkaDBKSVD
+    >>> from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+    >>> X, _, _ = make_sparse_dictionary_problem(2000, 16, 32, 4, random_state=0)
+    >>> model = MatryoshkaDBKSVD(32, n_nonzero_coefs=4, random_state=0).fit(X)
+    >>> model.group_sizes_
+    (2, 2, 4, 8, 16)
+    >>> code = model.transform(X)
+    >>> code.shape, bool((code != 0).sum(axis=1).max() <= 4)
+    ((2000, 32), True)
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseDBKSVD._parameter_constraints,
+        "group_sizes": ["array-like", None],
+        "transform_mode": [StrOptions({"full", "nested"})],
+    }
+
+    def __init__(
+        self,
+        n_components=None,
+        *,
+        group_sizes=None,
+        transform_mode="full",
+        n_nonzero_coefs=None,
+        max_iter=10,
+        max_steps=None,
+        batch_size="auto",
+        fit_algorithm="mp",
+        dict_update="ksvd",
+        update_batch_size="auto",
+        transform_algorithm="mp",
+        transform_n_nonzero_coefs=None,
+        transform_alpha=None,
+        transform_max_iter=1000,
+        sparse_output=False,
+        positive_code=False,
+        mp_tol=None,
+        mp_refit=False,
+        dict_init=None,
+        code_init=None,
+        init="auto",
+        shuffle=True,
+        tol=1e-3,
+        max_no_improvement=10,
+        replace_min_usage=0.02,
+        replace_coherence=0.99,
+        replace_until=0.8,
+        n_jobs=None,
+        random_state=None,
+        verbose=False,
+        callback=None,
+    ):
+        self.n_components = n_components
+        self.group_sizes = group_sizes
+        self.transform_mode = transform_mode
+        self.n_nonzero_coefs = n_nonzero_coefs
+        self.max_iter = max_iter
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.fit_algorithm = fit_algorithm
+        self.dict_update = dict_update
+        self.update_batch_size = update_batch_size
+        self.transform_algorithm = transform_algorithm
+        self.transform_n_nonzero_coefs = transform_n_nonzero_coefs
+        self.transform_alpha = transform_alpha
+        self.transform_max_iter = transform_max_iter
+        self.sparse_output = sparse_output
+        self.positive_code = positive_code
+        self.mp_tol = mp_tol
+        self.mp_refit = mp_refit
+        self.dict_init = dict_init
+        self.code_init = code_init
+        self.init = init
+        self.shuffle = shuffle
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.replace_min_usage = replace_min_usage
+        self.replace_coherence = replace_coherence
+        self.replace_until = replace_until
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callback = callback
+
+    @property
+    def group_sizes_(self):
+        """The resolved group sizes (tuple of int)."""
+        check_is_fitted(self, "components_")
+        return check_group_sizes(self.group_sizes, self.components_.shape[0])
+
+    def _check_settings(self, n_features):
+        n_components, k = super()._check_settings(n_features)
+        check_group_sizes(self.group_sizes, n_components)
+        if self.transform_mode == "nested":
+            if self.transform_algorithm not in ("mp", "omp"):
+                raise ValueError(
+                    "transform_mode='nested' shares transform_n_nonzero_coefs "
+                    "among the groups, so it needs transform_algorithm 'mp' or "
+                    f"'omp'; got {self.transform_algorithm!r}."
+                )
+            if self.positive_code and self.transform_algorithm == "omp":
+                raise ValueError(
+                    "positive_code=True with transform_mode='nested' needs "
+                    "transform_algorithm='mp'; scikit-learn's OMP has no "
+                    "positive constraint."
+                )
+        return n_components, k
+
+    def _levels(self, n_components, n_nonzero_coefs):
+        sizes = check_group_sizes(self.group_sizes, n_components)
+        return nested_levels(sizes, n_nonzero_coefs)
+
+    def _step(self, X_batch, components, random_state, replace):
+        n_components, k = self._check_settings(X_batch.shape[1])
+        components, info, _ = matryoshka_step(
+            X_batch,
+            components,
+            levels=self._levels(n_components, k),
+            fit_algorithm=self.fit_algorithm,
+            dict_update=self.dict_update,
+            update_batch_size=self._resolved_update_batch_size(n_components),
+            positive=self.positive_code,
+            replace=replace,
+            replace_min_usage=self.replace_min_usage,
+            replace_coherence=self.replace_coherence,
+            random_state=random_state,
+            n_jobs=self.n_jobs,
+            mp_tol=self.mp_tol,
+            mp_refit=self.mp_refit,
+        )
+        return components, info
+
+    def _refit_on_known_support(self, X_known, codes, components, random_state):
+        # The known support is split by group and refitted level by level,
+        # each level on the residual of the levels before it (section 4.2).
+        n_components, k = self._check_settings(X_known.shape[1])
+        components = components.copy()
+        nested_pass(
+            X_known,
+            components,
+            self._levels(n_components, k),
+            algorithm=self.fit_algorithm,
+            positive=self.positive_code,
+            n_jobs=self.n_jobs,
+            update={
+                "dict_update": self.dict_update,
+                "update_batch_size": self._resolved_update_batch_size(n_components),
+                "random_state": random_state,
+                "replace": False,
+            },
+            codes=codes,
+        )
+        return components
+
+    def _transform_gram(self, dtype):
+        if self.transform_mode == "nested":
+            return None  # each group needs its own Gram matrix
+        return super()._transform_gram(dtype)
+
+    def _encode(self, X, gram=None):
+        if self.transform_mode == "full":
+            return super()._encode(X, gram)
+        components = self.components_.astype(X.dtype, copy=False)
+        levels = self._levels(len(components), self._transform_n_nonzero_coefs())
+        _, codes, _ = nested_pass(
+            X,
+            components,
+            levels,
+            algorithm=self.transform_algorithm,
+            positive=self.positive_code,
+            n_jobs=self.n_jobs,
+            mp_tol=self.mp_tol,
+            mp_refit=self.mp_refit,
+        )
+        return codes if self.sparse_output else codes.toarray()
