@@ -495,9 +495,16 @@ def test_cli_export_writes_a_loadable_directory(fitted, data, tmp_path, capsys):
 # PyTorch encoder
 # ----------------------------------------------------------------------
 def _assert_same_codes(actual, expected):
-    """Same support, and values equal to 1e-5 relative."""
+    """Same support, and values equal to 1e-5 relative to each code's scale.
+
+    The scale is the largest coefficient of the sample: a small coefficient
+    left by cancellation in float32 differs in its last bits between the
+    torch and NumPy summation orders.
+    """
     np.testing.assert_array_equal(actual != 0, expected != 0)
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=0)
+    scale = np.abs(expected).max(axis=1, keepdims=True)
+    error = np.abs(actual.astype(np.float64) - expected)
+    assert np.all(error <= 1e-5 * scale), error.max()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
