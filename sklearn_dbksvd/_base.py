@@ -1,7 +1,5 @@
 """Shared base of the DB-KSVD estimators: parameters, fit loop, transform."""
 
-import math
-import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -33,44 +31,16 @@ from ._data import (
     iter_row_chunks,
     read_batch,
     read_rows,
-    schedule_for,
     stack_codes,
 )
 from ._encode import _mp_encode, selections_to_csr
-from ._progress import ProgressReporter
+from ._fit_loop import FitState, plan_fit, run_fit, set_fitted
 from ._step import refit_atoms
 from .datasets import uniform_atoms
 from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
 _FLOAT_DTYPES = [np.float64, np.float32]
-
-
-class _SmoothedError:
-    """Early stopping on the exponentially smoothed batch relative error.
-
-    As in ``MiniBatchDictionaryLearning``, the weight of a new batch is its
-    share of the data, and fitting stops after ``patience`` steps in a row
-    without a relative improvement larger than ``tol``.
-    """
-
-    def __init__(self, tol, patience, batch_weight):
-        self.tol, self.patience, self.batch_weight = tol, patience, batch_weight
-        self.smoothed = self.best = None
-        self.stale_steps = 0
-
-    def should_stop(self, error):
-        if self.smoothed is None:
-            self.smoothed = error
-        else:
-            w = self.batch_weight
-            self.smoothed = (1 - w) * self.smoothed + w * error
-        if self.best is None or self.smoothed < self.best * (1 - self.tol):
-            self.best = self.smoothed
-            self.stale_steps = 0
-        else:
-            self.stale_steps += 1
-        return self.patience is not None and self.stale_steps >= self.patience
 
 
 class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -272,44 +242,6 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             X = check_batch(read_rows(X, rows), rows)
         return validate_data(self, X, dtype=_FLOAT_DTYPES, reset=reset)
 
-    def _run_steps(self, X, components, random_state, batches, n_steps, batch_weight):
-        """Run DB-KSVD steps over ``batches``; the state is set by the caller."""
-        history = []
-        stopper = _SmoothedError(self.tol, self.max_no_improvement, batch_weight)
-        seen = 0
-        last_replacing_step = self.replace_until * n_steps
-        with ProgressReporter(n_steps, verbose=self.verbose) as progress:
-            for step, batch in enumerate(batches):
-                tic = time.perf_counter()
-                components, info = self._step(
-                    batch, components, random_state, step < last_replacing_step
-                )
-                seen += len(batch)
-                info = {
-                    "step": step,
-                    **info,
-                    "seconds": time.perf_counter() - tic,
-                    "n_samples_seen": seen,
-                }
-                history.append(info)
-                progress.update(info)
-                stop = self.callback is not None and self.callback(info) is True
-                if stop or stopper.should_stop(info["relative_error"]):
-                    break
-        return components, history
-
-    def _batches(self, X, batch_size, random_state):
-        """Yield the data of each step: epochs of even batches.
-
-        Rows are shuffled each epoch, or, for chunked stores (h5py, zarr,
-        dask), blocks of contiguous rows are; lazy data is validated as read.
-        """
-        schedule = schedule_for(X, batch_size)
-        for _ in range(self.max_iter):
-            order = schedule.draw_order(random_state, self.shuffle)
-            for position in range(schedule.n_batches):
-                yield read_batch(X, schedule.rows(order, position))
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the dictionary from ``X``.
@@ -341,38 +273,11 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             Fitted estimator.
         """
         X = self._validate_fit_data(X, reset=True, keep_lazy=True)
-        n_samples, n_features = X.shape
-        n_components, _ = self._check_settings(n_features)
-        code_init = self._check_code_init(n_samples, n_components)
-        batch_size = self._resolved_batch_size(n_samples, n_features)
-        n_batches = math.ceil(n_samples / batch_size)
-        n_steps = self.max_iter * n_batches
-        if self.max_steps is not None:
-            n_steps = min(n_steps, self.max_steps)
-        random_state = check_random_state(self.random_state)
-        batches = self._batches(X, batch_size, random_state)
-        first = next(batches)
-        components = self._initial_components(first, n_components, random_state)
-        if code_init is not None:
-            components = self._components_from_known_support(
-                X, code_init, batch_size, components, random_state
-            )
-
-        def all_batches():
-            yield first
-            for _, batch in zip(range(n_steps - 1), batches):
-                yield batch
-
-        components, history = self._run_steps(
-            X, components, random_state, all_batches(), n_steps, batch_size / n_samples
-        )
-        self.components_ = components
-        self.n_steps_ = len(history)
-        self.n_iter_ = math.ceil(self.n_steps_ / n_batches)
-        self.n_samples_seen_ = history[-1]["n_samples_seen"]
-        self.history_ = history
-        self._random_state = random_state
-        return self
+        plan = plan_fit(self, X)
+        code_init = self._check_code_init(X.shape[0], plan.n_components)
+        state = FitState(check_random_state(self.random_state))
+        run_fit(self, X, plan, state, code_init=code_init)
+        return set_fitted(self, plan, state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):

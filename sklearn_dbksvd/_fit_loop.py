@@ -1,0 +1,188 @@
+"""The fit loop of the DB-KSVD estimators, resumable from a saved state.
+
+``fit`` runs it from a fresh state; ``dbksvd fit --checkpoint`` saves the state
+after steps and resumes from it, so both give the same dictionary.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._data import read_batch, schedule_for
+from ._progress import ProgressReporter
+
+
+class SmoothedError:
+    """Early stopping on the exponentially smoothed batch relative error.
+
+    As in ``MiniBatchDictionaryLearning``, the weight of a new batch is its
+    share of the data, and fitting stops after ``patience`` steps in a row
+    without a relative improvement larger than ``tol``.
+    """
+
+    def __init__(self, tol, patience, batch_weight):
+        self.tol, self.patience, self.batch_weight = tol, patience, batch_weight
+        self.smoothed = self.best = None
+        self.stale_steps = 0
+
+    def should_stop(self, error):
+        if self.smoothed is None:
+            self.smoothed = error
+        else:
+            w = self.batch_weight
+            self.smoothed = (1 - w) * self.smoothed + w * error
+        if self.best is None or self.smoothed < self.best * (1 - self.tol):
+            self.best = self.smoothed
+            self.stale_steps = 0
+        else:
+            self.stale_steps += 1
+        return self.patience is not None and self.stale_steps >= self.patience
+
+
+@dataclass
+class FitState:
+    """Everything the rest of a fit depends on: what a checkpoint saves.
+
+    Attributes
+    ----------
+    random_state : numpy.random.RandomState
+        The generator, as it is now.
+    components : ndarray of shape (n_components, n_features) or None
+        The atoms; None before the first step.
+    step : int
+        Steps done.
+    history : list of dict
+        One record per step done (early stopping is replayed from it).
+    epoch_state : tuple or None
+        State of the generator when the current epoch drew its shuffle, so
+        that a resumed fit draws the same shuffle again.
+    done : bool
+        The fit has stopped (early stopping, callback or the last step).
+    """
+
+    random_state: np.random.RandomState
+    components: np.ndarray = None
+    step: int = 0
+    history: list = field(default_factory=list)
+    epoch_state: tuple = None
+    done: bool = False
+
+
+@dataclass
+class FitPlan:
+    """Sizes of a fit, resolved from the data and the parameters."""
+
+    n_components: int
+    batch_size: int
+    schedule: object
+    n_steps: int
+
+
+def plan_fit(model, X):
+    """Resolve batch size, batch schedule and number of steps of ``model``."""
+    n_samples, n_features = X.shape
+    n_components, _ = model._check_settings(n_features)
+    batch_size = model._resolved_batch_size(n_samples, n_features)
+    schedule = schedule_for(X, batch_size)
+    n_steps = model.max_iter * schedule.n_batches
+    if model.max_steps is not None:
+        n_steps = min(n_steps, model.max_steps)
+    return FitPlan(n_components, batch_size, schedule, n_steps)
+
+
+def _epoch_order(plan, state, model, order):
+    """The shuffle of the current epoch: drawn at its start, else replayed."""
+    if state.step % plan.schedule.n_batches == 0:
+        state.epoch_state = state.random_state.get_state()
+        return plan.schedule.draw_order(state.random_state, model.shuffle)
+    if order is None:
+        replay = np.random.RandomState()
+        replay.set_state(state.epoch_state)
+        return plan.schedule.draw_order(replay, model.shuffle)
+    return order
+
+
+def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None):
+    """Run DB-KSVD steps of ``model`` on ``X`` from ``state`` until done.
+
+    Parameters
+    ----------
+    model : _BaseDBKSVD
+        Provides the parameters, the initialisation and ``_step``.
+    X : ndarray or lazy array of shape (n_samples, n_features)
+        Validated training data.
+    plan : FitPlan
+        From :func:`plan_fit`.
+    state : FitState
+        Updated in place.
+    code_init : scipy.sparse.csr_matrix, default=None
+        Known support, used when the atoms are initialised.
+    on_step : callable, default=None
+        Called with ``state`` after every step (checkpointing).
+    verbose : bool, default=None
+        Progress display; None means ``model.verbose``.
+    """
+    stopper = SmoothedError(
+        model.tol, model.max_no_improvement, plan.batch_size / X.shape[0]
+    )
+    for info in state.history:  # a resumed fit replays early stopping
+        stopper.should_stop(info["relative_error"])
+    seen = state.history[-1]["n_samples_seen"] if state.history else 0
+    last_replacing_step = model.replace_until * plan.n_steps
+    verbose = model.verbose if verbose is None else verbose
+    order = None
+    with ProgressReporter(
+        plan.n_steps, verbose, initial=state.step, samples_seen=seen
+    ) as progress:
+        while not state.done and state.step < plan.n_steps:
+            order = _epoch_order(plan, state, model, order)
+            position = state.step % plan.schedule.n_batches
+            batch = read_batch(X, plan.schedule.rows(order, position))
+            if state.components is None:
+                state.components = model._initial_components(
+                    batch, plan.n_components, state.random_state
+                )
+                if code_init is not None:
+                    state.components = model._components_from_known_support(
+                        X, code_init, plan.batch_size, state.components,
+                        state.random_state,
+                    )
+            tic = time.perf_counter()
+            state.components, info = model._step(
+                batch,
+                state.components,
+                state.random_state,
+                state.step < last_replacing_step,
+            )
+            seen += len(batch)
+            info = {
+                "step": state.step,
+                **info,
+                "seconds": time.perf_counter() - tic,
+                "n_samples_seen": seen,
+            }
+            state.history.append(info)
+            progress.update(info)
+            state.step += 1
+            stop = model.callback is not None and model.callback(info) is True
+            state.done = (
+                stop
+                or stopper.should_stop(info["relative_error"])
+                or state.step >= plan.n_steps
+            )
+            if on_step is not None:
+                on_step(state)
+    return state
+
+
+def set_fitted(model, plan, state):
+    """Copy a finished fit into the estimator's fitted attributes."""
+    model.components_ = state.components
+    model.n_steps_ = len(state.history)
+    model.n_iter_ = math.ceil(model.n_steps_ / plan.schedule.n_batches)
+    model.n_samples_seen_ = state.history[-1]["n_samples_seen"]
+    model.history_ = state.history
+    model._random_state = state.random_state
+    return model
