@@ -195,18 +195,5 @@ def skip_foreign_members(app, what, name, obj, skip, options):
     return skip
 
 
-def quote_fitted_attribute_shapes(app, what, name, obj, options, lines):
-    """Quote ``n_features_in_`` in shapes such as ``(n_features_in_,)``.
-
-    Unquoted, reST reads a word ending in ``_`` as a link to a target of that
-    name and fails with 'Unknown target name'. scikit-learn writes
-    ``(`n_features_in_`,)`` in its docstrings; this keeps the build working
-    for docstrings that copy the shape without the quotes.
-    """
-    for i, line in enumerate(lines):
-        lines[i] = line.replace("(n_features_in_,)", "(`n_features_in_`,)")
-
-
 def setup(app):
     app.connect("autodoc-skip-member", skip_foreign_members)
-    app.connect("autodoc-process-docstring", quote_fitted_attribute_shapes)

@@ -273,7 +273,7 @@ class SplitSign(TransformerMixin, BaseEstimator):
     ----------
     n_features_in_ : int
         Number of code columns seen during :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the code columns, when the input has string column names.
 
     See Also
