@@ -135,7 +135,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         The atoms, unit norm, in the dtype of the training data.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when ``X`` has string column names.
     n_iter_ : int
         Epochs started.
