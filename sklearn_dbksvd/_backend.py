@@ -195,9 +195,13 @@ def _subtract_selections(out, indices, values, dictionary):
 
 
 def normal_matrix(backend, E):
-    """Host ``EᵀE`` of a wide error matrix, computed in the backend."""
-    E = backend.asarray(E)
-    return to_numpy(E.T @ E)
+    """``EᵀE`` of a wide error matrix, computed in the backend.
+
+    Returns the device copy of ``E`` (for the final ``E v``) and the host
+    ``EᵀE`` of shape (n_features, n_features).
+    """
+    E_dev = backend.asarray(E)
+    return E_dev, to_numpy(E_dev.T @ E_dev)
 
 
 def matvec(backend, E_dev, vector):

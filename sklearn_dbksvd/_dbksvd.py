@@ -1,5 +1,7 @@
 """DBKSVDDictionaryLearning: the Double-Batch K-SVD estimator."""
 
+from sklearn.utils._param_validation import StrOptions
+
 from ._base import _BaseDBKSVD
 from ._step import dbksvd_step
 
@@ -116,6 +118,14 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         Fraction of the planned steps of :meth:`fit` during which atoms are
         replaced, so that the last steps can settle. 0 disables replacement.
         :meth:`partial_fit` always replaces.
+    backend : {"numpy", "cupy"}, default="numpy"
+        Where the products that grow with the batch run during fit: the
+        correlations ``X @ components_.T``, the Gram matrix, the residual and
+        ``EᵀE`` of atoms with more users than features. "cupy" streams each
+        batch to the GPU block by block and needs CuPy (``pip install
+        'sklearn-dbksvd[gpu]'``); matching pursuit and the small solves stay on
+        the host. With "numpy", arrays already on a device (torch, CuPy, ...
+        passed with scikit-learn's ``array_api_dispatch``) are used there.
     n_jobs : int, default=None
         Threads for matching pursuit and for the atoms of an inner batch.
         Results do not depend on it.
@@ -200,6 +210,11 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     ((2000, 32), 3)
     """
 
+    _parameter_constraints: dict = {
+        **_BaseDBKSVD._parameter_constraints,
+        "backend": [StrOptions({"numpy", "cupy"})],
+    }
+
     def __init__(
         self,
         n_components=None,
@@ -228,6 +243,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         replace_min_usage=0.02,
         replace_coherence=0.99,
         replace_until=0.8,
+        backend="numpy",
         n_jobs=None,
         random_state=None,
         verbose=False,
@@ -258,6 +274,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.replace_min_usage = replace_min_usage
         self.replace_coherence = replace_coherence
         self.replace_until = replace_until
+        self.backend = backend
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -280,4 +297,5 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             n_jobs=self.n_jobs,
             mp_tol=self.mp_tol,
             mp_refit=self.mp_refit,
+            backend=self.backend,
         )

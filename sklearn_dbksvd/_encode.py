@@ -260,7 +260,7 @@ def _encode_block(
     tol, refit, backend, residual,
 ):
     """Correlations of one block of samples, matching pursuit, residual."""
-    X_block = None if X is None else X[block]
+    X_block = None if X is None else X[block, :]
     if cov is None:
         corr = _backend.correlations(backend, X_block, dictionary_dev)
     else:

@@ -98,7 +98,7 @@ def batch_residual(X, components, codes):
     n_samples, n_features = X.shape
     residual = np.empty((n_samples, n_features), dtype=components.dtype)
     for block in _row_blocks(n_samples, n_features, components.itemsize):
-        residual[block] = _backend.to_numpy(X[block])
+        residual[block] = _backend.to_numpy(X[block, :])
         residual[block] -= codes[block] @ components
     return residual
 
@@ -323,7 +323,7 @@ def batch_metrics(X, residual):
     stats = {"x": [0, np.zeros(n_features), np.zeros(n_features)]}
     stats["r"] = [0, np.zeros(n_features), np.zeros(n_features)]
     for block in _row_blocks(n_samples, n_features, residual.itemsize):
-        X_block = _backend.to_numpy(X[block])
+        X_block = _backend.to_numpy(X[block, :])
         norms = np.linalg.norm(X_block, axis=1)
         errors = np.linalg.norm(residual[block], axis=1)
         ratio = np.divide(errors, norms, out=np.zeros_like(errors), where=norms > 0)

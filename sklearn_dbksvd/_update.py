@@ -460,7 +460,7 @@ def _wide_singular_pair(E, atom, backend):
     device; Lanczos then works on the n_features² matrix on the host, and
     ``E v`` is one more device product.
     """
-    normal = _backend.normal_matrix(backend, E)
+    E_dev, normal = _backend.normal_matrix(backend, E)
     tol = _singular_tol(E.dtype)
 
     def product(op, v, s, w):
@@ -469,7 +469,7 @@ def _wide_singular_pair(E, atom, backend):
     v, _ = _lanczos(
         product, (normal,), atom.astype(E.dtype), tol, _MAX_STEPS, _MAX_RESTARTS, 0
     )
-    code = _backend.matvec(backend, E, v)
+    code = _backend.matvec(backend, E_dev, v)
     return _flip_sign(v, code.astype(E.dtype, copy=False))
 
 

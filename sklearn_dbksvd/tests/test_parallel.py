@@ -1,0 +1,129 @@
+"""Threads and compiled kernels change the speed, never the result.
+
+Every kernel has a compiled (numba) and a pure NumPy version; both are run
+here whatever is installed, so the fallback is tested wherever numba is.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sklearn_dbksvd import _numba
+from sklearn_dbksvd._encode import _matching_pursuit_gram, _mp_encode, selections_to_csr
+from sklearn_dbksvd._parallel import WorkerPool, parallel_map
+from sklearn_dbksvd._step import dbksvd_step
+from sklearn_dbksvd._update import update_dictionary
+from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+
+needs_numba = pytest.mark.skipif(_numba.numba is None, reason="numba not installed")
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernels(request, monkeypatch):
+    """Run a test with the compiled kernels, then with the NumPy fallback."""
+    if request.param == "compiled" and _numba.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(_numba, "USE_NUMBA", request.param == "compiled")
+    return request.param
+
+
+def random_problem(n_samples, n_features, n_components, dtype=np.float64, seed=0):
+    rng = np.random.RandomState(seed)
+    D = rng.randn(n_components, n_features).astype(dtype)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    return rng.randn(n_samples, n_features).astype(dtype), D
+
+
+def step_settings(n_jobs, **overrides):
+    settings = dict(
+        n_nonzero_coefs=4,
+        fit_algorithm="mp",
+        dict_update="ksvd",
+        update_batch_size=8,
+        positive=False,
+        replace=True,
+        replace_min_usage=0.02,
+        replace_coherence=0.99,
+        random_state=np.random.RandomState(3),
+        n_jobs=n_jobs,
+    )
+    settings.update(overrides)
+    return settings
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("tol", [None, 0.6])
+def test_compiled_matching_pursuit_makes_numpys_selections(dtype, positive, tol, monkeypatch):
+    # 300 atoms: one full group of the compiled arg-max and a partial one.
+    X, D = random_problem(50, 20, 300, dtype)
+    gram = D @ D.T
+    corr = X @ D.T
+    sq_norms = np.einsum("ij,ij->i", X, X) if tol else None
+    compiled = _matching_pursuit_gram(corr.copy(), gram, 7, positive, sq_norms, tol)
+    monkeypatch.setattr(_numba, "USE_NUMBA", False)
+    fallback = _matching_pursuit_gram(corr.copy(), gram, 7, positive, sq_norms, tol)
+    np.testing.assert_array_equal(compiled[0], fallback[0])
+    np.testing.assert_array_equal(compiled[1], fallback[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_step_is_the_same_for_any_n_jobs(kernels, dtype):
+    X, _, _ = make_sparse_dictionary_problem(3000, 16, 48, 4, noise=0.05, random_state=0)
+    _, D = random_problem(1, 16, 48, dtype, seed=1)
+    X = X.astype(dtype)
+    one, info_one = dbksvd_step(X, D, **step_settings(1))
+    two, info_two = dbksvd_step(X, D, **step_settings(2))
+    np.testing.assert_array_equal(one, two)
+    assert info_one == info_two
+    assert one.dtype == dtype
+
+
+@needs_numba
+def test_compiled_and_numpy_updates_agree(monkeypatch):
+    X, _, _ = make_sparse_dictionary_problem(2000, 16, 40, 4, noise=0.05, random_state=0)
+    _, D = random_problem(1, 16, 40, seed=1)
+    compiled, _ = dbksvd_step(X, D, **step_settings(2, replace=False))
+    monkeypatch.setattr(_numba, "USE_NUMBA", False)
+    fallback, _ = dbksvd_step(X, D, **step_settings(2, replace=False))
+    np.testing.assert_allclose(compiled, fallback, rtol=1e-8, atol=1e-8)
+
+
+def test_update_keeps_the_residual_exact(kernels):
+    # After the update the corrected residual must equal X - codes @ atoms,
+    # including rows shared by atoms of one inner batch.
+    X, D = random_problem(500, 10, 30)
+    indices, values, residual = _mp_encode(X, D, 5, return_residual=True)
+    codes = sp.csc_matrix(selections_to_csr(indices, values, len(D)))
+    codes.sort_indices()
+    D = D.copy()
+    order = np.random.RandomState(0).permutation(len(D))
+    update_dictionary(residual, D, codes, order, update_batch_size=10, n_jobs=2)
+    np.testing.assert_allclose(residual, X - codes @ D, atol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(D, axis=1), 1.0)
+
+
+def test_encoder_blocks_and_threads_do_not_change_codes(kernels, monkeypatch):
+    from sklearn_dbksvd import _encode
+
+    X, D = random_problem(700, 12, 40, np.float32)
+    expected = _mp_encode(X, D, 5, return_residual=True, n_jobs=1)
+    # Tiny blocks: many blocks, several per thread.
+    monkeypatch.setattr(_encode, "_BLOCK_BYTES", 64 * 40 * 4)
+    got = _mp_encode(X, D, 5, return_residual=True, n_jobs=2)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_worker_pool_keeps_order_and_limits_blas():
+    from threadpoolctl import threadpool_info
+
+    with WorkerPool(2) as pool:
+        assert pool.n_workers == 2
+        assert pool.map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert all(i["num_threads"] == 1 for i in blas)
+    assert parallel_map(str, [1, 2], n_jobs=4) == ["1", "2"]
+    with WorkerPool(None) as pool:
+        assert pool.n_workers == 1 and pool.map(abs, [-1]) == [1]
