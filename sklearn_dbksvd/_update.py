@@ -562,9 +562,13 @@ def update_dictionary(
     indptr, users = codes.indptr, codes.indices
     sizes = np.diff(indptr)
     order = order[sizes[order] > 0]
-    compiled = _numba.use_numba() and backend.is_numpy
+    compiled = _numba.use_numba()
     tol = _singular_tol(residual.dtype)
     n_features = residual.shape[1]
+    # Atoms whose EᵀE goes to the device; the others are refitted on the host.
+    on_device = np.zeros(len(sizes), dtype=bool)
+    if not backend.is_numpy and dict_update == "ksvd":
+        on_device = sizes >= _WIDE_FACTOR * n_features
     # New codes of the batch, in the layout of ``codes.data``: the correction
     # needs the old and new codes side by side; allocated once per update.
     new_data = np.empty_like(codes.data)
@@ -579,14 +583,17 @@ def update_dictionary(
 
         def refit(group):
             new_atoms = np.empty((len(group), n_features), dtype=residual.dtype)
-            if compiled:
+            host = ~on_device[group] if compiled else np.zeros(len(group), bool)
+            if host.any():
+                host_atoms = np.empty((host.sum(), n_features), dtype=residual.dtype)
                 _refit_group_jit(
-                    residual, components, group, indptr, users, codes.data, shared,
-                    dict_update == "approx", positive, tol, _MAX_STEPS,
-                    _MAX_RESTARTS, new_atoms, new_data,
+                    residual, components, group[host], indptr, users, codes.data,
+                    shared, dict_update == "approx", positive, tol, _MAX_STEPS,
+                    _MAX_RESTARTS, host_atoms, new_data,
                 )
-                return new_atoms
-            for a, j in enumerate(group):
+                new_atoms[host] = host_atoms
+            for a in np.flatnonzero(~host):
+                j = group[a]
                 span = slice(indptr[j], indptr[j + 1])
                 new_atoms[a], new_data[span] = _refit_atom(
                     residual, components[j], users[span], codes.data[span],
@@ -599,6 +606,9 @@ def update_dictionary(
             batch = order[start : start + update_batch_size]
             if compiled:
                 _mark_shared_jit(batch, indptr, users, counts, shared)
+                for j in batch[on_device[batch]]:
+                    # Refitted outside the compiled loop: corrected afterwards.
+                    shared[indptr[j] : indptr[j + 1]] = True
             old_atoms = components[batch]
             groups = _balanced_groups(batch, sizes, pool.n_workers)
             new_atoms = np.empty_like(old_atoms)
