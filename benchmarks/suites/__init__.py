@@ -1,0 +1,8 @@
+"""Benchmark suites.
+
+Each module has ``NAME``, ``run(quick, seed)`` and ``markdown(result)``.
+"""
+
+from . import encode, fit, init
+
+SUITES = {module.NAME: module for module in (encode, fit, init)}
