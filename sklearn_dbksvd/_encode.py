@@ -3,8 +3,13 @@
 With ``gram = D Dᵀ`` and the correlations ``c = D y`` precomputed, one
 matching-pursuit selection for a sample is an arg-max over ``c``, a look-up
 and a vector update ``c -= a * gram[j]``: no matrix-vector product with the
-dictionary inside the loop. The loop is vectorised over a chunk of samples
-sized to stay in cache, and chunks run in parallel threads.
+dictionary inside the loop. Samples go in blocks: the block's correlations
+(one GEMM, in the array backend), its selections, then its residual, so the
+correlations of a whole batch never exist at once; blocks run in parallel
+threads. The selections are compiled with numba when it is installed (one
+sample at a time, the arg-max on the correlations' bits as integers, which
+vectorises) and vectorised over chunks of samples in NumPy otherwise; both
+make the same selections.
 """
 
 from numbers import Integral, Real

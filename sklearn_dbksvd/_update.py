@@ -610,7 +610,10 @@ def update_dictionary(
                     # Refitted outside the compiled loop: corrected afterwards.
                     shared[indptr[j] : indptr[j + 1]] = True
             old_atoms = components[batch]
-            groups = _balanced_groups(batch, sizes, pool.n_workers)
+            # More groups than threads: the executor hands the next group to
+            # whichever thread is free, evening out atoms that need more
+            # Lanczos steps than others.
+            groups = _balanced_groups(batch, sizes, 4 * pool.n_workers)
             new_atoms = np.empty_like(old_atoms)
             position = {j: a for a, j in enumerate(batch)}
             for group, group_atoms in zip(groups, pool.map(refit, groups)):
