@@ -351,7 +351,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
     replace_min_usage : float, default=0.02
         Atoms of a group used by fewer samples than this fraction of the
         group's mean usage ``batch_size * share / group_size`` are replaced.
-    replace_coherence : float, default=0.99
+    replace_coherence : float, default=0.95
         Of two atoms of one group with ``|cos| >`` this, the less used one is
         replaced.
     replace_until : float, default=0.8
@@ -448,7 +448,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         tol=1e-3,
         max_no_improvement=10,
         replace_min_usage=0.02,
-        replace_coherence=0.99,
+        replace_coherence=0.95,
         replace_until=0.8,
         n_jobs=None,
         random_state=None,
