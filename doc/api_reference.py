@@ -1,9 +1,13 @@
 """What the API page lists, section by section.
 
 ``conf.py`` renders ``api.rst`` from this list. A name that the installed
-package does not have yet is skipped, so objects still being written elsewhere
-(``MatryoshkaDBKSVD``, the GPU backend helpers) can be listed here ahead of
-time and appear as soon as they exist.
+package does not have is skipped, so objects still being written elsewhere can
+be listed here ahead of time and appear as soon as they exist.
+
+Only names that import with NumPy alone are listed: the documentation build
+must not need torch. ``sklearn_dbksvd.interop.MatchingPursuitEncoder`` (a
+``torch.nn.Module``) is therefore described in ``interop.rst`` and in the
+docstrings of ``to_torch`` and ``load_torch`` instead.
 """
 
 API_REFERENCE = [
@@ -51,5 +55,24 @@ See :ref:`ug_metrics`.
 Synthetic and bundled data for examples, tests and benchmarks.
 """,
         "names": ["make_sparse_dictionary_problem", "load_sample_patches"],
+    },
+    {
+        "title": "Interoperability",
+        "module": "sklearn_dbksvd.interop",
+        "description": """
+Dictionaries as SAELens directories (for SAELens and SAEBench), matching
+pursuit as a PyTorch module, and nonnegative split-sign codes. ``save_sae``
+and ``load_sae`` need safetensors, ``to_torch`` and ``load_torch`` need torch
+(the ``torch`` extra); importing the module needs neither. See
+:ref:`interop`.
+""",
+        "names": [
+            "save_sae",
+            "load_sae",
+            "to_torch",
+            "load_torch",
+            "split_sign",
+            "SplitSign",
+        ],
     },
 ]
