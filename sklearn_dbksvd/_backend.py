@@ -55,6 +55,35 @@ class ArrayBackend:
         return self.xp.asarray(array, device=self.device)
 
 
+def is_device_array(array):
+    """Whether ``array`` is an array-API array of another namespace than NumPy."""
+    if array_api_compat is None or _is_numpy_array(array):
+        return False
+    return array_api_compat.is_array_api_obj(array) and not (
+        array_api_compat.is_numpy_array(array)
+    )
+
+
+def to_namespace_of(reference, array):
+    """NumPy ``array`` in the namespace and on the device of ``reference``."""
+    xp = array_api_compat.array_namespace(reference)
+    return xp.asarray(array, device=array_api_compat.device(reference))
+
+
+def host_dtype(X):
+    """The NumPy dtype matching the dtype of an array of any namespace."""
+    if _is_numpy_array(X) or not is_device_array(X):
+        return np.dtype(X.dtype)
+    return to_numpy(X[:1, ...]).dtype
+
+
+def take_rows(X, rows):
+    """Rows ``rows`` (a NumPy index array) of a device array, on its device."""
+    xp = array_api_compat.array_namespace(X)
+    index = xp.asarray(rows, device=array_api_compat.device(X))
+    return xp.take(X, index, axis=0)
+
+
 def to_numpy(array):
     """Host NumPy copy of an array of any namespace (a no-op for NumPy)."""
     if _is_numpy_array(array):

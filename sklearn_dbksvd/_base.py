@@ -4,6 +4,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn import get_config
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -12,6 +13,7 @@ from sklearn.base import (
 )
 from sklearn.decomposition import sparse_encode
 from sklearn.utils import check_random_state
+from sklearn.utils._array_api import get_namespace
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_feature_names,
@@ -21,6 +23,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
 from ._data import (
     check_batch,
     check_lazy_array,
@@ -165,6 +168,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     # Initialisation
     # ------------------------------------------------------------------
     def _initial_components(self, X_batch, n_components, random_state):
+        X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
         if self.dict_init is not None:
             atoms = check_array(self.dict_init, dtype=dtype, copy=True)
@@ -240,6 +244,19 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 return X
             rows = [slice(0, X.shape[0])]
             X = check_batch(read_rows(X, rows), rows)
+        return self._validate_data_where_it_lives(X, reset)
+
+    def _validate_data_where_it_lives(self, X, reset):
+        """``validate_data``, keeping device arrays on their device.
+
+        With scikit-learn's ``array_api_dispatch`` on, torch, CuPy or other
+        array-API inputs are validated in their own namespace and stay where
+        they are; the sample-dependent products then run there. Otherwise
+        everything becomes a NumPy array, as in scikit-learn.
+        """
+        if get_config()["array_api_dispatch"] and is_device_array(X):
+            xp, _ = get_namespace(X)
+            return validate_data(self, X, dtype=[xp.float64, xp.float32], reset=reset)
         return validate_data(self, X, dtype=_FLOAT_DTYPES, reset=reset)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -370,7 +387,11 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             rows = chunk_rows(X.shape[1], n_components, dtype.itemsize)
             parts = [self._encode(chunk, gram) for _, chunk in iter_row_chunks(X, rows)]
             return stack_codes(parts, n_components, dtype, self.sparse_output)
-        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        X = self._validate_data_where_it_lives(X, reset=False)
+        if is_device_array(X):
+            # Matching pursuit runs on the host; codes go back to X's device.
+            code = self._encode(X)
+            return code if sp.issparse(code) else to_namespace_of(X, code)
         return self._encode(X)
 
     def _transform_gram(self, dtype):
@@ -390,7 +411,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         gram : ndarray of shape (n_components, n_components), default=None
             Precomputed ``D Dᵀ`` in the dtype of ``X``, reused across chunks.
         """
-        components = self.components_.astype(X.dtype, copy=False)
+        components = self.components_.astype(host_dtype(X), copy=False)
         k = self._transform_n_nonzero_coefs()
         if self.transform_algorithm == "mp":
             indices, values = _mp_encode(
@@ -418,7 +439,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             positive=self.positive_code,
         )
         # scikit-learn's coders may return float64 for float32 input.
-        code = code.astype(X.dtype, copy=False)
+        code = code.astype(host_dtype(X), copy=False)
         return sp.csr_matrix(code) if self.sparse_output else code
 
     def inverse_transform(self, X):
@@ -459,7 +480,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         score : float
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        X = validate_data(self, to_numpy(X), dtype=_FLOAT_DTYPES, reset=False)
         residual = X - self.inverse_transform(self.transform(X))
         return _variance_explained_of_residual(X, residual)
 

@@ -21,6 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils import gen_even_slices
 
+from ._backend import is_device_array, take_rows
+
 _FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 # Contiguous blocks per batch for chunked stores: 16 distant parts of the data
@@ -300,6 +302,8 @@ def read_batch(X, rows):
     """
     if is_lazy_array(X):
         return check_batch(read_rows(X, rows), rows)
+    if is_device_array(X):
+        return take_rows(X, rows)
     return X[rows]
 
 

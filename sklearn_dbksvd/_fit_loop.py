@@ -156,7 +156,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                 state.random_state,
                 state.step < last_replacing_step,
             )
-            seen += len(batch)
+            seen += batch.shape[0]
             info = {
                 "step": state.step,
                 **info,

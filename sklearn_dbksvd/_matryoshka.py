@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._backend import to_numpy
 from ._base import _BaseDBKSVD
 from ._step import clear_dictionary, encode_batch, refit_atoms
 from .metrics import _relative_error_of_residual, _variance_explained_of_residual
@@ -221,6 +222,9 @@ def matryoshka_step(
     codes : scipy.sparse.csr_matrix of shape (n_samples, n_components)
         The codes after the update.
     """
+    # Each level's products are small next to a whole-batch step: the
+    # nested pass runs on the host.
+    X = to_numpy(X)
     components = components.copy()
     update = {
         "dict_update": dict_update,
@@ -565,6 +569,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
     def _encode(self, X, gram=None):
         if self.transform_mode == "full":
             return super()._encode(X, gram)
+        X = to_numpy(X)  # the nested pass runs on the host
         components = self.components_.astype(X.dtype, copy=False)
         levels = self._levels(len(components), self._transform_n_nonzero_coefs())
         _, codes, _ = nested_pass(
