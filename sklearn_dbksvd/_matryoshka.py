@@ -100,6 +100,7 @@ def nested_pass(
     mp_refit=False,
     update=None,
     codes=None,
+    backend=None,
 ):
     """Encode (and, with ``update``, refit) the levels one after another.
 
@@ -129,6 +130,8 @@ def nested_pass(
         encodes.
     codes : sparse matrix of shape (n_samples, n_components), default=None
         Codes to use instead of encoding (a known support).
+    backend : {"numpy", "cupy"} or ArrayBackend, default=None
+        Where the products of each level run (see ``_backend``).
 
     Returns
     -------
@@ -161,6 +164,7 @@ def nested_pass(
                 tol=mp_tol,
                 refit=mp_refit,
                 n_jobs=n_jobs,
+                backend=backend,
             )
         if update is None:
             residual = residual - level_codes @ group
@@ -174,6 +178,7 @@ def nested_pass(
                 positive=positive,
                 random_state=update["random_state"],
                 n_jobs=n_jobs,
+                backend=backend,
             )
             if update["replace"]:
                 # Per group: a group's atoms are judged on the residual it fits.
@@ -206,6 +211,7 @@ def matryoshka_step(
     n_jobs,
     mp_tol=None,
     mp_refit=False,
+    backend=None,
 ):
     """One Matryoshka DB-KSVD step (paper section 4.2) on the batch ``X``.
 
@@ -244,6 +250,7 @@ def matryoshka_step(
         mp_tol=mp_tol,
         mp_refit=mp_refit,
         update=update,
+        backend=backend,
     )
     info = {
         "relative_error": _relative_error_of_residual(X, residual),
@@ -292,6 +299,10 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         its share of ``transform_n_nonzero_coefs``, as in training; then the
         codes of the first ``g`` groups alone give exactly their nested
         reconstruction. "nested" needs ``transform_algorithm`` "mp" or "omp".
+    backend : {"numpy", "cupy"}, default="numpy"
+        Where the products that grow with the batch run during fit, level by
+        level, as in :class:`DBKSVDDictionaryLearning`. The batch itself is
+        held on the host.
     n_nonzero_coefs : int, default=None
         Nonzeros per code during fit (``k``), shared by the groups: each gets
         ``k // n_groups`` and the first ``k % n_groups`` groups one more (the
@@ -422,6 +433,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         **_BaseDBKSVD._parameter_constraints,
         "group_sizes": ["array-like", None],
         "transform_mode": [StrOptions({"full", "nested"})],
+        "backend": [StrOptions({"numpy", "cupy"})],
     }
 
     def __init__(
@@ -430,6 +442,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         *,
         group_sizes=None,
         transform_mode="full",
+        backend="numpy",
         n_nonzero_coefs=None,
         max_iter=10,
         max_steps=None,
@@ -462,6 +475,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         self.n_components = n_components
         self.group_sizes = group_sizes
         self.transform_mode = transform_mode
+        self.backend = backend
         self.n_nonzero_coefs = n_nonzero_coefs
         self.max_iter = max_iter
         self.max_steps = max_steps
@@ -536,6 +550,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
             n_jobs=self.n_jobs,
             mp_tol=self.mp_tol,
             mp_refit=self.mp_refit,
+            backend=self.backend,
         )
         return components, info
 

@@ -110,6 +110,7 @@ def _fit(args):
         max_iter=args.epochs,
         n_jobs=args.n_jobs,
         random_state=args.seed,
+        backend=args.backend,
     )
     if args.steps is not None:
         # As many epochs as the steps need; early stopping may end sooner.
@@ -340,6 +341,13 @@ def build_parser():
         type=_positive_int,
         required=True,
         help="nonzeros per code",
+    )
+    fit.add_argument(
+        "--backend",
+        choices=["numpy", "cupy"],
+        default="numpy",
+        help="where the products that grow with the batch run; cupy needs a "
+        "CUDA GPU and the gpu extra (default: %(default)s)",
     )
     fit.add_argument(
         "--matryoshka",

@@ -334,3 +334,20 @@ def test_matryoshka_flag(data_path, tmp_path, monkeypatch, capsys):
         monkeypatch.delattr(sklearn_dbksvd, "MatryoshkaDBKSVD")
     assert main([*argv, "-o", tmp_path / "n.npz"]) == 1
     assert "needs sklearn_dbksvd.MatryoshkaDBKSVD" in capsys.readouterr().err
+
+
+def test_fit_backend_cupy_without_cupy_is_one_line(tmp_path, capsys):
+    pytest.importorskip("array_api_compat")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:  # pragma: no cover - a machine with a GPU runs the real thing
+        pytest.skip("CuPy is installed")
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.RandomState(0).randn(50, 4))
+    code = main(["fit", str(data), "-m", "4", "-k", "1", "--steps", "1",
+                 "--backend", "cupy", "-o", str(tmp_path / "d.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "cupy" in err.lower() and len(err.splitlines()) == 1
+    assert not (tmp_path / "d.npz").exists()
