@@ -12,7 +12,7 @@ import pytest
 from sklearn_dbksvd import DBKSVDDictionaryLearning, _backend, _update
 from sklearn_dbksvd._encode import _mp_encode
 from sklearn_dbksvd._step import dbksvd_step
-from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+from sklearn_dbksvd.tests import _helpers
 
 
 def _strict(device_name):
@@ -51,31 +51,12 @@ def namespace(request):
     return NAMESPACES[request.param]()
 
 
-def planted(n_samples=400, n_features=12, n_components=24, k=3, seed=0):
-    X, _, _ = make_sparse_dictionary_problem(
-        n_samples, n_features, n_components, k, noise=0.05, random_state=seed
-    )
-    rng = np.random.RandomState(seed + 1)
-    start = rng.randn(n_components, n_features)
-    start /= np.linalg.norm(start, axis=1, keepdims=True)
-    return X, start
+def planted(**kwargs):
+    return _helpers.planted(**{"n_samples": 400, "n_components": 24, **kwargs})
 
 
 def step_settings(**overrides):
-    settings = dict(
-        n_nonzero_coefs=3,
-        fit_algorithm="mp",
-        dict_update="ksvd",
-        update_batch_size=4,
-        positive=False,
-        replace=True,
-        replace_min_usage=0.02,
-        replace_coherence=0.99,
-        random_state=np.random.RandomState(7),
-        n_jobs=1,
-    )
-    settings.update(overrides)
-    return settings
+    return _helpers.step_settings(**{"n_jobs": 1, **overrides})
 
 
 def test_encode_and_residual_array_api(namespace):

@@ -14,6 +14,7 @@ from sklearn_dbksvd._parallel import WorkerPool, parallel_map
 from sklearn_dbksvd._step import dbksvd_step
 from sklearn_dbksvd._update import update_dictionary
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+from sklearn_dbksvd.tests import _helpers
 
 needs_numba = pytest.mark.skipif(_numba.numba is None, reason="numba not installed")
 
@@ -35,20 +36,15 @@ def random_problem(n_samples, n_features, n_components, dtype=np.float64, seed=0
 
 
 def step_settings(n_jobs, **overrides):
-    settings = dict(
-        n_nonzero_coefs=4,
-        fit_algorithm="mp",
-        dict_update="ksvd",
-        update_batch_size=8,
-        positive=False,
-        replace=True,
-        replace_min_usage=0.02,
-        replace_coherence=0.99,
-        random_state=np.random.RandomState(3),
-        n_jobs=n_jobs,
+    return _helpers.step_settings(
+        **{
+            "n_nonzero_coefs": 4,
+            "update_batch_size": 8,
+            "random_state": np.random.RandomState(3),
+            "n_jobs": n_jobs,
+            **overrides,
+        }
     )
-    settings.update(overrides)
-    return settings
 
 
 @needs_numba

@@ -6,7 +6,7 @@ from sklearn.linear_model import orthogonal_mp_gram
 
 from sklearn_dbksvd._step import dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
-from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+from sklearn_dbksvd.tests import _helpers
 from sklearn_dbksvd.tests.test_encode import textbook_matching_pursuit
 
 
@@ -48,30 +48,14 @@ def mp_codes(X, dictionary, k):
 
 
 def step_settings(**overrides):
-    settings = dict(
-        n_nonzero_coefs=3,
-        fit_algorithm="mp",
-        dict_update="ksvd",
-        update_batch_size=1,
-        positive=False,
-        replace=False,
-        replace_min_usage=0.0,
-        replace_coherence=1.0,
-        random_state=np.random.RandomState(7),
-        n_jobs=None,
+    """Exact sequential K-SVD: one atom per inner batch, no replacement."""
+    exact = dict(
+        update_batch_size=1, replace=False, replace_min_usage=0.0, replace_coherence=1.0
     )
-    settings.update(overrides)
-    return settings
+    return _helpers.step_settings(**{**exact, **overrides})
 
 
-def planted(n_samples=300, n_features=12, n_components=20, k=3, seed=0):
-    X, _, _ = make_sparse_dictionary_problem(
-        n_samples, n_features, n_components, k, noise=0.05, random_state=seed
-    )
-    rng = np.random.RandomState(seed + 1)
-    start = rng.randn(n_components, n_features)
-    start /= np.linalg.norm(start, axis=1, keepdims=True)
-    return X, start
+planted = _helpers.planted
 
 
 @pytest.mark.parametrize("fit_algorithm, coder", [("omp", omp_codes), ("mp", mp_codes)])

@@ -1,0 +1,38 @@
+"""Small problems and step settings shared by the kernel tests."""
+
+import numpy as np
+
+from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+
+
+def planted(n_samples=300, n_features=12, n_components=20, k=3, seed=0):
+    """A noisy planted problem and a random unit-norm starting dictionary."""
+    X, _, _ = make_sparse_dictionary_problem(
+        n_samples, n_features, n_components, k, noise=0.05, random_state=seed
+    )
+    rng = np.random.RandomState(seed + 1)
+    start = rng.randn(n_components, n_features)
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    return X, start
+
+
+def step_settings(**overrides):
+    """Keyword arguments of ``dbksvd_step``: small inner batches, replacement on.
+
+    A fresh generator each call, so two steps with the same settings draw the
+    same order of atom updates.
+    """
+    settings = dict(
+        n_nonzero_coefs=3,
+        fit_algorithm="mp",
+        dict_update="ksvd",
+        update_batch_size=4,
+        positive=False,
+        replace=True,
+        replace_min_usage=0.02,
+        replace_coherence=0.99,
+        random_state=np.random.RandomState(7),
+        n_jobs=None,
+    )
+    settings.update(overrides)
+    return settings
