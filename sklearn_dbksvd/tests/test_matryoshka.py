@@ -21,6 +21,7 @@ from sklearn_dbksvd._matryoshka import (
 from sklearn_dbksvd._step import encode_batch, refit_atoms
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem, uniform_atoms
 from sklearn_dbksvd.metrics import atom_recovery
+from sklearn_dbksvd.tests import _helpers
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +45,9 @@ def _with(model, **params):
 
 
 def _step_kwargs(**overrides):
-    kwargs = dict(
-        fit_algorithm="mp",
-        dict_update="ksvd",
-        update_batch_size=4,
-        positive=False,
-        replace=True,
-        replace_min_usage=0.02,
-        replace_coherence=0.99,
-        random_state=np.random.RandomState(0),
-        n_jobs=None,
-    )
+    """``dbksvd_step`` settings without ``n_nonzero_coefs`` (Matryoshka has levels)."""
+    kwargs = _helpers.step_settings(random_state=np.random.RandomState(0))
+    del kwargs["n_nonzero_coefs"]
     return {**kwargs, **overrides}
 
 
