@@ -21,7 +21,7 @@ from sklearn_dbksvd._matryoshka import (
 from sklearn_dbksvd._step import encode_batch, refit_atoms
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem, uniform_atoms
 from sklearn_dbksvd.metrics import atom_recovery
-from sklearn_dbksvd.tests import _helpers
+from tests import _helpers
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from sklearn_dbksvd import DBKSVDDictionaryLearning, _backend, _update
 from sklearn_dbksvd._encode import _mp_encode
 from sklearn_dbksvd._step import dbksvd_step
-from sklearn_dbksvd.tests import _helpers
+from tests import _helpers
 
 
 def _strict(device_name):

@@ -6,8 +6,8 @@ from sklearn.linear_model import orthogonal_mp_gram
 
 from sklearn_dbksvd._step import dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
-from sklearn_dbksvd.tests import _helpers
-from sklearn_dbksvd.tests.test_encode import textbook_matching_pursuit
+from tests import _helpers
+from tests.test_encode import textbook_matching_pursuit
 
 
 def flip(atom, code):

@@ -164,7 +164,9 @@ def test_encode_writes_csr_codes(data_path, dictionary_path, tmp_path):
     model = load_dictionary(dictionary_path).set_params(sparse_output=True)
     expected = model.transform(np.load(data_path))
     assert codes.nnz == expected.nnz
-    assert abs(codes - expected).max() == 0
+    # Chunks of 500 rows and one whole-array product round differently in BLAS.
+    scale = abs(expected).max()
+    np.testing.assert_allclose(codes.toarray(), expected.toarray(), atol=1e-5 * scale)
 
 
 def test_report_writes_png(data_path, dictionary_path, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.rst"
+README = Path(__file__).resolve().parents[1] / "README.rst"
 
 
 @pytest.mark.skipif(not README.exists(), reason="README.rst is not shipped in wheels")
