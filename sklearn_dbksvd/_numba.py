@@ -1,12 +1,13 @@
-"""Optional numba compilation of the per-sample and per-atom loops.
+"""numba compilation of the per-sample and per-atom loops.
 
 Matching pursuit and the atom updates are loops over samples and atoms whose
 bodies are short vector operations; run from NumPy they pay a Python and a
 temporary array per operation. Compiled with numba (``nogil``, so threads run
 them in parallel) they run several times faster (numbers in
-``benchmarks/RESULTS.md``, section Performance). numba is optional: without it,
-or with the environment variable ``SKLEARN_DBKSVD_NUMBA=0``, every kernel has a
-pure NumPy fallback that gives the same results to rounding.
+``benchmarks/RESULTS.md``, section Performance). numba is a required
+dependency; with the environment variable ``SKLEARN_DBKSVD_NUMBA=0`` (or
+where numba cannot be imported) every kernel runs its pure NumPy version,
+which gives the same results to rounding.
 """
 
 import os

@@ -4,6 +4,10 @@ Every kernel has a compiled (numba) and a pure NumPy version; both are run
 here whatever is installed, so the fallback is tested wherever numba is.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -129,3 +133,15 @@ def test_worker_pool_keeps_order_and_limits_blas():
     assert parallel_map(str, [1, 2], n_jobs=4) == ["1", "2"]
     with WorkerPool(None) as pool:
         assert pool.n_workers == 1 and pool.map(abs, [-1]) == [1]
+
+
+@pytest.mark.parametrize("value, compiled", [("0", False), ("1", True)])
+def test_environment_variable_selects_the_kernels(value, compiled):
+    # numba is a required dependency: compiled by default, NumPy on request.
+    env = {**os.environ, "SKLEARN_DBKSVD_NUMBA": value}
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "from sklearn_dbksvd import _numba; print(_numba.use_numba())"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert out.strip() == str(compiled)
