@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sklearn_dbksvd import DBKSVDDictionaryLearning
-from sklearn_dbksvd._cli_io import save_dictionary
+from sklearn_dbksvd.cli._io import save_dictionary
 from sklearn_dbksvd.datasets import uniform_atoms
 
 MiB = 2**20

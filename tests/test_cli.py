@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from numpy.testing import assert_array_equal
 
 from sklearn_dbksvd import DBKSVDDictionaryLearning
-from sklearn_dbksvd._cli_fit import CHECKPOINT_NAME
-from sklearn_dbksvd._cli_io import atomic_write, load_dictionary
+from sklearn_dbksvd.cli._resume import CHECKPOINT_NAME
+from sklearn_dbksvd.cli._io import atomic_write, load_dictionary
 from sklearn_dbksvd.cli import main as _main
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
@@ -94,7 +94,7 @@ def test_fit_matches_estimator_and_writes_everything(data_path, dictionary_path)
 # so that the test reliably kills it between two steps, whatever the load.
 _SLOW_FIT = """
 import sys, time
-import sklearn_dbksvd._cli_fit as cli_fit
+import sklearn_dbksvd.cli._resume as cli_fit
 save = cli_fit.save_checkpoint
 def slow_save(*args):
     save(*args)

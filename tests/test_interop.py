@@ -22,12 +22,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import sklearn_dbksvd
 from sklearn_dbksvd import DBKSVDDictionaryLearning
 from sklearn_dbksvd.interop import (
-    CONFIG_KEY,
     SplitSign,
     load_sae,
     save_sae,
     split_sign,
 )
+from sklearn_dbksvd.interop.saelens import CONFIG_KEY
 
 # Developed alongside; its tests skip where this version lacks it.
 MatryoshkaDBKSVD = getattr(sklearn_dbksvd, "MatryoshkaDBKSVD", None)
@@ -183,8 +183,8 @@ def test_without_torch_the_encoder_says_what_to_install(fitted, monkeypatch):
 
     # As if torch were not installed: `import torch` raises ImportError.
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "sklearn_dbksvd._torch_encoder", raising=False)
-    monkeypatch.delattr(sklearn_dbksvd, "_torch_encoder", raising=False)
+    monkeypatch.delitem(sys.modules, "sklearn_dbksvd.interop._torch_encoder", raising=False)
+    monkeypatch.delattr(sklearn_dbksvd.interop, "_torch_encoder", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'sklearn-dbksvd\[torch\]'"):
         interop.to_torch(fitted["dbksvd", "float64"])
     assert not hasattr(interop, "MatchingPursuitEncoder")
@@ -460,7 +460,7 @@ def _export(*args):
 
 def test_cli_export_writes_a_loadable_directory(fitted, data, tmp_path, capsys):
     _needs_safetensors()
-    from sklearn_dbksvd._cli_io import save_dictionary
+    from sklearn_dbksvd.cli._io import save_dictionary
 
     model = _variant(fitted, "k5", "float32")
     dictionary = tmp_path / "dict.npz"

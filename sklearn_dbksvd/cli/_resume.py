@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._cli_io import UserError, save_npz_atomic, to_json
-from ._fit_loop import FitState, plan_fit, run_fit, set_fitted
+from .._fit_loop import FitState, plan_fit, run_fit, set_fitted
+from ._io import UserError, save_npz_atomic, to_json
 
 CHECKPOINT_NAME = "dbksvd-checkpoint.npz"
 

@@ -7,7 +7,7 @@ the dictionary written by ``dbksvd fit`` and maps the command-line options.
 FORMATS = ("saelens",)
 
 
-def add_export_parser(commands):
+def add_parser(commands):
     """Add the ``export`` subcommand to the ``dbksvd`` subparsers."""
     export = commands.add_parser(
         "export",
@@ -56,16 +56,16 @@ def add_export_parser(commands):
     export.add_argument(
         "--force", action="store_true", help="replace an existing SAE directory"
     )
-    export.set_defaults(handler=run_export)
+    export.set_defaults(handler=run)
     return export
 
 
-def run_export(args):
+def run(args):
     """Handler of ``dbksvd export``: load the dictionary, write the directory."""
     from pathlib import Path
 
-    from ._cli_io import UserError, load_dictionary
-    from .interop import save_sae
+    from ..interop import save_sae
+    from ._io import UserError, load_dictionary
 
     if Path(args.output).exists() and not args.force:
         raise UserError(f"{args.output} exists; pass --force to replace it.")

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ._data import check_batch, chunk_rows, read_rows
+from .._data import check_batch, chunk_rows, read_rows
 
 # Pairs of atoms compared at once for the per-atom coherence: 1024 rows of
 # the (m, m) overlap matrix, never all of it (2 GiB at m = 16384).

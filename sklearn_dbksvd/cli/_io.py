@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data import RowConcatenation, check_lazy_array
+from .._data import RowConcatenation, check_lazy_array
 
 _HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}
 _DICTIONARY_FORMAT = 1
@@ -214,7 +214,7 @@ def save_dictionary(path, model, force):
     Parameters and history are JSON strings so that the file loads with
     ``np.load(path)`` (no pickle) and stays readable without this package.
     """
-    from . import __version__
+    from .. import __version__
 
     save_npz_atomic(
         path,

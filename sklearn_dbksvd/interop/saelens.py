@@ -1,0 +1,407 @@
+"""SAELens / SAEBench directories: :func:`save_sae` and :func:`load_sae`.
+
+The directory layout
+--------------------
+:func:`save_sae` writes a directory with two files:
+
+``sae_weights.safetensors``
+    Four tensors, in the dtype of the dictionary (float32 or float64):
+
+    ========= ================= ===============================================
+    key       shape             value
+    ========= ================= ===============================================
+    ``W_dec`` (d_sae, d_in)     the atoms ``components_``, unit-norm rows
+    ``W_enc`` (d_in, d_sae)     ``W_dec.T``
+    ``b_enc`` (d_sae,)          zeros
+    ``b_dec`` (d_in,)           zeros: the estimators do not centre the data
+    ========= ================= ===============================================
+
+``cfg.json``
+    The fields SAELens and SAEBench read, each written once at the top level
+    as SAELens up to 5.x writes them, and repeated in a ``metadata``
+    sub-dictionary as SAELens 6 groups them: ``architecture`` (``"topk"``),
+    ``d_in``, ``d_sae``, ``k``, ``dtype``, ``device``,
+    ``apply_b_dec_to_input`` (false), ``normalize_activations``
+    (``"none"``), ``reshape_activations``, ``activation_fn``/
+    ``activation_fn_str`` (``"topk"``) with ``activation_fn_kwargs``
+    (``{"k": k}``), ``model_name``, ``hook_name``, ``hook_layer``,
+    ``hook_head_index``, ``context_size``, ``prepend_bos``, ``dataset_path``,
+    ``finetuning_scaling_factor``, ``neuronpedia_id``, ``seqpos_slice``. It
+    records no ``sae_lens_version``, so SAELens 6 reads the file through its
+    compatibility path for configs of earlier versions, which takes ``k``
+    from ``activation_fn_kwargs`` and the metadata from the top level.
+
+    Under the key ``"sklearn_dbksvd"`` it holds what this package needs to
+    rebuild the estimator: the class name, the parameters (those that JSON
+    can hold; ``dict_init``, ``code_init``, ``callback`` and a
+    ``RandomState`` instance are left out and listed under
+    ``dropped_params``), ``n_features_in``, ``feature_names_in``, the fitted
+    counters and ``history_``, the package version, and the ``encoder``: the
+    matching-pursuit settings of ``transform`` (``n_nonzero_coefs`` resolved,
+    ``positive``, ``tol``, ``refit``, the nested ``levels`` of a
+    :class:`~sklearn_dbksvd.MatryoshkaDBKSVD` with ``transform_mode="nested"``,
+    and ``split_sign``).
+
+Matching pursuit, not top-k
+---------------------------
+SAELens has no matching-pursuit architecture, so the directory declares the
+closest one it has, ``"topk"``, with the same ``k``: loaded by SAELens, the
+dictionary encodes by keeping the ``k`` largest entries of ``x @ W_enc``
+(ReLU applied). That is the first selection of matching pursuit repeated
+without updating the correlations: the same decoder, a cruder encoder. For
+the codes :meth:`transform` gives, load the directory with :func:`load_sae`
+(scikit-learn) or :func:`load_torch` (PyTorch), or convert a fitted estimator
+with :func:`to_torch`; the resulting :class:`MatchingPursuitEncoder` has the
+attributes SAEBench asks of a custom SAE (``encode``, ``decode``,
+``forward``, ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``dtype``,
+``device`` and a ``cfg`` with ``d_in``, ``d_sae``, ``hook_name``,
+``hook_layer``, ``model_name``, ...).
+"""
+
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from ._common import (
+    _DTYPES,
+    _ESTIMATOR_NAMES,
+    _FORMAT,
+    CONFIG_KEY,
+    SAE_CFG_FILENAME,
+    SAE_WEIGHTS_FILENAME,
+    _atoms_from_decoder,
+    _check_estimator,
+    _encoder_settings,
+    _params_block,
+    _plain,
+    _read_directory,
+    _resolve_hook_layer,
+    _safetensors_numpy,
+)
+
+
+def _sae_config(
+    estimator,
+    *,
+    d_sae,
+    dtype,
+    hook_name,
+    model_name,
+    hook_layer,
+    hook_head_index,
+    context_size,
+    prepend_bos,
+    dataset_path,
+    split_sign,
+):
+    """The contents of cfg.json: SAELens/SAEBench fields and our own block."""
+    from .. import __version__
+
+    d_in = int(estimator.components_.shape[1])
+    settings = _encoder_settings(estimator, split_sign=split_sign)
+    k = settings["n_nonzero_coefs"]
+    model_metadata = {
+        "model_name": model_name,
+        "hook_name": hook_name,
+        "hook_layer": hook_layer,
+        "hook_head_index": hook_head_index,
+        "context_size": context_size,
+        "prepend_bos": bool(prepend_bos),
+        "dataset_path": dataset_path,
+        "seqpos_slice": [None],
+        "model_from_pretrained_kwargs": {},
+        "neuronpedia_id": None,
+        "sae_lens_training_version": None,
+    }
+    params, dropped, tuples = _params_block(estimator)
+    feature_names = getattr(estimator, "feature_names_in_", None)
+    ours = {
+        "format": _FORMAT,
+        "version": __version__,
+        "estimator": type(estimator).__name__,
+        "params": params,
+        "dropped_params": dropped,
+        "tuple_params": tuples,
+        "n_components": int(estimator.components_.shape[0]),
+        "n_features_in": int(estimator.n_features_in_),
+        "feature_names_in": None if feature_names is None else _plain(feature_names),
+        "fitted": {
+            name: _plain(getattr(estimator, name))
+            for name in ("n_iter_", "n_steps_", "n_samples_seen_", "history_")
+            if hasattr(estimator, name)
+        },
+        "encoder": settings,
+        # Codes are nonnegative only with positive_code or in split-sign form.
+        "signed_codes": not (settings["positive"] or split_sign),
+    }
+    return {
+        # What SAELens' config classes read (5.x flat, 6.x the same names).
+        "architecture": "topk",
+        "d_in": d_in,
+        "d_sae": int(d_sae),
+        "k": k,
+        "dtype": dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        # SAELens' own default: attention-output hooks are [..., heads, d_head].
+        "reshape_activations": "hook_z" if "hook_z" in hook_name else "none",
+        "activation_fn": "topk",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": k},
+        "finetuning_scaling_factor": False,
+        "dataset_trust_remote_code": True,
+        **model_metadata,
+        # SAELens 6 groups the fields about the language model here.
+        "metadata": dict(model_metadata),
+        CONFIG_KEY: ours,
+    }
+
+
+def _fsync_directory(path):
+    with contextlib.suppress(OSError):  # not every file system allows it
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _publish_directory(tmp, directory, overwrite):
+    """Rename the complete ``tmp`` to ``directory``, replacing an old SAE.
+
+    A directory cannot be renamed over a non-empty one, so an old one is
+    first renamed aside and removed only once the new one is in place:
+    ``directory`` is always absent, the old one or the new one, never a mix.
+    """
+    if not directory.exists():
+        os.rename(tmp, directory)
+        return
+    if not overwrite:  # created since _check_target looked
+        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
+    aside = directory.parent / f".{directory.name}.old.{uuid.uuid4().hex}"
+    os.rename(directory, aside)
+    try:
+        os.rename(tmp, directory)
+    except BaseException:
+        os.rename(aside, directory)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _check_target(directory, overwrite):
+    if not directory.parent.is_dir():
+        raise FileNotFoundError(f"{directory.parent}: no such directory.")
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
+    # Only ever replace what looks like an SAE directory or nothing at all,
+    # so that a wrong path cannot wipe unrelated files.
+    if directory.is_symlink() or not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a directory.")
+    contents = {entry.name for entry in directory.iterdir()}
+    if contents and SAE_CFG_FILENAME not in contents:
+        raise FileExistsError(
+            f"{directory} is a non-empty directory without {SAE_CFG_FILENAME}; "
+            "refusing to replace it."
+        )
+
+
+def save_sae(
+    estimator,
+    directory,
+    *,
+    hook_name,
+    model_name,
+    hook_layer=None,
+    hook_head_index=None,
+    context_size=None,
+    prepend_bos=True,
+    dataset_path=None,
+    split_sign=False,
+    dtype=None,
+    overwrite=False,
+):
+    """Write a fitted estimator as an SAELens directory.
+
+    The directory holds ``cfg.json`` and ``sae_weights.safetensors`` (see the
+    module documentation for every key). It is written in a temporary
+    directory beside ``directory`` and renamed into place once complete, so
+    ``directory`` never holds a half-written SAE, even if the process is
+    killed.
+
+    Parameters
+    ----------
+    estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
+        Fitted estimator.
+    directory : str or path-like
+        Directory to create. Its parent must exist.
+    hook_name : str
+        TransformerLens hook whose activations the dictionary was fitted on,
+        e.g. ``"blocks.8.hook_resid_post"``.
+    model_name : str
+        Name of the language model, e.g. ``"pythia-70m-deduped"``.
+    hook_layer : int, default=None
+        Layer of the hook. None reads it from ``hook_name``
+        (``"blocks.<layer>."``) and raises ``ValueError`` when it is not there.
+    hook_head_index : int, default=None
+        Attention head, for SAEs of one head.
+    context_size : int, default=None
+        Tokens per context of the activations, if known.
+    prepend_bos : bool, default=True
+        Whether the activations were taken with a BOS token prepended.
+    dataset_path : str, default=None
+        Dataset the activations came from, if known.
+    split_sign : bool, default=False
+        Write the split-sign dictionary ``[D; -D]`` (``d_sae = 2 *
+        n_components``), for tools that expect nonnegative latents.
+    dtype : {"float32", "float64"}, default=None
+        Dtype of the tensors; None keeps the dtype of ``components_``.
+        :func:`load_sae` gives back ``components_`` in this dtype.
+    overwrite : bool, default=False
+        Replace an existing directory (only one that holds a ``cfg.json`` or
+        is empty).
+
+    Returns
+    -------
+    directory : pathlib.Path
+        The directory written.
+
+    See Also
+    --------
+    load_sae : Rebuild the estimator.
+    load_torch : Load the directory as a :class:`MatchingPursuitEncoder`.
+    """
+    _check_estimator(estimator)
+    if not isinstance(hook_name, str) or not hook_name:
+        raise ValueError(f"hook_name must be a non-empty str; got {hook_name!r}.")
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f"model_name must be a non-empty str; got {model_name!r}.")
+    hook_layer = _resolve_hook_layer(hook_name, hook_layer)
+    components = estimator.components_
+    if dtype is None:
+        dtype = np.dtype(components.dtype).name
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32', 'float64' or None; got {dtype!r}.")
+    safetensors_numpy = _safetensors_numpy()
+    directory = Path(directory)
+    _check_target(directory, overwrite)
+
+    atoms = np.asarray(components, dtype=_DTYPES[dtype])
+    W_dec = np.concatenate([atoms, -atoms]) if split_sign else atoms
+    W_dec = np.ascontiguousarray(W_dec)
+    tensors = {
+        "W_dec": W_dec,
+        "W_enc": np.ascontiguousarray(W_dec.T),
+        "b_enc": np.zeros(W_dec.shape[0], dtype=W_dec.dtype),
+        "b_dec": np.zeros(W_dec.shape[1], dtype=W_dec.dtype),
+    }
+    config = _sae_config(
+        estimator,
+        d_sae=W_dec.shape[0],
+        dtype=dtype,
+        hook_name=hook_name,
+        model_name=model_name,
+        hook_layer=hook_layer,
+        hook_head_index=hook_head_index,
+        context_size=context_size,
+        prepend_bos=prepend_bos,
+        dataset_path=dataset_path,
+        split_sign=split_sign,
+    )
+    text = json.dumps(config, indent=2, allow_nan=False)
+
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp."))
+    try:
+        # "pt": the format tag torch tooling expects of safetensors files.
+        safetensors_numpy.save_file(
+            tensors, tmp / SAE_WEIGHTS_FILENAME, metadata={"format": "pt"}
+        )
+        with open(tmp / SAE_CFG_FILENAME, "w", encoding="utf-8") as file:
+            file.write(text)
+        for name in (SAE_WEIGHTS_FILENAME, SAE_CFG_FILENAME):
+            with open(tmp / name, "rb") as file:
+                os.fsync(file.fileno())
+        # mkdtemp makes the directory private (0700); give it the usual mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        _fsync_directory(tmp)
+        _publish_directory(tmp, directory, overwrite)
+        _fsync_directory(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_sae(directory):
+    """Rebuild the fitted estimator saved by :func:`save_sae`.
+
+    The estimator has the class, parameters and ``components_`` it was saved
+    with, so its :meth:`transform` gives the same codes (when the tensors
+    were saved in the dtype of ``components_``). Parameters that were not
+    saved (``dict_init``, ``code_init``, ``callback``, a ``RandomState``
+    instance) are None; a later :meth:`partial_fit` draws from a fresh
+    random state.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Directory written by :func:`save_sae`.
+
+    Returns
+    -------
+    estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
+        Fitted estimator with ``components_``, ``n_features_in_`` (and
+        ``feature_names_in_``, ``n_iter_``, ``n_steps_``,
+        ``n_samples_seen_``, ``history_`` when saved).
+
+    See Also
+    --------
+    save_sae : Write the directory.
+    load_torch : Load the directory as a :class:`MatchingPursuitEncoder`.
+    """
+    import sklearn_dbksvd
+
+    config, ours = _read_directory(directory)
+    name = ours.get("estimator")
+    cls = getattr(sklearn_dbksvd, name, None) if name in _ESTIMATOR_NAMES else None
+    if cls is None:
+        raise ValueError(
+            f"{directory} holds a {name!r}, which this version of sklearn-dbksvd "
+            "does not have."
+        )
+    weights = _safetensors_numpy().load_file(Path(directory) / SAE_WEIGHTS_FILENAME)
+    components = _atoms_from_decoder(weights["W_dec"], ours, directory)
+    if components.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{directory}: W_dec has dtype {components.dtype}.")
+
+    accepted = cls().get_params(deep=False)
+    params = {
+        key: tuple(value) if key in ours.get("tuple_params", []) else value
+        for key, value in ours["params"].items()
+        if key in accepted
+    }
+    estimator = cls(**params)
+    estimator._validate_params()
+    estimator.components_ = np.array(components, order="C")
+    estimator.n_features_in_ = int(ours["n_features_in"])
+    if ours.get("feature_names_in") is not None:
+        estimator.feature_names_in_ = np.asarray(ours["feature_names_in"], dtype=object)
+    for attribute, value in ours.get("fitted", {}).items():
+        setattr(estimator, attribute, value)
+    # partial_fit continues from the fit's generator, which is not saved.
+    estimator._random_state = check_random_state(estimator.random_state)
+    return estimator
+
+
