@@ -1,0 +1,168 @@
+"""SAEBench's core metrics of a dictionary spliced into a tiny trained model."""
+
+import numpy as np
+import pytest
+
+from sklearn_dbksvd import DBKSVDDictionaryLearning
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from sklearn_dbksvd.lm import (  # noqa: E402
+    evaluate_dictionary,
+    format_metrics,
+    harvest_activations,
+    load_activations,
+)
+
+from ._lm_models import counting_texts, tiny_tokenizer, trained_llama  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return trained_llama(tokenizer)
+
+
+def _identity_dictionary(d=32):
+    """Orthonormal atoms and k = d: matching pursuit reproduces every row."""
+    rng = np.random.RandomState(0)
+    estimator = DBKSVDDictionaryLearning(n_components=d, n_nonzero_coefs=d)
+    estimator.fit(rng.randn(50, d).astype(np.float32))
+    estimator.components_ = np.eye(d, dtype=np.float32)
+    return estimator
+
+
+def _random_dictionary(d=32, m=64, k=3):
+    rng = np.random.RandomState(1)
+    estimator = DBKSVDDictionaryLearning(n_components=m, n_nonzero_coefs=k)
+    estimator.fit(rng.randn(50, d).astype(np.float32))
+    atoms = rng.randn(m, d).astype(np.float32)
+    estimator.components_ = atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
+    return estimator
+
+
+TEXTS = counting_texts(10, (10, 40), seed=5)
+
+
+def test_exact_dictionary_scores_one(model, tokenizer):
+    results = evaluate_dictionary(
+        _identity_dictionary(), model, tokenizer, TEXTS, layer=0, context_size=24,
+        batch_size=4,
+    )
+    perf = results["model_performance_preservation"]
+    # The trained model predicts far better than with its layer zeroed.
+    assert perf["ce_loss_with_ablation"] > perf["ce_loss_without_sae"] + 1
+    assert perf["ce_loss_score"] == pytest.approx(1, abs=1e-4)
+    assert results["model_behavior_preservation"]["kl_div_score"] == pytest.approx(
+        1, abs=1e-4
+    )
+    quality = results["reconstruction_quality"]
+    assert quality["explained_variance"] == pytest.approx(1, abs=1e-5)
+    assert quality["cossim"] == pytest.approx(1, abs=1e-5)
+
+
+def test_random_dictionary_scores_between(model, tokenizer):
+    results = evaluate_dictionary(
+        _random_dictionary(), model, tokenizer, TEXTS, layer=1, context_size=24,
+    )
+    ce_score = results["model_performance_preservation"]["ce_loss_score"]
+    kl_score = results["model_behavior_preservation"]["kl_div_score"]
+    assert 0 < ce_score < 1 and 0 < kl_score < 1
+    assert 0 < results["reconstruction_quality"]["explained_variance"] < 1
+    assert results["sparsity"]["l0"] <= 3
+
+
+def test_special_positions_never_changed(model, tokenizer):
+    seen = []
+    handle = model.model.layers[1].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach().clone())
+    )
+    try:
+        texts = ["w1 w2 w3 </s> w4 w5", "w9 w10"]
+        evaluate_dictionary(
+            _random_dictionary(), model, tokenizer, texts, layer=0, batch_size=2
+        )
+    finally:
+        handle.remove()
+    clean, spliced, ablated = seen  # one batch: three forward passes
+    ids = torch.tensor(
+        [[0] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[:1]]
+    )
+    special = torch.isin(ids[0], torch.tensor([0, 1, 2, 3]))
+    # Document 0: BOS and </s> unchanged; document 1: BOS and the padding.
+    torch.testing.assert_close(spliced[0, special], clean[0, special], rtol=0, atol=0)
+    torch.testing.assert_close(spliced[1, [0, 3, 4, 5, 6]], clean[1, [0, 3, 4, 5, 6]],
+                               rtol=0, atol=0)
+    assert (spliced[0, ~special] != clean[0, ~special]).any(dim=-1).all()
+    assert (spliced[1, 1:3] != clean[1, 1:3]).any(dim=-1).all()
+    # SAELens' zero ablation: every position.
+    assert (ablated == 0).all()
+
+
+def test_reconstruction_metrics_match_harvest(tmp_path, model, tokenizer):
+    estimator = _random_dictionary()
+    directory = harvest_activations(
+        model, tokenizer, TEXTS, layer=1, context_size=24, output=tmp_path / "a"
+    )
+    X = load_activations(directory)[:].astype(np.float64)
+    codes = estimator.transform(X.astype(np.float32))
+    X_hat = codes @ estimator.components_.astype(np.float64)
+    results = evaluate_dictionary(
+        estimator, model, tokenizer, TEXTS, layer=1, context_size=24, batch_size=3,
+    )
+    quality = results["reconstruction_quality"]
+    residual = ((X - X_hat) ** 2).sum(axis=1)
+    variance = ((X - X.mean(axis=0)) ** 2).sum(axis=1).mean()
+    assert results["token_stats"]["total_tokens_eval_sparsity_variance"] == len(X)
+    assert quality["explained_variance"] == pytest.approx(
+        1 - residual.mean() / variance, rel=1e-5
+    )
+    assert quality["mse"] == pytest.approx(residual.mean(), rel=1e-5)
+    cossim = (X * X_hat).sum(1) / np.linalg.norm(X, axis=1) / np.linalg.norm(X_hat, axis=1)
+    assert quality["cossim"] == pytest.approx(cossim.mean(), rel=1e-5)
+    assert results["sparsity"]["l0"] == pytest.approx((codes != 0).sum(1).mean())
+    density = (codes != 0).mean(axis=0)
+    np.testing.assert_allclose(results["feature_density"], density)
+    misc = results["misc_metrics"]
+    assert misc["frac_dead"] == pytest.approx((density == 0).mean())
+    assert misc["freq_over_10_percent"] == pytest.approx((density > 0.1).mean())
+    # The legacy explained variance is a per-token mean: it differs.
+    assert quality["explained_variance_legacy"] != quality["explained_variance"]
+
+
+def test_clean_loss_is_the_models_loss(model, tokenizer):
+    text = TEXTS[0]
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)[
+        "input_ids"
+    ]
+    with torch.no_grad():
+        expected = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    results = evaluate_dictionary(
+        _identity_dictionary(), model, tokenizer, [text], layer=0,
+        skip_special=False,
+    )
+    assert results["model_performance_preservation"][
+        "ce_loss_without_sae"
+    ] == pytest.approx(expected, rel=1e-5)
+    assert results["token_stats"]["total_tokens_eval_reconstruction"] == len(ids) - 1
+
+
+def test_table_names_and_max_tokens(model, tokenizer):
+    results = evaluate_dictionary(
+        _random_dictionary(), model, tokenizer, TEXTS, layer=1, batch_size=1,
+        max_tokens=20,
+    )
+    # Whole batches: stops after the document that reaches 20 tokens.
+    assert 20 <= results["token_stats"]["total_tokens_eval_sparsity_variance"] < 60
+    table = format_metrics(results)
+    for label in ("CE loss score", "KL div score", "Explained variance (legacy)",
+                  "L0", "Fraction dead"):
+        assert label in table
+    with pytest.raises(ValueError, match="no token"):
+        evaluate_dictionary(_random_dictionary(), model, tokenizer, [""], layer=1)
