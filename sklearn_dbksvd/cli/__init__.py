@@ -16,7 +16,7 @@ from ._io import UserError
 # The subcommands, in the order ``dbksvd --help`` lists them: each module has
 # ``add_parser(commands)``, which sets ``run`` as the handler. They import
 # their heavy dependencies inside ``run``, so ``--help`` stays fast.
-SUBCOMMANDS = ("demo", "fit", "encode", "report", "export")
+SUBCOMMANDS = ("demo", "harvest", "fit", "encode", "report", "export", "evaluate")
 
 
 def build_parser():

@@ -7,7 +7,8 @@ from ._io import UserError
 
 INPUT_HELP = (
     "data of shape (n_samples, n_features): .npy (memory-mapped), .npz, a "
-    "directory of .npy shards (stacked in name order), HDF5 (needs h5py) or "
+    "directory of .npy shards (stacked in name order), a harvest directory of "
+    "'dbksvd harvest', HDF5 (needs h5py) or "
     "zarr (needs zarr)"
 )
 

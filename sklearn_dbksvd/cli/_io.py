@@ -82,6 +82,16 @@ def _open_shards(path):
         raise UserError(f"{path}: {error}") from error
 
 
+def _open_harvest(path):
+    # Only the activation shards: the token tables beside them are not data.
+    from ..lm._store import load_activations
+
+    try:
+        return load_activations(path)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from error
+
+
 def open_input(path, key=None):
     """Open training or encoding data without reading it when possible.
 
@@ -91,7 +101,9 @@ def open_input(path, key=None):
         A ``.npy`` file (memory-mapped), a ``.npz`` file (the array named
         ``key``, or its only array, loaded in memory: zip members cannot be
         mapped), a directory of ``.npy`` shards stacked in name order
-        (memory-mapped), an HDF5 file (h5py) or a zarr store.
+        (memory-mapped), a harvest directory of ``dbksvd harvest`` (its
+        activation shards, memory-mapped), an HDF5 file (h5py) or a zarr
+        store.
     key : str, default=None
         Array of an ``.npz``, dataset of an HDF5 file or array of a zarr group.
 
@@ -110,6 +122,8 @@ def open_input(path, key=None):
         or (path / ".zarray").exists()
     ):
         X = _open_zarr(path, key)
+    elif (path / "harvest.json").is_file():
+        X = _open_harvest(path)
     elif path.is_dir():
         X = _open_shards(path)
     elif suffix == ".npy":

@@ -33,8 +33,14 @@ def load_model(model, *, device=None, dtype=None):
         In evaluation mode.
     tokenizer : transformers.PreTrainedTokenizerBase
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as error:
+        raise ImportError(
+            f"loading a language model needs torch and transformers ({error}): "
+            "pip install 'sklearn-dbksvd[lm]'."
+        ) from error
 
     dtype = torch.float32 if dtype is None else dtype
     path = Path(model)

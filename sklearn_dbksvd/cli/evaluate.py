@@ -1,0 +1,90 @@
+"""``dbksvd evaluate``: SAEBench's core metrics of a dictionary in its model.
+
+The work is :func:`sklearn_dbksvd.lm.evaluate_dictionary`; this module loads
+the dictionary and the model and prints the table or the JSON.
+"""
+
+from ._common import progress_wanted
+from .harvest import MODEL_HELP, add_model_options, read_texts
+
+
+def add_parser(commands):
+    """Add the ``evaluate`` subcommand to the ``dbksvd`` subparsers."""
+    from ._common import add_common
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="splice a dictionary into its language model and report "
+        "SAEBench's core metrics",
+        description="Replace the output of one layer of MODEL by the "
+        "dictionary's reconstruction at every non-special token of the text "
+        "files, and report SAEBench's core metrics with SAELens' definitions: "
+        "CE loss score, KL div score, explained variance (global and legacy), "
+        "MSE, cosine similarity, L0, dead and dense atoms "
+        "(see sklearn_dbksvd.lm.evaluate). Needs the lm extra "
+        "(pip install 'sklearn-dbksvd[lm]').",
+    )
+    evaluate.add_argument(
+        "dictionary",
+        help="dictionary file written by 'dbksvd fit', or an SAELens directory "
+        "written by 'dbksvd export'",
+    )
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
+    add_model_options(evaluate)
+    evaluate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the metrics as JSON (SAEBench's groups and names)",
+    )
+    evaluate.add_argument(
+        "-o", "--output", default=None, help="also write the JSON to this file"
+    )
+    add_common(evaluate, key=False, n_jobs=True, output=None, force=True)
+    evaluate.set_defaults(handler=run)
+    return evaluate
+
+
+def _load(path):
+    from pathlib import Path
+
+    from ._io import load_dictionary
+
+    if Path(path).is_dir():
+        from ..interop import load_sae
+
+        return load_sae(path)
+    return load_dictionary(path)
+
+
+def run(args):
+    """Handler of ``dbksvd evaluate``."""
+    from ..lm import evaluate_dictionary, format_metrics, load_model
+    from ._io import atomic_write, check_output, to_json
+
+    if args.output is not None:
+        check_output(args.output, args.force)
+    estimator = _load(args.dictionary)
+    if args.n_jobs is not None:
+        estimator.set_params(n_jobs=args.n_jobs)
+    model, tokenizer = load_model(args.model, device=args.device)
+    results = evaluate_dictionary(
+        estimator,
+        model,
+        tokenizer,
+        read_texts(args.text),
+        layer=args.layer,
+        module=args.module,
+        context_size=args.context_size,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        prepend_bos=not args.no_bos,
+        progress=progress_wanted(args),
+    )
+    # Per-atom densities are for Python users; the summary stays readable.
+    results.pop("feature_density")
+    text = to_json(results)
+    if args.output is not None:
+        with atomic_write(args.output, args.force) as file:
+            file.write(text.encode("utf-8") + b"\n")
+    print(text if args.json else format_metrics(results))
+    return 0

@@ -1,0 +1,151 @@
+"""``dbksvd harvest``: activations of one layer of a language model, to shards.
+
+The work is :func:`sklearn_dbksvd.lm.harvest_activations`; this module loads
+the model, reads the text files and maps the options.
+"""
+
+from ._common import positive_int, progress_wanted
+
+# Texts are read in pieces of about this many characters, cut at a blank line
+# when there is one, so that a large file never sits in memory whole.
+_PIECE_CHARS = 2**16
+
+
+def read_texts(paths):
+    """The texts of ``paths``, file by file, in pieces ending at blank lines."""
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            lines, size = [], 0
+            for line in file:
+                lines.append(line)
+                size += len(line)
+                if size >= 4 * _PIECE_CHARS or (size >= _PIECE_CHARS and not line.strip()):
+                    yield "".join(lines)
+                    lines, size = [], 0
+            if lines:
+                yield "".join(lines)
+
+
+def add_model_options(parser):
+    """Options shared by ``harvest`` and ``evaluate``: where and what to run."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--layer",
+        type=int,
+        help="decoder layer whose output (the residual stream after the block, "
+        "SAELens' blocks.L.hook_resid_post) is used; negative counts from the end",
+    )
+    where.add_argument(
+        "--module", help="name of any submodule of the model instead of --layer"
+    )
+    parser.add_argument(
+        "--text",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="UTF-8 text files, read in pieces and cut into documents",
+    )
+    parser.add_argument(
+        "--context-size",
+        type=positive_int,
+        default=128,
+        help="tokens per document, BOS included (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="documents per forward pass (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-tokens", type=positive_int, default=None, help="stop after N tokens"
+    )
+    parser.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="do not start every document with the tokenizer's BOS token",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cuda (default: cpu)"
+    )
+
+
+MODEL_HELP = (
+    "a Hugging Face causal LM: a directory saved with save_pretrained, a name in "
+    "the local Hugging Face cache (read offline) or a .gguf file (needs gguf)"
+)
+
+
+def add_parser(commands):
+    """Add the ``harvest`` subcommand to the ``dbksvd`` subparsers."""
+    from ._common import add_common
+
+    harvest = commands.add_parser(
+        "harvest",
+        help="write a language model's activations at one layer as shards",
+        description="Run MODEL over the text files and write the output of one "
+        "decoder layer, at every non-special token, to ACTS_DIR: .npy shards "
+        "of activations, the token id, document and position of every row, "
+        "and the documents fed to the model (see sklearn_dbksvd.lm.harvest). "
+        "'dbksvd fit ACTS_DIR' reads it out of core. Running the same command "
+        "again resumes a harvest that was stopped. Needs the lm extra "
+        "(pip install 'sklearn-dbksvd[lm]').",
+    )
+    harvest.add_argument("model", help=MODEL_HELP)
+    add_model_options(harvest)
+    harvest.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="storage of the activations; bfloat16 halves the disk (default: "
+        "%(default)s)",
+    )
+    harvest.add_argument(
+        "--keep-special",
+        action="store_true",
+        help="also harvest the rows of special tokens (BOS, EOS, padding)",
+    )
+    add_common(
+        harvest,
+        key=False,
+        n_jobs=False,
+        output="harvest directory to write or resume",
+        force=False,
+    )
+    harvest.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a harvest made with other settings in the output",
+    )
+    harvest.set_defaults(handler=run)
+    return harvest
+
+
+def run(args):
+    """Handler of ``dbksvd harvest``."""
+    from ..lm import harvest_activations, load_model, read_manifest
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    directory = harvest_activations(
+        model,
+        tokenizer,
+        read_texts(args.text),
+        output=args.output,
+        layer=args.layer,
+        module=args.module,
+        context_size=args.context_size,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        skip_special=not args.keep_special,
+        prepend_bos=not args.no_bos,
+        dtype=args.dtype,
+        overwrite=args.force,
+        progress=progress_wanted(args),
+    )
+    manifest = read_manifest(directory)
+    print(
+        f"{manifest['n_rows']} rows of {manifest['d_in']} features from "
+        f"{manifest['n_documents']} documents ({manifest['settings']['hook_name']}, "
+        f"{manifest['dtype']}, {len(manifest['shards'])} shards): {directory}"
+    )
+    return 0
