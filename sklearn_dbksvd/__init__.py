@@ -3,6 +3,7 @@
 from ._dbksvd import DBKSVDDictionaryLearning
 from ._encode import sparse_encode_mp
 from ._matryoshka import MatryoshkaDBKSVD
+from ._omp import sparse_encode_omp
 
 __version__ = "0.1.0.dev0"
 
@@ -11,4 +12,5 @@ __all__ = [
     "MatryoshkaDBKSVD",
     "__version__",
     "sparse_encode_mp",
+    "sparse_encode_omp",
 ]

@@ -38,6 +38,7 @@ from ._data import (
 )
 from ._encode import _mp_encode, selections_to_csr
 from ._fit_loop import FitState, plan_fit, run_fit, set_fitted
+from ._omp import _omp_encode
 from ._step import refit_atoms
 from .datasets import uniform_atoms
 from .metrics import _variance_explained_of_residual
@@ -396,10 +397,20 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     def _transform_gram(self, dtype):
         """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None."""
-        if self.transform_algorithm != "mp":
+        if not self._gram_coder():
             return None
         components = self.components_.astype(dtype, copy=False)
         return components @ components.T
+
+    def _gram_coder(self):
+        """Whether transform codes from the Gram matrix (MP, or Batch-OMP).
+
+        "omp" with ``transform_alpha`` set keeps scikit-learn's meaning (a
+        squared-error target) and its coder, as in MiniBatchDictionaryLearning.
+        """
+        return self.transform_algorithm == "mp" or (
+            self.transform_algorithm == "omp" and self.transform_alpha is None
+        )
 
     def _encode(self, X, gram=None):
         """Codes of validated ``X``, dense or CSR as ``sparse_output`` says.
@@ -413,17 +424,23 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         components = self.components_.astype(host_dtype(X), copy=False)
         k = self._transform_n_nonzero_coefs()
-        if self.transform_algorithm == "mp":
-            indices, values = _mp_encode(
-                X,
-                components,
-                k,
-                gram=gram,
-                positive=self.positive_code,
-                tol=self.mp_tol,
-                refit=self.mp_refit,
-                n_jobs=self.n_jobs,
-            )
+        if self._gram_coder():
+            if self.transform_algorithm == "mp":
+                indices, values = _mp_encode(
+                    X,
+                    components,
+                    k,
+                    gram=gram,
+                    positive=self.positive_code,
+                    tol=self.mp_tol,
+                    refit=self.mp_refit,
+                    n_jobs=self.n_jobs,
+                )
+            else:
+                indices, values = _omp_encode(
+                    X, components, k, gram=gram, positive=self.positive_code,
+                    n_jobs=self.n_jobs,
+                )
             # Built from the selections: no dense (n_samples, n_components)
             # array unless dense output is asked for.
             code = selections_to_csr(indices, values, len(components))

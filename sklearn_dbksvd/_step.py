@@ -7,10 +7,10 @@ exist one block of samples at a time (see ``_encode._BLOCK_BYTES``).
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.decomposition import sparse_encode
 
 from . import _backend
 from ._encode import _mp_encode, selections_to_csr
+from ._omp import _omp_encode
 from ._parallel import parallel_map
 from ._replace import atoms_to_replace, replace_atoms
 from ._update import update_dictionary
@@ -45,7 +45,7 @@ def encode_batch(
     refit=False,
     backend=None,
 ):
-    """Sparse codes of a batch as CSR, by matching pursuit or scikit-learn's OMP.
+    """Sparse codes of a batch as CSR, by matching pursuit or Batch-OMP.
 
     ``backend`` ("numpy", "cupy" or an ``ArrayBackend``; default from ``X``)
     runs the products ``X Dᵀ`` and ``D Dᵀ``.
@@ -65,17 +65,16 @@ def encode_batch(
             backend=backend,
         )
         return selections_to_csr(indices, values, components.shape[0])
-    code = sparse_encode(
-        _backend.to_numpy(X),
+    indices, values = _omp_encode(
+        X,
         components,
+        n_nonzero_coefs,
         gram=gram,
-        algorithm="omp",
-        n_nonzero_coefs=n_nonzero_coefs,
+        positive=positive,
         n_jobs=n_jobs,
+        backend=backend,
     )
-    code = sp.csr_matrix(code.astype(X.dtype, copy=False))
-    code.eliminate_zeros()
-    return code
+    return selections_to_csr(indices, values, components.shape[0])
 
 
 def batch_residual(X, components, codes):
