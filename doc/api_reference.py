@@ -26,10 +26,11 @@ explained. See :ref:`user_guide`.
         "title": "Sparse coding",
         "module": "sklearn_dbksvd",
         "description": """
-The matching-pursuit coder of the estimators, usable on its own with any
-dictionary (see :ref:`ug_encoding`).
+The coders of the estimators, usable on their own with any dictionary (see
+:ref:`ug_encoding`): matching pursuit and orthogonal matching pursuit
+(Batch-OMP), both on the Gram matrix.
 """,
-        "names": ["sparse_encode_mp"],
+        "names": ["sparse_encode_mp", "sparse_encode_omp"],
     },
     {
         "title": "Metrics",

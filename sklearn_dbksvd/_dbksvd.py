@@ -41,7 +41,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         10 to 100 times ``n_features``. Batches of one epoch have equal sizes.
     fit_algorithm : {"mp", "omp"}, default="mp"
         Sparse coder during fit: matching pursuit on the Gram matrix (fast) or
-        scikit-learn's orthogonal matching pursuit.
+        orthogonal matching pursuit (Batch-OMP on the Gram matrix, see
+        :func:`~sklearn_dbksvd.sparse_encode_omp`).
     dict_update : {"ksvd", "approx"}, default="ksvd"
         "ksvd" refits each atom and its codes with the leading singular pair
         of its error matrix, computed iteratively to tolerance; "approx" takes
@@ -52,13 +53,18 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         sequential K-SVD. "auto" means 16.
     transform_algorithm : {"mp", "omp", "lasso_lars", "lasso_cd", "lars", \
             "threshold"}, default="mp"
-        Coder of :meth:`transform`; all but "mp" are delegated to
+        Coder of :meth:`transform`. "mp" is
+        :func:`~sklearn_dbksvd.sparse_encode_mp`, "omp"
+        :func:`~sklearn_dbksvd.sparse_encode_omp` (scikit-learn's OMP when
+        ``transform_alpha`` is set, which it reads as the squared-error
+        target); the others are delegated to
         :func:`sklearn.decomposition.sparse_encode`.
     transform_n_nonzero_coefs : int, default=None
         Nonzeros per code in :meth:`transform` for "mp" and "omp". None means
         the fitted ``n_nonzero_coefs``.
     transform_alpha : float, default=None
-        Regularisation of the lasso and threshold coders.
+        Regularisation of the lasso and threshold coders; with "omp", the
+        target squared residual norm, as in scikit-learn.
     transform_max_iter : int, default=1000
         Iterations of "lasso_cd" and "lasso_lars".
     sparse_output : bool, default=False

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _numba, _omp, sparse_encode_mp, sparse_encode_omp
+from sklearn_dbksvd import (
+    DBKSVDDictionaryLearning,
+    _numba,
+    _omp,
+    sparse_encode_mp,
+    sparse_encode_omp,
+)
+from sklearn_dbksvd._step import encode_batch
 
 
 @pytest.fixture(params=["compiled", "numpy"])
@@ -209,3 +216,18 @@ def test_bad_input():
         sparse_encode_omp(X, D, 3, gram=np.eye(3))
     with pytest.raises(ValueError, match="cov has"):
         sparse_encode_omp(None, D, 3, cov=np.ones((3, 4)))
+
+
+def test_estimator_and_step_use_batch_omp():
+    X, D = problem(dtype=np.float32)
+    model = DBKSVDDictionaryLearning(
+        60, n_nonzero_coefs=4, transform_algorithm="omp", max_steps=1, random_state=0
+    ).fit(X)
+    components = model.components_
+    code = model.transform(X)
+    assert code.dtype == np.float32
+    np.testing.assert_array_equal(code, sparse_encode_omp(X, components, 4))
+    batch = encode_batch(
+        X, components, n_nonzero_coefs=4, algorithm="omp", positive=False, n_jobs=None
+    )
+    np.testing.assert_array_equal(batch.toarray(), code)
