@@ -11,9 +11,9 @@ import scipy.sparse as sp
 from . import _backend
 from ._encode import _mp_encode, selections_to_csr
 from ._omp import _omp_encode
-from ._parallel import parallel_map
 from ._replace import atoms_to_replace, replace_atoms
 from ._update import update_dictionary
+from .metrics import batch_metrics
 
 # Samples per block of the passes over the batch that do not go through the
 # encoder (residual of given codes, metrics): 16 MiB of float32 at 2304
@@ -305,65 +305,3 @@ def dbksvd_step(
             max_coherence=replace_coherence,
         )
     return components, info
-
-
-def batch_metrics(X, residual, *, n_jobs=None):
-    """Relative error (paper Eq. 6) and variance explained (Eq. 7), streamed.
-
-    Equal to :func:`~sklearn_dbksvd.metrics.relative_error` and
-    :func:`~sklearn_dbksvd.metrics.variance_explained` of ``X`` and
-    ``X - residual``, but read block by block (``X`` may live on a device)
-    in threads, with float64 sums, so no temporary of the batch's size is
-    made. Feature variances merge the blocks' means and squared deviations
-    (Chan et al.), in block order whatever ``n_jobs``.
-    """
-    n_samples, n_features = residual.shape
-    if n_samples == 0:
-        return 0.0, 1.0
-
-    def block_stats(block):
-        X_block = _backend.to_numpy(X[block, :])
-        norms = np.sqrt(np.einsum("ij,ij->i", X_block, X_block, dtype=np.float64))
-        R_block = residual[block]
-        errors = np.sqrt(np.einsum("ij,ij->i", R_block, R_block, dtype=np.float64))
-        ratio = np.divide(errors, norms, out=np.zeros_like(errors), where=norms > 0)
-        return ratio.sum(), _moments(X_block), _moments(R_block)
-
-    blocks = _row_blocks(n_samples, n_features, residual.itemsize)
-    parts = parallel_map(block_stats, blocks, n_jobs=n_jobs)
-    moments_x = moments_r = (0, np.zeros(n_features), np.zeros(n_features))
-    for _, x_part, r_part in parts:
-        moments_x = _merge_moments(moments_x, x_part)
-        moments_r = _merge_moments(moments_r, r_part)
-    var_x = moments_x[2] / n_samples
-    var_r = moments_r[2] / n_samples
-    keep = var_x > 0
-    if not keep.any():
-        explained = 0.0 if _any_nonzero(residual) else 1.0
-    else:
-        explained = float(1.0 - np.mean(var_r[keep] / var_x[keep]))
-    return float(sum(p[0] for p in parts)) / n_samples, explained
-
-
-def _moments(data):
-    """``(count, mean, sum of squared deviations)`` of the columns, float64."""
-    mean = data.mean(axis=0, dtype=np.float64)
-    centred = data - mean.astype(data.dtype)
-    m2 = np.einsum("ij,ij->j", centred, centred, dtype=np.float64)
-    # Centred on the rounded mean: correct the sum for the rounding offset.
-    offset = centred.sum(axis=0, dtype=np.float64)
-    return data.shape[0], mean, m2 - offset**2 / max(data.shape[0], 1)
-
-
-def _merge_moments(a, b):
-    """Moments of the union of two blocks (Chan, Golub and LeVeque)."""
-    count = a[0] + b[0]
-    if count == 0:
-        return a
-    delta = b[1] - a[1]
-    mean = a[1] + delta * (b[0] / count)
-    return count, mean, a[2] + b[2] + delta**2 * (a[0] * b[0] / count)
-
-
-def _any_nonzero(residual):
-    return any(np.any(residual[b]) for b in _row_blocks(*residual.shape, residual.itemsize))

@@ -11,6 +11,9 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_array, check_consistent_length
 
+from . import _backend, _numba
+from ._parallel import parallel_map
+
 __all__ = ["atom_recovery", "coherence", "relative_error", "variance_explained"]
 
 
@@ -30,6 +33,146 @@ def _variance_explained_of_residual(X, residual):
     if not keep.any():
         return 1.0 if not residual.any() else 0.0
     return float(1.0 - np.mean(var_r[keep] / var_x[keep]))
+
+
+# Samples per block of the streamed batch metrics: 16 MiB of float32 at 2304
+# features, so no temporary of the batch's size is made.
+_BLOCK_BYTES = 2**24
+
+# Columns per tile of the compiled block statistics: the four float64
+# column sums of a tile (16 KiB) stay in the L1 cache while the rows stream.
+_STATS_TILE = 512
+
+
+def batch_metrics(X, residual, *, n_jobs=None):
+    """Relative error (Eq. 6) and variance explained (Eq. 7) of a batch, streamed.
+
+    Equal to :func:`relative_error` and :func:`variance_explained` of ``X`` and
+    ``X - residual``, but read block by block (``X`` may live on a device) in
+    threads, with float64 sums, so no temporary of the batch's size is made.
+    Each block's column sums are shifted by its first row (exact for data far
+    from the origin); blocks merge their means and squared deviations (Chan,
+    Golub and LeVeque) in block order, so the result does not depend on
+    ``n_jobs``.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        The batch, in any array namespace.
+    residual : ndarray of shape (n_samples, n_features)
+        ``X - X_reconstructed`` on the host.
+    n_jobs : int, default=None
+        Threads.
+
+    Returns
+    -------
+    relative_error, variance_explained : float
+    """
+    n_samples, n_features = residual.shape
+    if n_samples == 0:
+        return 0.0, 1.0
+    step = max(1, _BLOCK_BYTES // max(1, n_features * residual.itemsize))
+    blocks = [slice(i, min(i + step, n_samples)) for i in range(0, n_samples, step)]
+
+    def block_stats(block):
+        X_block = np.ascontiguousarray(_backend.to_numpy(X[block, :]))
+        R_block = np.ascontiguousarray(residual[block])
+        if _numba.use_numba() and X_block.dtype == R_block.dtype:
+            return _block_stats_compiled(X_block, R_block)
+        return _block_stats_numpy(X_block, R_block)
+
+    parts = parallel_map(block_stats, blocks, n_jobs=n_jobs)
+    moments_x = moments_r = (0, np.zeros(n_features), np.zeros(n_features))
+    for _, x_part, r_part, _ in parts:
+        moments_x = _merge_moments(moments_x, x_part)
+        moments_r = _merge_moments(moments_r, r_part)
+    var_x = moments_x[2] / n_samples
+    var_r = moments_r[2] / n_samples
+    keep = var_x > 0
+    if not keep.any():
+        explained = 1.0 if not any(p[3] for p in parts) else 0.0
+    else:
+        explained = float(1.0 - np.mean(var_r[keep] / var_x[keep]))
+    return float(sum(p[0] for p in parts)) / n_samples, explained
+
+
+def _block_stats_numpy(X_block, R_block):
+    """Sum of ratios, moments of ``X`` and ``R``, any nonzero residual."""
+    norms = np.sqrt(np.einsum("ij,ij->i", X_block, X_block, dtype=np.float64))
+    errors = np.sqrt(np.einsum("ij,ij->i", R_block, R_block, dtype=np.float64))
+    ratio = np.divide(errors, norms, out=np.zeros_like(errors), where=norms > 0)
+    return (
+        ratio.sum(), _moments(X_block), _moments(R_block), bool(np.any(R_block))
+    )
+
+
+def _block_stats_compiled(X_block, R_block):
+    count = X_block.shape[0]
+    sums = np.zeros((4, X_block.shape[1]))
+    ratio = _block_stats_jit(X_block, R_block, sums, _STATS_TILE)
+    moments = []
+    for data, total, squares in ((X_block, sums[0], sums[1]), (R_block, sums[2], sums[3])):
+        shift = data[0].astype(np.float64)
+        moments.append((count, shift + total / count, squares - total**2 / count))
+    return ratio, moments[0], moments[1], bool(sums[3].any() or np.any(R_block[0]))
+
+
+@_numba.jit(fastmath={"reassoc", "nsz", "arcp", "contract"})
+def _block_stats_jit(X, R, sums, tile):  # pragma: no cover
+    """One pass over a block: ``Σ_i ‖r_i‖/‖x_i‖`` and shifted column sums.
+
+    ``sums`` (zeroed, float64) receives ``Σ (x − x₀)``, ``Σ (x − x₀)²``,
+    ``Σ (r − r₀)``, ``Σ (r − r₀)²`` per column, ``x₀, r₀`` the block's first
+    rows. Columns go by tiles so that the sums of a tile stay in the L1 cache.
+    """
+    n, d = X.shape
+    sq_x = np.zeros(n)
+    sq_r = np.zeros(n)
+    for lo in range(0, d, tile):
+        hi = min(lo + tile, d)
+        for i in range(n):
+            x = X[i]
+            r = R[i]
+            acc_x = 0.0
+            acc_r = 0.0
+            for f in range(lo, hi):
+                xf = np.float64(x[f])
+                rf = np.float64(r[f])
+                acc_x += xf * xf
+                acc_r += rf * rf
+                dx = xf - X[0, f]
+                dr = rf - R[0, f]
+                sums[0, f] += dx
+                sums[1, f] += dx * dx
+                sums[2, f] += dr
+                sums[3, f] += dr * dr
+            sq_x[i] += acc_x
+            sq_r[i] += acc_r
+    ratio = 0.0
+    for i in range(n):
+        if sq_x[i] > 0:
+            ratio += np.sqrt(sq_r[i]) / np.sqrt(sq_x[i])
+    return ratio
+
+
+def _moments(data):
+    """``(count, mean, sum of squared deviations)`` of the columns, float64."""
+    mean = data.mean(axis=0, dtype=np.float64)
+    centred = data - mean.astype(data.dtype)
+    m2 = np.einsum("ij,ij->j", centred, centred, dtype=np.float64)
+    # Centred on the rounded mean: correct the sum for the rounding offset.
+    offset = centred.sum(axis=0, dtype=np.float64)
+    return data.shape[0], mean, m2 - offset**2 / max(data.shape[0], 1)
+
+
+def _merge_moments(a, b):
+    """Moments of the union of two blocks (Chan, Golub and LeVeque)."""
+    count = a[0] + b[0]
+    if count == 0:
+        return a
+    delta = b[1] - a[1]
+    mean = a[1] + delta * (b[0] / count)
+    return count, mean, a[2] + b[2] + delta**2 * (a[0] * b[0] / count)
 
 
 def _check_pair(X, X_reconstructed):

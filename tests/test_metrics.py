@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from sklearn_dbksvd import _numba, metrics
 from sklearn_dbksvd.metrics import (
     atom_recovery,
+    batch_metrics,
     coherence,
     relative_error,
     variance_explained,
@@ -53,3 +55,31 @@ def test_atom_recovery_ignores_sign_and_scale():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="shape"):
         relative_error(np.ones((3, 2)), np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_batch_metrics_equal_the_metrics(monkeypatch, compiled, dtype, rtol, n_jobs):
+    if compiled and _numba.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(_numba, "USE_NUMBA", compiled)
+    # Several blocks, an odd number of columns for the tiles, an all-zero
+    # sample, features far from the origin (the shifted sums must cope).
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 7 * 37 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(metrics, "_STATS_TILE", 16)
+    rng = np.random.RandomState(0)
+    X = (rng.randn(50, 37) * rng.uniform(0.1, 3, 37) + 1e3 * rng.randn(37)).astype(dtype)
+    X[4] = 0
+    X_hat = (X + rng.randn(*X.shape)).astype(dtype)
+    error, explained = batch_metrics(X, X - X_hat, n_jobs=n_jobs)
+    X64, X_hat64 = X.astype(np.float64), X_hat.astype(np.float64)
+    assert error == pytest.approx(relative_error(X64, X_hat64), rel=rtol)
+    assert explained == pytest.approx(variance_explained(X64, X_hat64), rel=rtol)
+
+
+def test_batch_metrics_of_constant_features():
+    X = np.ones((6, 3))
+    assert batch_metrics(X, np.zeros_like(X)) == (0.0, 1.0)
+    assert batch_metrics(X, X)[1] == 0.0
+    assert batch_metrics(np.zeros((0, 3)), np.zeros((0, 3))) == (0.0, 1.0)
