@@ -17,6 +17,7 @@ from sklearn.utils._array_api import get_namespace
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_feature_names,
+    _check_feature_names_in,
     _check_n_features,
     check_array,
     check_is_fitted,
@@ -37,9 +38,19 @@ from ._data import (
     stack_codes,
 )
 from ._encode import _mp_encode, selections_to_csr
-from ._fit_loop import FitState, plan_fit, run_fit, set_fitted
+from ._fit_loop import (
+    FitState,
+    batch_scale,
+    initialise,
+    plan_fit,
+    run_fit,
+    scaled,
+    set_fitted,
+)
 from ._omp import _omp_encode
+from ._split_sign import split_feature_names, split_sign
 from ._step import refit_atoms
+from ._update_positive import nonnegative_directions
 from .datasets import uniform_atoms
 from .metrics import _variance_explained_of_residual
 
@@ -50,20 +61,23 @@ _FLOAT_DTYPES = [np.float64, np.float32]
 class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Fit loop, sparse coding and scoring shared by the DB-KSVD estimators.
 
-    Subclasses implement ``_step(X_batch, components, random_state, replace)``
-    returning the new components and a dict of the step's metrics.
+    Subclasses implement ``_step(X_batch, components, random_state, replace,
+    scale=1.0)`` returning the new components and a dict of the step's
+    metrics; ``scale`` is the power of two the batch was multiplied by (see
+    ``_fit_loop.batch_scale``), by which penalties on the codes scale too.
     """
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "n_nonzero_coefs": [Interval(Integral, 1, None, closed="left"), None],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
         "max_steps": [Interval(Integral, 1, None, closed="left"), None],
         "batch_size": [
             Interval(Integral, 1, None, closed="left"),
             StrOptions({"auto"}),
         ],
-        "fit_algorithm": [StrOptions({"mp", "omp"})],
+        "fit_algorithm": [StrOptions({"mp", "omp", "lars", "cd"})],
         "dict_update": [StrOptions({"ksvd", "approx"})],
         "update_batch_size": [
             Interval(Integral, 1, None, closed="left"),
@@ -74,6 +88,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "transform_alpha": [Interval(Real, 0, None, closed="left"), None],
         "transform_max_iter": [Interval(Integral, 0, None, closed="left")],
         "positive_code": ["boolean"],
+        "positive_dict": ["boolean"],
+        "split_sign": ["boolean"],
         "sparse_output": ["boolean"],
         "mp_tol": [Interval(Real, 0, 1, closed="both"), None],
         "mp_refit": ["boolean"],
@@ -169,23 +185,45 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     # Initialisation
     # ------------------------------------------------------------------
     def _initial_components(self, X_batch, n_components, random_state):
+        """Unit-norm starting atoms: ``dict_init``, uniform or samples.
+
+        With ``positive_dict`` they are projected on the nonnegative orthant
+        (see ``_update_positive.nonnegative_directions``).
+        """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
         if self.dict_init is not None:
-            atoms = check_array(self.dict_init, dtype=dtype, copy=True)
-            norms = np.linalg.norm(atoms, axis=1, keepdims=True)
-            if np.any(norms == 0):
-                raise ValueError("dict_init has an all-zero atom; it has no direction.")
-            return atoms / norms
-        atoms = uniform_atoms(n_components, X_batch.shape[1], random_state, dtype)
-        init = "samples" if self.init == "auto" else self.init
-        if init == "samples":
-            norms = np.linalg.norm(X_batch, axis=1)
-            candidates = np.flatnonzero(norms > 0)
-            chosen = random_state.permutation(candidates)[:n_components]
-            # Without enough nonzero samples the remaining atoms stay uniform.
-            atoms[: len(chosen)] = X_batch[chosen] / norms[chosen, None]
+            return self._unit_atoms(self._checked_dict_init(dtype), random_state)
+        else:
+            atoms = uniform_atoms(n_components, X_batch.shape[1], random_state, dtype)
+            init = "samples" if self.init == "auto" else self.init
+            if init == "samples":
+                norms = np.linalg.norm(X_batch, axis=1)
+                candidates = np.flatnonzero(norms > 0)
+                chosen = random_state.permutation(candidates)[:n_components]
+                # Without enough nonzero samples the remaining atoms stay uniform.
+                atoms[: len(chosen)] = X_batch[chosen] / norms[chosen, None]
+        return self._unit_atoms(atoms, random_state)
+
+    def _unit_atoms(self, atoms, random_state):
+        """``atoms`` (a fresh array) with unit-norm rows, nonnegative if asked."""
+        # Scaled by the largest entry first: the norms cannot overflow.
+        top = np.abs(atoms).max(axis=1, keepdims=True)
+        if np.any(top == 0):
+            raise ValueError("dict_init has an all-zero atom; it has no direction.")
+        atoms /= top
+        atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+        if self.positive_dict:
+            atoms = nonnegative_directions(
+                atoms, allow_flip=not self.positive_code, random_state=random_state
+            )
         return atoms
+
+    def _checked_dict_init(self, dtype):
+        """``dict_init`` as a fresh array of ``dtype``."""
+        return check_array(
+            self.dict_init, dtype=dtype, copy=True, input_name="dict_init"
+        )
 
     def _components_from_known_support(
         self, X, code_init, batch_size, components, random_state
@@ -215,6 +253,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         n_components, _ = self._check_settings(X_known.shape[1])
         components = components.copy()
+        # X and its codes scaled alike keep the K-SVD problem the same.
+        scale = batch_scale(X_known)
+        X_known, codes = scaled(X_known, scale), codes * scale
         refit_atoms(
             X_known,
             components,
@@ -224,6 +265,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             positive=self.positive_code,
             random_state=random_state,
             n_jobs=self.n_jobs,
+            positive_dict=self.positive_dict,
         )
         return components
 
@@ -266,7 +308,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         Runs DB-KSVD steps on shuffled batches of ``batch_size`` samples for
         ``max_iter`` epochs, at most ``max_steps`` steps, or until early
-        stopping.
+        stopping. With ``max_iter=0`` no step runs: ``components_`` is
+        ``dict_init`` as given (not normalised, as in scikit-learn), or the
+        initial dictionary.
+
+        Each batch whose largest entry is outside ``[2**-20, 2**20]`` is
+        multiplied by a power of two for the step (``alpha`` with it), so
+        that data at any scale gives the same atoms without overflow; ``X``
+        itself is never modified.
+
+        With ``shuffle=False`` and ``max_no_improvement=None``, ``fit`` is
+        the sequence of :meth:`partial_fit` calls on its batches (see there).
 
         Out-of-core data is read one batch at a time and validated as it is
         read (so NaN in a part never read raises nothing), never loaded
@@ -294,8 +346,25 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         plan = plan_fit(self, X)
         code_init = self._check_code_init(X.shape[0], plan.n_components)
         state = FitState(check_random_state(self.random_state))
+        if plan.n_steps == 0 and self.dict_init is not None:
+            # As MiniBatchDictionaryLearning: the initial dictionary as given.
+            dtype = host_dtype(X) if not is_lazy_array(X) else check_lazy_array(X)
+            state.components = self._checked_dict_init(dtype)
+        elif plan.n_steps == 0:
+            initialise(self, X, plan, state, code_init=code_init)
         run_fit(self, X, plan, state, code_init=code_init)
         return set_fitted(self, plan, state)
+
+    def _partial_fit_replaces(self, step):
+        """Whether step ``step`` of :meth:`partial_fit` replaces atoms.
+
+        :meth:`fit` replaces during the first ``replace_until`` of its
+        planned steps; :meth:`partial_fit` takes ``max_steps`` as the plan
+        (no plan without it: it replaces whenever ``replace_until > 0``).
+        """
+        if self.max_steps is None:
+            return self.replace_until > 0
+        return step < self.replace_until * self.max_steps
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -303,6 +372,19 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         The first call initialises the dictionary from ``X`` (or
         ``dict_init``). A call that fails leaves the fitted state unchanged.
+
+        Between calls the estimator carries what the next step depends on:
+        the random generator (``random_state`` seeds it at the first call;
+        it then draws the order of atom updates of every step), the step
+        counter ``n_steps_`` and, through it, the replacement schedule: step
+        ``n_steps_`` replaces atoms if ``n_steps_ < replace_until *
+        max_steps``, or, without ``max_steps``, whenever
+        ``replace_until > 0``. So ``fit`` with ``shuffle=False`` and
+        ``max_no_improvement=None`` gives the same atoms as ``partial_fit``
+        called on its batches in order (``np.array_split(X, n_batches)``,
+        once per epoch) when both replace at the same steps: with
+        ``replace_until`` 0 or 1, or with ``max_steps`` equal to the number
+        of steps of the fit. ``max_iter`` is ignored, as in scikit-learn.
 
         Parameters
         ----------
@@ -319,19 +401,28 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         first_call = not hasattr(self, "components_")
         X = self._validate_fit_data(X, reset=first_call)
         n_components, _ = self._check_settings(X.shape[1])
+        step = getattr(self, "n_steps_", 0)
+        scale = batch_scale(X)
+        X = scaled(X, scale)
         if first_call:
             random_state = check_random_state(self.random_state)
             components = self._initial_components(X, n_components, random_state)
         else:
             random_state = self._random_state
             components = self.components_
+            if step == 0:  # after fit(max_iter=0): dict_init as given
+                components = self._unit_atoms(
+                    components.astype(X.dtype, copy=True), random_state
+                )
         # The step may draw random numbers: work on a copy of the generator so
         # that a failed step leaves the fitted state untouched.
         step_state = np.random.RandomState()
         step_state.set_state(random_state.get_state())
-        components, info = self._step(X, components, step_state, True)
+        components, info = self._step(
+            X, components, step_state, self._partial_fit_replaces(step), scale=scale
+        )
         info = {
-            "step": getattr(self, "n_steps_", 0),
+            "step": step,
             **info,
             "n_samples_seen": getattr(self, "n_samples_seen_", 0) + X.shape[0],
         }
@@ -339,7 +430,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             self.callback(info)
         self.components_ = components
         self._random_state = step_state
-        self.n_steps_ = info["step"] + 1
+        self.n_steps_ = step + 1
         self.n_iter_ = getattr(self, "n_iter_", 0)
         self.n_samples_seen_ = info["n_samples_seen"]
         self.history_ = [*getattr(self, "history_", []), info]
@@ -387,7 +478,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             n_components = self.components_.shape[0]
             rows = chunk_rows(X.shape[1], n_components, dtype.itemsize)
             parts = [self._encode(chunk, gram) for _, chunk in iter_row_chunks(X, rows)]
-            return stack_codes(parts, n_components, dtype, self.sparse_output)
+            return stack_codes(parts, self._n_features_out, dtype, self.sparse_output)
         X = self._validate_data_where_it_lives(X, reset=False)
         if is_device_array(X):
             # Matching pursuit runs on the host; codes go back to X's device.
@@ -415,12 +506,34 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     def _encode(self, X, gram=None):
         """Codes of validated ``X``, dense or CSR as ``sparse_output`` says.
 
+        Data far from unit scale is encoded times a power of two (see
+        ``_fit_loop.batch_scale``) and its codes divided back, so that no
+        coder overflows; split into signs with ``split_sign``.
+
         Parameters
         ----------
         X : ndarray of shape (n_samples, n_features)
             Validated data, float32 or float64.
         gram : ndarray of shape (n_components, n_components), default=None
             Precomputed ``D Dᵀ`` in the dtype of ``X``, reused across chunks.
+        """
+        scale = batch_scale(X)
+        code = self._encode_scaled(scaled(X, scale), gram, scale)
+        if scale != 1.0:
+            if sp.issparse(code):
+                code.data /= scale
+            else:
+                code /= scale
+        return split_sign(code) if self.split_sign else code
+
+    def _transform_alpha(self):
+        return self.alpha if self.transform_alpha is None else self.transform_alpha
+
+    def _encode_scaled(self, X, gram, scale):
+        """Codes of ``X`` (already times ``scale``); penalties scale alike.
+
+        The lasso and threshold penalties scale with ``X``; OMP's
+        ``transform_alpha`` is a squared error, so it scales with its square.
         """
         components = self.components_.astype(host_dtype(X), copy=False)
         k = self._transform_n_nonzero_coefs()
@@ -450,7 +563,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             components,
             algorithm=self.transform_algorithm,
             n_nonzero_coefs=k,
-            alpha=self.transform_alpha,
+            alpha=self._transform_alpha()
+            * (scale**2 if self.transform_algorithm == "omp" else scale),
             max_iter=self.transform_max_iter,
             n_jobs=self.n_jobs,
             positive=self.positive_code,
@@ -465,7 +579,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         Parameters
         ----------
         X : array-like or sparse matrix of shape (n_samples, n_components)
-            Codes.
+            Codes; with ``split_sign``, also the split codes of shape
+            (n_samples, 2 * n_components) that :meth:`transform` returns.
 
         Returns
         -------
@@ -473,10 +588,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         check_is_fitted(self)
         X = check_array(X, dtype=_FLOAT_DTYPES, accept_sparse=("csr", "csc"))
-        if X.shape[1] != self.components_.shape[0]:
+        n_components = self.components_.shape[0]
+        if self.split_sign and X.shape[1] == 2 * n_components:
+            X = X[:, :n_components] - X[:, n_components:]
+        if X.shape[1] != n_components:
             raise ValueError(
                 f"The codes have {X.shape[1]} columns but the dictionary has "
-                f"{self.components_.shape[0]} atoms."
+                f"{n_components} atoms."
             )
         return np.asarray(X @ self.components_.astype(X.dtype, copy=False))
 
@@ -503,7 +621,31 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     @property
     def _n_features_out(self):
-        return self.components_.shape[0]
+        n_components = self.components_.shape[0]
+        return 2 * n_components if self.split_sign else n_components
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the code columns: the lowercased class name and atom index.
+
+        With ``split_sign``, ``<name>_pos`` for every atom, then ``<name>_neg``
+        (as :class:`~sklearn_dbksvd.interop.SplitSign`).
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Only checked against the names seen in :meth:`fit`.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self, "_n_features_out")
+        _check_feature_names_in(self, input_features, generate_names=False)
+        prefix = self.__class__.__name__.lower()
+        names = [f"{prefix}{i}" for i in range(self.components_.shape[0])]
+        if self.split_sign:
+            names = split_feature_names(names)
+        return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

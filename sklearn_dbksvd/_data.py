@@ -380,7 +380,7 @@ def dask_map_encode(estimator, X, gram, dtype, sparse):
     """
     import dask
 
-    n_components = estimator.components_.shape[0]
+    n_components = estimator._n_features_out  # twice the atoms with split_sign
     # Each block must hold whole samples to be encoded.
     X = X.rechunk({1: -1})
     meta = (

@@ -30,8 +30,15 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         Nonzeros per code during fit (``k``). None means
         ``max(1, n_features // 10)``, capped at ``n_components``. A larger value
         than ``n_components`` raises ``ValueError``.
+    alpha : float, default=1.0
+        Lasso penalty of the coders "lars" and "cd" during fit (as in
+        ``MiniBatchDictionaryLearning``), and of the transform coders when
+        ``transform_alpha`` is None. Unused by "mp" and "omp", whose sparsity
+        is the budget ``n_nonzero_coefs``.
     max_iter : int, default=10
-        Passes over the data (epochs).
+        Passes over the data (epochs). 0 runs no step: ``components_`` is
+        ``dict_init`` as given (not normalised), or the initial dictionary,
+        as in ``MiniBatchDictionaryLearning``.
     max_steps : int, default=None
         Cap on the number of steps (one step encodes one batch and updates
         all atoms). The paper runs 40 steps of 2^16 samples.
@@ -39,10 +46,16 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         Samples per step. "auto" means
         ``min(n_samples, max(4096, 32 * n_features))``; the paper recommends
         10 to 100 times ``n_features``. Batches of one epoch have equal sizes.
-    fit_algorithm : {"mp", "omp"}, default="mp"
-        Sparse coder during fit: matching pursuit on the Gram matrix (fast) or
+    fit_algorithm : {"mp", "omp", "lars", "cd"}, default="mp"
+        Sparse coder during fit: matching pursuit on the Gram matrix (fast),
         orthogonal matching pursuit (Batch-OMP on the Gram matrix, see
-        :func:`~sklearn_dbksvd.sparse_encode_omp`).
+        :func:`~sklearn_dbksvd.sparse_encode_omp`), or, for compatibility
+        with ``MiniBatchDictionaryLearning``, scikit-learn's lasso coders
+        (``"lars"``: LARS, ``"cd"``: coordinate descent) with penalty
+        ``alpha``, whose supports the K-SVD update then refits. The lasso
+        coders are slow (one lasso per sample and step, far slower than
+        matching pursuit) and ignore ``n_nonzero_coefs``; their atoms depend
+        on the scale of ``X`` relative to ``alpha``.
     dict_update : {"ksvd", "approx"}, default="ksvd"
         "ksvd" refits each atom and its codes with the leading singular pair
         of its error matrix, computed iteratively to tolerance; "approx" takes
@@ -64,7 +77,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         the fitted ``n_nonzero_coefs``.
     transform_alpha : float, default=None
         Regularisation of the lasso and threshold coders; with "omp", the
-        target squared residual norm, as in scikit-learn.
+        target squared residual norm, as in scikit-learn. None means
+        ``alpha`` for the lasso and threshold coders.
     transform_max_iter : int, default=1000
         Iterations of "lasso_cd" and "lasso_lars".
     sparse_output : bool, default=False
@@ -77,6 +91,17 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     positive_code : bool, default=False
         Nonnegative codes: matching pursuit only takes positive correlations
         and the atom update keeps codes nonnegative.
+    positive_dict : bool, default=False
+        Nonnegative atoms. The K-SVD update of an atom becomes the
+        nonnegative rank-1 update of NN-K-SVD (alternating projected updates
+        of the atom and its codes, from the singular pair); initial and
+        replacement atoms are projected on the nonnegative orthant. Combines
+        with ``positive_code``. Slower: the atom updates run in NumPy.
+    split_sign : bool, default=False
+        :meth:`transform` returns ``[max(code, 0), max(-code, 0)]``:
+        ``2 * n_components`` nonnegative columns, named ``<atom>_pos`` then
+        ``<atom>_neg`` by :meth:`get_feature_names_out`.
+        :meth:`inverse_transform` accepts either form.
     mp_tol : float, default=None
         Matching pursuit (fit and transform) stops selecting for a sample once
         its relative residual ``‖x − code @ D‖ / ‖x‖`` is at most ``mp_tol``, as
@@ -125,7 +150,9 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     replace_until : float, default=0.8
         Fraction of the planned steps of :meth:`fit` during which atoms are
         replaced, so that the last steps can settle. 0 disables replacement.
-        :meth:`partial_fit` always replaces.
+        :meth:`partial_fit` takes ``max_steps`` as its plan, and replaces at
+        every call without it. Batches in which atoms average fewer than one
+        user never replace (too small to tell a dead atom).
     backend : {"numpy", "cupy"}, default="numpy"
         Where the products that grow with the batch run during fit: the
         correlations ``X @ components_.T``, the Gram matrix, the residual and
@@ -228,6 +255,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         n_components=None,
         *,
         n_nonzero_coefs=None,
+        alpha=1.0,
         max_iter=10,
         max_steps=None,
         batch_size="auto",
@@ -240,6 +268,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         transform_max_iter=1000,
         sparse_output=False,
         positive_code=False,
+        positive_dict=False,
+        split_sign=False,
         mp_tol=None,
         mp_refit=False,
         dict_init=None,
@@ -259,6 +289,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     ):
         self.n_components = n_components
         self.n_nonzero_coefs = n_nonzero_coefs
+        self.alpha = alpha
         self.max_iter = max_iter
         self.max_steps = max_steps
         self.batch_size = batch_size
@@ -271,6 +302,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.transform_max_iter = transform_max_iter
         self.sparse_output = sparse_output
         self.positive_code = positive_code
+        self.positive_dict = positive_dict
+        self.split_sign = split_sign
         self.mp_tol = mp_tol
         self.mp_refit = mp_refit
         self.dict_init = dict_init
@@ -288,7 +321,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.verbose = verbose
         self.callback = callback
 
-    def _step(self, X_batch, components, random_state, replace):
+    def _step(self, X_batch, components, random_state, replace, scale=1.0):
         n_components, k = self._check_settings(X_batch.shape[1])
         return dbksvd_step(
             X_batch,
@@ -306,4 +339,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             mp_tol=self.mp_tol,
             mp_refit=self.mp_refit,
             backend=self.backend,
+            positive_dict=self.positive_dict,
+            alpha=self.alpha * scale,
+            max_iter=self.transform_max_iter,
         )

@@ -368,8 +368,30 @@ def selections_to_csr(indices, values, n_components):
         shape=(n_samples, n_components),
     )
     code.sum_duplicates()
+    _drop_rounding_level(code)
     code.eliminate_zeros()
     return code
+
+
+# Coefficients at most this many machine epsilons of their row's largest are
+# rounding noise: the selections made once a sample is reproduced exactly
+# (such as a sample taken as an initial atom) pick arbitrary atoms with
+# coefficients of the size of the rounding error, and a support that depends
+# on rounding makes the K-SVD update depend on it at full size. The rounding
+# of a residual is about sqrt(n_features) eps of the sample.
+_ROUNDING_EPS = 64
+
+
+def _drop_rounding_level(code):
+    """Zero the entries of each CSR row that are rounding noise of its largest."""
+    if code.nnz == 0:
+        return
+    magnitude = np.abs(code.data)
+    starts = code.indptr[:-1][np.diff(code.indptr) > 0]
+    top = np.zeros(code.shape[0], dtype=magnitude.dtype)
+    top[np.diff(code.indptr) > 0] = np.maximum.reduceat(magnitude, starts)
+    threshold = _ROUNDING_EPS * np.finfo(code.dtype).eps * top
+    code.data[magnitude <= np.repeat(threshold, np.diff(code.indptr))] = 0
 
 
 @validate_params(

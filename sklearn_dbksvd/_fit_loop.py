@@ -9,9 +9,35 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.utils._array_api import get_namespace
 
 from ._data import read_batch, schedule_for
 from ._progress import ProgressReporter
+
+# Batches whose largest magnitude lies in [2**-_SAFE_EXPONENT, 2**_SAFE_EXPONENT]
+# are used as they are. Outside, squares and Gram entries of float32 data
+# overflow (1e18 squared is past 3.4e38) or lose precision to underflow
+# (1e-30 squared is below 1.2e-38), so the step sees the batch times a power
+# of two: exact, and the same atoms, since atoms are unit vectors.
+_SAFE_EXPONENT = 20
+
+
+def batch_scale(X):
+    """Power of two that brings the batch's largest magnitude into ``[1, 2)``.
+
+    1.0 when that magnitude is already within ``2**±20`` (or zero): most data
+    is used unscaled, with no copy.
+    """
+    xp, _ = get_namespace(X)
+    top = max(float(xp.max(X)), -float(xp.min(X))) if X.shape[0] else 0.0
+    if top == 0 or 2.0**-_SAFE_EXPONENT <= top <= 2.0**_SAFE_EXPONENT:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(top)[1] + 1)
+
+
+def scaled(X, scale):
+    """``X * scale`` as a new array, or ``X`` itself when ``scale`` is 1."""
+    return X if scale == 1.0 else X * scale
 
 
 class SmoothedError:
@@ -104,6 +130,25 @@ def _epoch_order(plan, state, model, order):
     return order
 
 
+def initialise(model, X, plan, state, *, code_init=None, order=None):
+    """Initial atoms of ``state`` from the first batch of the current epoch.
+
+    Returns the epoch's order of rows (drawn here when the epoch starts).
+    """
+    order = _epoch_order(plan, state, model, order)
+    position = state.step % plan.schedule.n_batches
+    batch = read_batch(X, plan.schedule.rows(order, position))
+    batch = scaled(batch, batch_scale(batch))
+    state.components = model._initial_components(
+        batch, plan.n_components, state.random_state
+    )
+    if code_init is not None:
+        state.components = model._components_from_known_support(
+            X, code_init, plan.batch_size, state.components, state.random_state,
+        )
+    return order
+
+
 def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None):
     """Run DB-KSVD steps of ``model`` on ``X`` from ``state`` until done.
 
@@ -137,24 +182,20 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
         plan.n_steps, verbose, initial=state.step, samples_seen=seen
     ) as progress:
         while not state.done and state.step < plan.n_steps:
-            order = _epoch_order(plan, state, model, order)
+            if state.components is None:
+                order = initialise(model, X, plan, state, code_init=code_init)
+            else:
+                order = _epoch_order(plan, state, model, order)
             position = state.step % plan.schedule.n_batches
             batch = read_batch(X, plan.schedule.rows(order, position))
-            if state.components is None:
-                state.components = model._initial_components(
-                    batch, plan.n_components, state.random_state
-                )
-                if code_init is not None:
-                    state.components = model._components_from_known_support(
-                        X, code_init, plan.batch_size, state.components,
-                        state.random_state,
-                    )
+            scale = batch_scale(batch)
             tic = time.perf_counter()
             state.components, info = model._step(
-                batch,
+                scaled(batch, scale),
                 state.components,
                 state.random_state,
                 state.step < last_replacing_step,
+                scale=scale,
             )
             seen += batch.shape[0]
             info = {
@@ -182,7 +223,7 @@ def set_fitted(model, plan, state):
     model.components_ = state.components
     model.n_steps_ = len(state.history)
     model.n_iter_ = math.ceil(model.n_steps_ / plan.schedule.n_batches)
-    model.n_samples_seen_ = state.history[-1]["n_samples_seen"]
+    model.n_samples_seen_ = state.history[-1]["n_samples_seen"] if state.history else 0
     model.history_ = state.history
     model._random_state = state.random_state
     return model

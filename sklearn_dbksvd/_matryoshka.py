@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backend import to_numpy
 from ._base import _BaseDBKSVD
+from ._fit_loop import batch_scale, scaled
 from ._step import clear_dictionary, encode_batch, refit_atoms
 from .metrics import _relative_error_of_residual, _variance_explained_of_residual
 
@@ -101,6 +102,8 @@ def nested_pass(
     update=None,
     codes=None,
     backend=None,
+    alpha=None,
+    max_iter=1000,
 ):
     """Encode (and, with ``update``, refit) the levels one after another.
 
@@ -115,8 +118,9 @@ def nested_pass(
         Atoms; updated in place when ``update`` is given.
     levels : list of (slice, int)
         Output of :func:`nested_levels`.
-    algorithm : {"mp", "omp"}
-        Coder of each level.
+    algorithm : {"mp", "omp", "lars", "cd"}
+        Coder of each level ("lars", "cd": scikit-learn's lasso coders with
+        penalty ``alpha`` and ``max_iter`` iterations).
     positive, n_jobs, mp_tol, mp_refit
         As in :func:`~sklearn_dbksvd._step.encode_batch`. ``mp_tol`` is
         relative to ``‖x‖``: a sample whose residual already meets it gets no
@@ -125,9 +129,9 @@ def nested_pass(
         it may stop later than strictly needed, never earlier.
     update : dict, default=None
         Keyword arguments of the K-SVD refit (``dict_update``,
-        ``update_batch_size``, ``random_state``) and of the replacement
-        (``replace``, ``replace_min_usage``, ``replace_coherence``). None only
-        encodes.
+        ``update_batch_size``, ``random_state``, optionally ``positive_dict``)
+        and of the replacement (``replace``, ``replace_min_usage``,
+        ``replace_coherence``). None only encodes.
     codes : sparse matrix of shape (n_samples, n_components), default=None
         Codes to use instead of encoding (a known support).
     backend : {"numpy", "cupy"} or ArrayBackend, default=None
@@ -165,6 +169,8 @@ def nested_pass(
                 refit=mp_refit,
                 n_jobs=n_jobs,
                 backend=backend,
+                alpha=alpha,
+                max_iter=max_iter,
             )
         if update is None:
             residual = residual - level_codes @ group
@@ -179,8 +185,12 @@ def nested_pass(
                 random_state=update["random_state"],
                 n_jobs=n_jobs,
                 backend=backend,
+                positive_dict=update.get("positive_dict", False),
             )
             if update["replace"]:
+                if algorithm in ("lars", "cd"):
+                    # The lasso has no budget: usage against its mean support.
+                    share = level_codes.nnz / max(1, level_codes.shape[0])
                 # Per group: a group's atoms are judged on the residual it fits.
                 n_replaced += clear_dictionary(
                     group,
@@ -189,6 +199,8 @@ def nested_pass(
                     n_nonzero_coefs=share,
                     min_usage=update["replace_min_usage"],
                     max_coherence=update["replace_coherence"],
+                    positive_dict=update.get("positive_dict", False),
+                    positive_code=positive,
                 )
             components[atoms] = group
         blocks.append(level_codes)
@@ -212,6 +224,9 @@ def matryoshka_step(
     mp_tol=None,
     mp_refit=False,
     backend=None,
+    positive_dict=False,
+    alpha=None,
+    max_iter=1000,
 ):
     """One Matryoshka DB-KSVD step (paper section 4.2) on the batch ``X``.
 
@@ -239,6 +254,7 @@ def matryoshka_step(
         "replace": replace,
         "replace_min_usage": replace_min_usage,
         "replace_coherence": replace_coherence,
+        "positive_dict": positive_dict,
     }
     residual, codes, n_replaced = nested_pass(
         X,
@@ -251,6 +267,8 @@ def matryoshka_step(
         mp_refit=mp_refit,
         update=update,
         backend=backend,
+        alpha=alpha,
+        max_iter=max_iter,
     )
     info = {
         "relative_error": _relative_error_of_residual(X, residual),
@@ -311,15 +329,20 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         merged into the ``k``-th group (one level, one nonzero, encoded and
         refitted together) so that every atom is still learned. None means
         ``max(1, n_features // 10)``, capped at ``n_components``.
+    alpha : float, default=1.0
+        Lasso penalty of the fit coders "lars" and "cd", and of the transform
+        coders when ``transform_alpha`` is None.
     max_iter : int, default=10
-        Passes over the data (epochs).
+        Passes over the data (epochs); 0 keeps ``dict_init`` as given.
     max_steps : int, default=None
         Cap on the number of steps.
     batch_size : int or "auto", default="auto"
         Samples per step; "auto" means
         ``min(n_samples, max(4096, 32 * n_features))``.
-    fit_algorithm : {"mp", "omp"}, default="mp"
-        Sparse coder of each group during fit.
+    fit_algorithm : {"mp", "omp", "lars", "cd"}, default="mp"
+        Sparse coder of each group during fit; "lars" and "cd" are
+        scikit-learn's (slow) lasso coders with penalty ``alpha``, as in
+        :class:`DBKSVDDictionaryLearning`.
     dict_update : {"ksvd", "approx"}, default="ksvd"
         Leading singular pair to tolerance, or one power step.
     update_batch_size : int or "auto", default="auto"
@@ -331,13 +354,19 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
     transform_n_nonzero_coefs : int, default=None
         Nonzeros per code in :meth:`transform`; None means ``k``.
     transform_alpha : float, default=None
-        Regularisation of the lasso and threshold coders.
+        Regularisation of the lasso and threshold coders; None means
+        ``alpha``.
     transform_max_iter : int, default=1000
         Iterations of "lasso_cd" and "lasso_lars".
     sparse_output : bool, default=False
         Whether :meth:`transform` returns a ``scipy.sparse.csr_matrix``.
     positive_code : bool, default=False
         Nonnegative codes.
+    positive_dict : bool, default=False
+        Nonnegative atoms (NN-K-SVD updates), as in
+        :class:`DBKSVDDictionaryLearning`.
+    split_sign : bool, default=False
+        :meth:`transform` returns ``[max(code, 0), max(-code, 0)]``.
     mp_tol : float, default=None
         Matching pursuit stops adding nonzeros to a sample once its relative
         residual ``‖x − code @ D‖ / ‖x‖`` is at most ``mp_tol``: later groups
@@ -371,7 +400,8 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         replaced.
     replace_until : float, default=0.8
         Fraction of the planned steps of :meth:`fit` during which atoms are
-        replaced.
+        replaced (of ``max_steps`` in :meth:`partial_fit`, which without it
+        replaces at every call).
     n_jobs : int, default=None
         Threads; results do not depend on it.
     random_state : int, RandomState instance or None, default=None
@@ -444,6 +474,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         transform_mode="full",
         backend="numpy",
         n_nonzero_coefs=None,
+        alpha=1.0,
         max_iter=10,
         max_steps=None,
         batch_size="auto",
@@ -456,6 +487,8 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         transform_max_iter=1000,
         sparse_output=False,
         positive_code=False,
+        positive_dict=False,
+        split_sign=False,
         mp_tol=None,
         mp_refit=False,
         dict_init=None,
@@ -477,6 +510,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         self.transform_mode = transform_mode
         self.backend = backend
         self.n_nonzero_coefs = n_nonzero_coefs
+        self.alpha = alpha
         self.max_iter = max_iter
         self.max_steps = max_steps
         self.batch_size = batch_size
@@ -489,6 +523,8 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         self.transform_max_iter = transform_max_iter
         self.sparse_output = sparse_output
         self.positive_code = positive_code
+        self.positive_dict = positive_dict
+        self.split_sign = split_sign
         self.mp_tol = mp_tol
         self.mp_refit = mp_refit
         self.dict_init = dict_init
@@ -533,7 +569,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         sizes = check_group_sizes(self.group_sizes, n_components)
         return nested_levels(sizes, n_nonzero_coefs)
 
-    def _step(self, X_batch, components, random_state, replace):
+    def _step(self, X_batch, components, random_state, replace, scale=1.0):
         n_components, k = self._check_settings(X_batch.shape[1])
         components, info, _ = matryoshka_step(
             X_batch,
@@ -551,6 +587,9 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
             mp_tol=self.mp_tol,
             mp_refit=self.mp_refit,
             backend=self.backend,
+            positive_dict=self.positive_dict,
+            alpha=self.alpha * scale,
+            max_iter=self.transform_max_iter,
         )
         return components, info
 
@@ -559,6 +598,9 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         # each level on the residual of the levels before it (section 4.2).
         n_components, k = self._check_settings(X_known.shape[1])
         components = components.copy()
+        # X and its codes scaled alike keep the K-SVD problem the same.
+        scale = batch_scale(X_known)
+        X_known, codes = scaled(X_known, scale), codes * scale
         nested_pass(
             X_known,
             components,
@@ -571,6 +613,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
                 "update_batch_size": self._resolved_update_batch_size(n_components),
                 "random_state": random_state,
                 "replace": False,
+                "positive_dict": self.positive_dict,
             },
             codes=codes,
         )
@@ -581,9 +624,9 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
             return None  # each group needs its own Gram matrix
         return super()._transform_gram(dtype)
 
-    def _encode(self, X, gram=None):
+    def _encode_scaled(self, X, gram, scale):
         if self.transform_mode == "full":
-            return super()._encode(X, gram)
+            return super()._encode_scaled(X, gram, scale)
         X = to_numpy(X)  # the nested pass runs on the host
         components = self.components_.astype(X.dtype, copy=False)
         levels = self._levels(len(components), self._transform_n_nonzero_coefs())

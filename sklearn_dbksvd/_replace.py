@@ -8,6 +8,8 @@ replace them by the worst-represented signals. Measured on a planted problem
 
 import numpy as np
 
+from ._update_positive import nonnegative_directions
+
 # Bytes of one block of atom overlaps ``D[block] @ Dᵀ``: 16 MiB, so the
 # coherence check never holds the (n_components, n_components) matrix (1 GiB
 # in float32 at 16384 atoms) nor its temporaries.
@@ -52,7 +54,9 @@ def atoms_to_replace(components, usage, *, min_usage, max_coherence):
     return np.flatnonzero(rare)
 
 
-def replace_atoms(components, atoms, residual):
+def replace_atoms(
+    components, atoms, residual, *, positive_dict=False, positive_code=False
+):
     """Put the worst-fitted samples' normalised residuals in place of ``atoms``.
 
     One distinct sample per atom, by decreasing residual norm; atoms beyond the
@@ -66,6 +70,13 @@ def replace_atoms(components, atoms, residual):
         Atoms to replace.
     residual : ndarray of shape (n_samples, n_features)
         Residual of the batch after the atom update.
+    positive_dict : bool, default=False
+        Nonnegative atoms: a residual becomes its nonnegative part (or, with
+        signed codes, that of its negation when it keeps more energy);
+        residuals with no such part are skipped.
+    positive_code : bool, default=False
+        With ``positive_dict``, codes are nonnegative too, so residuals are
+        never negated.
 
     Returns
     -------
@@ -78,6 +89,12 @@ def replace_atoms(components, atoms, residual):
     if n_new == 0:
         return atoms[:0]
     worst = np.argsort(norms, kind="stable")[::-1][:n_new]
+    if positive_dict:
+        new = nonnegative_directions(residual[worst], allow_flip=not positive_code)
+        new = new[np.any(new > 0, axis=1)]
+        atoms = atoms[: len(new)]
+        components[atoms] = new
+        return atoms
     atoms = atoms[:n_new]
     components[atoms] = residual[worst] / norms[worst, None]
     return atoms

@@ -48,6 +48,11 @@ def split_sign(code):
     return np.concatenate([positive, positive - code], axis=1)
 
 
+def split_feature_names(names):
+    """Names of split columns: ``f_pos`` for each name ``f``, then ``f_neg``."""
+    return [f"{name}_pos" for name in names] + [f"{name}_neg" for name in names]
+
+
 class SplitSign(TransformerMixin, BaseEstimator):
     """Split signed codes into nonnegative parts: ``[max(c, 0), max(-c, 0)]``.
 
@@ -158,10 +163,7 @@ class SplitSign(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "n_features_in_")
         names = _check_feature_names_in(self, input_features)
-        return np.asarray(
-            [f"{name}_pos" for name in names] + [f"{name}_neg" for name in names],
-            dtype=object,
-        )
+        return np.asarray(split_feature_names(names), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

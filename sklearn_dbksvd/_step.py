@@ -7,6 +7,7 @@ exist one block of samples at a time (see ``_encode._BLOCK_BYTES``).
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.decomposition import sparse_encode
 
 from . import _backend
 from ._encode import _mp_encode, selections_to_csr
@@ -14,6 +15,9 @@ from ._omp import _omp_encode
 from ._replace import atoms_to_replace, replace_atoms
 from ._update import update_dictionary
 from .metrics import batch_metrics
+
+# scikit-learn's lasso coders behind MiniBatchDictionaryLearning's fit_algorithm.
+_LASSO_CODERS = {"lars": "lasso_lars", "cd": "lasso_cd"}
 
 # Samples per block of the passes over the batch that do not go through the
 # encoder (residual of given codes, metrics): 16 MiB of float32 at 2304
@@ -44,11 +48,15 @@ def encode_batch(
     tol=None,
     refit=False,
     backend=None,
+    alpha=None,
+    max_iter=1000,
 ):
-    """Sparse codes of a batch as CSR, by matching pursuit or Batch-OMP.
+    """Sparse codes of a batch as CSR, by matching pursuit, Batch-OMP or a lasso.
 
     ``backend`` ("numpy", "cupy" or an ``ArrayBackend``; default from ``X``)
-    runs the products ``X Dᵀ`` and ``D Dᵀ``.
+    runs the products ``X Dᵀ`` and ``D Dᵀ``. "lars" and "cd" are
+    scikit-learn's lasso coders with penalty ``alpha`` and ``max_iter``
+    iterations (``MiniBatchDictionaryLearning``'s).
     """
     backend = _as_backend(backend, X)
     gram = _backend.gram(backend, components)
@@ -65,6 +73,15 @@ def encode_batch(
             backend=backend,
         )
         return selections_to_csr(indices, values, components.shape[0])
+    if algorithm in _LASSO_CODERS:
+        code = sparse_encode(
+            _backend.to_numpy(X), components, gram=gram,
+            algorithm=_LASSO_CODERS[algorithm], alpha=alpha, max_iter=max_iter,
+            positive=positive, n_jobs=n_jobs,
+        )
+        code = sp.csr_matrix(code.astype(X.dtype, copy=False))
+        code.eliminate_zeros()
+        return code
     indices, values = _omp_encode(
         X,
         components,
@@ -115,6 +132,7 @@ def refit_atoms(
     n_jobs,
     residual=None,
     backend=None,
+    positive_dict=False,
 ):
     """K-SVD update of every used atom for fixed supports.
 
@@ -133,6 +151,8 @@ def refit_atoms(
         place and returned); computed from ``X`` otherwise.
     backend : str or ArrayBackend, default=None
         Where the products with wide error matrices run.
+    positive_dict : bool, default=False
+        Nonnegative atoms (NN-K-SVD update).
 
     Returns
     -------
@@ -158,27 +178,39 @@ def refit_atoms(
         positive=positive,
         n_jobs=n_jobs,
         backend=_as_backend(backend, X),
+        positive_dict=positive_dict,
     )
     return residual, codes
 
 
 def clear_dictionary(
-    components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence
+    components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence,
+    positive_dict=False, positive_code=False,
 ):
     """Replace dead, rare and duplicated atoms; return how many were replaced.
 
-    ``min_usage`` is a fraction of the mean usage ``n_samples * k / m``.
+    ``min_usage`` is a fraction of the mean usage ``n_samples * k / m``. A
+    batch whose mean usage is below one user per atom is too small to tell
+    dead atoms from unlucky ones: nothing is replaced. With ``positive_dict``
+    the new atoms are nonnegative (see ``_replace.replace_atoms``).
     """
     n_samples, n_components = codes.shape
     usage = np.diff(codes.indptr)
     mean_usage = n_samples * n_nonzero_coefs / n_components
+    if mean_usage < 1:
+        return 0
     atoms = atoms_to_replace(
         components,
         usage,
         min_usage=min_usage * mean_usage,
         max_coherence=max_coherence,
     )
-    return len(replace_atoms(components, atoms, residual))
+    return len(
+        replace_atoms(
+            components, atoms, residual,
+            positive_dict=positive_dict, positive_code=positive_code,
+        )
+    )
 
 
 def dbksvd_step(
@@ -199,6 +231,9 @@ def dbksvd_step(
     mp_refit=False,
     codes=None,
     backend="numpy",
+    positive_dict=False,
+    alpha=None,
+    max_iter=1000,
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -210,8 +245,8 @@ def dbksvd_step(
         Unit-norm atoms; not modified.
     n_nonzero_coefs : int
         Nonzeros per code (``k``).
-    fit_algorithm : {"mp", "omp"}
-        Sparse coder.
+    fit_algorithm : {"mp", "omp", "lars", "cd"}
+        Sparse coder ("lars" and "cd": scikit-learn's lasso coders).
     dict_update : {"ksvd", "approx"}
         Leading singular pair to tolerance, or one power step.
     update_batch_size : int
@@ -238,6 +273,10 @@ def dbksvd_step(
         Where the products that grow with the batch run (``X Dᵀ``, ``D Dᵀ``,
         the residual, ``EᵀE`` of wide error matrices); ``X`` may already
         live there. See :mod:`sklearn_dbksvd._backend`.
+    positive_dict : bool, default=False
+        Nonnegative atoms: NN-K-SVD updates, nonnegative replacements.
+    alpha, max_iter : float, int
+        Penalty and iterations of the lasso coders ("lars", "cd").
 
     Returns
     -------
@@ -276,6 +315,8 @@ def dbksvd_step(
             positive=positive,
             n_jobs=n_jobs,
             backend=backend,
+            alpha=alpha,
+            max_iter=max_iter,
         )
     residual, codes = refit_atoms(
         X,
@@ -288,6 +329,7 @@ def dbksvd_step(
         n_jobs=n_jobs,
         residual=residual,
         backend=backend,
+        positive_dict=positive_dict,
     )
     relative_error, variance_explained = batch_metrics(X, residual, n_jobs=n_jobs)
     info = {
@@ -296,6 +338,9 @@ def dbksvd_step(
         "n_replaced": 0,
     }
     if replace:
+        if fit_algorithm in _LASSO_CODERS:
+            # The lasso has no budget: judge usage against its mean support.
+            n_nonzero_coefs = codes.nnz / max(1, codes.shape[0])
         info["n_replaced"] = clear_dictionary(
             components,
             codes,
@@ -303,5 +348,7 @@ def dbksvd_step(
             n_nonzero_coefs=n_nonzero_coefs,
             min_usage=replace_min_usage,
             max_coherence=replace_coherence,
+            positive_dict=positive_dict,
+            positive_code=positive,
         )
     return components, info

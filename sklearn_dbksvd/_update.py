@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _backend, _numba
 from ._parallel import WorkerPool
+from ._update_positive import nonnegative_rank_one
 
 # Largest Krylov basis before a restart: on random data (the worst case:
 # σ₂²/σ₁² ≈ 0.8) the leading pair reaches the float32 tolerance in 9 steps on
@@ -433,12 +434,15 @@ def _mark_shared_jit(atoms, indptr, users, counts, shared):  # pragma: no cover
             counts[users[p]] = 0
 
 
-def _refit_atom(residual, atom, users, code, dict_update, positive, backend):
+def _refit_atom(
+    residual, atom, users, code, dict_update, positive, backend, positive_dict=False
+):
     """New ``(atom, code)`` of one atom from the residual snapshot (NumPy).
 
     With ``positive``, the pair is oriented so that the codes are mostly
     positive and negative codes are clipped to zero (the residual correction
-    uses the clipped codes, so it stays exact).
+    uses the clipped codes, so it stays exact). With ``positive_dict`` the
+    singular pair starts the nonnegative rank-1 fit of NN-K-SVD.
     """
     E = residual[users]
     E += np.outer(code, atom)
@@ -448,6 +452,8 @@ def _refit_atom(residual, atom, users, code, dict_update, positive, backend):
         atom, code = _wide_singular_pair(E, atom, backend)
     else:
         atom, code = leading_singular_pair(E, atom)
+    if positive_dict:
+        return nonnegative_rank_one(E, atom, code, positive_code=positive)
     if positive:
         if code.sum() < 0:
             atom, code = -atom, -code
@@ -532,6 +538,7 @@ def update_dictionary(
     positive=False,
     n_jobs=None,
     backend=None,
+    positive_dict=False,
 ):
     """Refit every used atom, in inner batches, keeping the residual exact.
 
@@ -559,6 +566,9 @@ def update_dictionary(
         is corrected by one thread in the order of the batch.
     backend : ArrayBackend, default=None
         Where the products with wide error matrices run; None is NumPy.
+    positive_dict : bool, default=False
+        Nonnegative atoms: each atom gets the NN-K-SVD update of
+        :func:`~sklearn_dbksvd._update_positive.nonnegative_rank_one`.
     """
     backend = _backend.ArrayBackend(np) if backend is None else backend
     indptr, users = codes.indptr, codes.indices
@@ -571,6 +581,9 @@ def update_dictionary(
     on_device = np.zeros(len(sizes), dtype=bool)
     if not backend.is_numpy and dict_update == "ksvd":
         on_device = sizes >= _WIDE_FACTOR * n_features
+    if positive_dict:
+        # The nonnegative update runs in NumPy, outside the compiled loop.
+        on_device[:] = True
     # New codes of the batch, in the layout of ``codes.data``: the correction
     # needs the old and new codes side by side; allocated once per update.
     new_data = np.empty_like(codes.data)
@@ -599,7 +612,7 @@ def update_dictionary(
                 span = slice(indptr[j], indptr[j + 1])
                 new_atoms[a], new_data[span] = _refit_atom(
                     residual, components[j], users[span], codes.data[span],
-                    dict_update, positive, backend,
+                    dict_update, positive, backend, positive_dict,
                 )
             return new_atoms
 

@@ -282,7 +282,7 @@ def test_sparse_input_is_rejected_with_a_clear_error():
     "params, message",
     [
         ({"n_nonzero_coefs": 0}, "n_nonzero_coefs"),
-        ({"fit_algorithm": "lars"}, "fit_algorithm"),
+        ({"fit_algorithm": "lasso"}, "fit_algorithm"),
         ({"positive_code": True, "fit_algorithm": "omp"}, "positive_code"),
         ({"dict_init": np.ones((3, 3))}, "dict_init has shape"),
         ({"batch_size": 0}, "batch_size"),
@@ -316,3 +316,178 @@ def test_transform_checks_features_and_fit():
     model = small_model().fit(small_data())
     with pytest.raises(ValueError, match="10 features"):
         model.transform(small_data(n_features=7))
+
+
+# ----------------------------------------------------------------------
+# MiniBatchDictionaryLearning's arguments
+# ----------------------------------------------------------------------
+def _nonnegative_problem(seed=0, n=600, d=16, m=12, k=2, noise=0.05):
+    """Planted nonnegative atoms (half their entries zero), coherent."""
+    rng = np.random.RandomState(seed)
+    atoms = np.abs(rng.randn(m, d))
+    atoms[rng.rand(m, d) < 0.5] = 0
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    codes = np.zeros((n, m))
+    for i in range(n):
+        codes[i, rng.choice(m, k, replace=False)] = rng.uniform(1, 2, k)
+    return codes @ atoms + noise * rng.randn(n, d), atoms
+
+
+def _omp_error(X, atoms, k):
+    from sklearn.decomposition import sparse_encode
+
+    code = sparse_encode(X, atoms, algorithm="omp", n_nonzero_coefs=k)
+    return np.linalg.norm(X - code @ atoms) / np.linalg.norm(X)
+
+
+@pytest.mark.parametrize("positive_code", [False, True])
+def test_positive_dict_beats_clipping_an_unconstrained_fit(positive_code):
+    X, _ = _nonnegative_problem()
+    params = dict(
+        n_components=12, n_nonzero_coefs=2, max_iter=40, batch_size=300,
+        max_no_improvement=None, positive_code=positive_code, random_state=0,
+    )
+    nonnegative = DBKSVDDictionaryLearning(positive_dict=True, **params).fit(X)
+    free = DBKSVDDictionaryLearning(**params).fit(X)
+    assert np.all(nonnegative.components_ >= 0)
+    np.testing.assert_allclose(np.linalg.norm(nonnegative.components_, axis=1), 1)
+    assert np.any(free.components_ < 0)
+    clipped = np.maximum(free.components_, 0)
+    clipped /= np.maximum(np.linalg.norm(clipped, axis=1, keepdims=True), 1e-300)
+    assert _omp_error(X, nonnegative.components_, 2) < _omp_error(X, clipped, 2) - 0.02
+    code = nonnegative.transform(X)
+    if positive_code:
+        assert np.all(code >= 0)
+    else:
+        assert np.any(code < 0)
+
+
+@pytest.mark.parametrize("init", ["uniform", "samples"])
+def test_positive_dict_initial_and_replaced_atoms_are_nonnegative(init):
+    X = small_data()  # signed data: samples and residuals have negative parts
+    model = small_model(
+        positive_dict=True, init=init, max_steps=1, replace_min_usage=1.0,
+        batch_size=200,
+    ).fit(X)
+    assert model.history_[0]["n_replaced"] > 0
+    assert np.all(model.components_ >= 0)
+    start = small_model(positive_dict=True, init=init, max_iter=0).fit(X)
+    assert np.all(start.components_ >= 0)
+    np.testing.assert_allclose(np.linalg.norm(start.components_, axis=1), 1)
+
+
+def test_max_iter_zero_keeps_dict_init_as_given():
+    X = small_data()
+    dict_init = np.random.RandomState(3).randn(16, 10)
+    model = small_model(max_iter=0, dict_init=dict_init).fit(X)
+    np.testing.assert_array_equal(model.components_, dict_init)
+    assert model.n_steps_ == 0 and model.n_iter_ == 0 and model.history_ == []
+    assert model.transform(X).shape == (200, 16)
+    # Without dict_init: the initial dictionary, normalised samples.
+    start = small_model(max_iter=0).fit(X)
+    np.testing.assert_allclose(np.linalg.norm(start.components_, axis=1), 1)
+    normalised = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert np.all(np.max(start.components_ @ normalised.T, axis=1) > 1 - 1e-12)
+    # partial_fit then continues from the (normalised) given atoms.
+    model.partial_fit(X)
+    np.testing.assert_allclose(np.linalg.norm(model.components_, axis=1), 1)
+    assert model.n_steps_ == 1
+
+
+def test_split_sign_transform_names_and_inverse():
+    pytest.importorskip("pandas")
+    X = small_data()
+    signed = small_model().fit(X)
+    split = small_model(split_sign=True).fit(X)
+    code = signed.transform(X)
+    split_code = split.transform(X)
+    np.testing.assert_array_equal(
+        split_code, np.hstack([np.maximum(code, 0), np.maximum(-code, 0)])
+    )
+    np.testing.assert_allclose(
+        split.inverse_transform(split_code), code @ split.components_
+    )
+    names = split.get_feature_names_out()
+    assert list(names[:2]) == [
+        "dbksvddictionarylearning0_pos", "dbksvddictionarylearning1_pos"
+    ]
+    assert names[16] == "dbksvddictionarylearning0_neg" and len(names) == 32
+    frame = split.set_output(transform="pandas").transform(X)
+    assert list(frame.columns) == list(names) and frame.shape == (200, 32)
+    assert split.score(X) == pytest.approx(signed.score(X))
+    sparse = small_model(split_sign=True, sparse_output=True).fit(X).transform(X)
+    np.testing.assert_array_equal(sparse.toarray(), split_code)
+
+
+@pytest.mark.parametrize("fit_algorithm", ["lars", "cd"])
+def test_lasso_coders_during_fit(fit_algorithm):
+    X, _, _ = make_sparse_dictionary_problem(400, 12, 16, 3, random_state=0)
+    params = dict(n_components=16, alpha=0.5, max_iter=5, random_state=0)
+    model = DBKSVDDictionaryLearning(fit_algorithm=fit_algorithm, **params).fit(X)
+    start = DBKSVDDictionaryLearning(fit_algorithm=fit_algorithm, max_steps=1, **params)
+    start.set_params(max_iter=0).fit(X)
+    assert model.score(X) > start.score(X) + 0.05
+    np.testing.assert_allclose(np.linalg.norm(model.components_, axis=1), 1)
+    positive = DBKSVDDictionaryLearning(
+        fit_algorithm=fit_algorithm, positive_code=True, positive_dict=True,
+        transform_algorithm="lasso_lars", **params,
+    ).fit(X)
+    assert np.all(positive.components_ >= 0) and np.all(positive.transform(X) >= 0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"replace_until": 1.0},
+        {"replace_until": 0.0},
+        {"replace_until": 0.5, "max_steps": 12},
+        {"replace_until": 1.0, "positive_dict": True, "positive_code": True},
+    ],
+)
+def test_fit_equals_partial_fit_on_the_same_batches(params):
+    X = small_data(n_samples=240)
+    settings = dict(
+        batch_size=60, max_iter=3, shuffle=False, max_no_improvement=None,
+        replace_min_usage=0.5, **params,
+    )
+    fitted = small_model(**settings).fit(X)
+    looped = small_model(**settings)
+    for _ in range(3):
+        for batch in np.array_split(X, 4):
+            looped.partial_fit(batch)
+    assert fitted.n_steps_ == looped.n_steps_ == 12
+    replaced = [r["n_replaced"] for r in fitted.history_]
+    assert replaced == [r["n_replaced"] for r in looped.history_]
+    if params["replace_until"] > 0:
+        assert sum(replaced) > 0  # the schedule is exercised
+    np.testing.assert_allclose(
+        looped.components_, fitted.components_, rtol=1e-6, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("model_class", ["dbksvd", "matryoshka"])
+def test_fit_is_scale_invariant(model_class):
+    from sklearn_dbksvd import MatryoshkaDBKSVD
+
+    # A problem the fit converges on: float32 rounding differences (1e18 and
+    # 1e-30 are not powers of two) then stay at rounding level.
+    X, _, _ = make_sparse_dictionary_problem(
+        2000, 12, 24, 3, noise=0.01, dtype=np.float32, random_state=0
+    )
+    Model = DBKSVDDictionaryLearning if model_class == "dbksvd" else MatryoshkaDBKSVD
+    params = dict(
+        n_components=24, n_nonzero_coefs=3, max_iter=10, batch_size=500,
+        max_no_improvement=None, random_state=0,
+    )
+    reference = Model(**params).fit(X)
+    for factor in [1e18, 1e-30]:
+        model = Model(**params).fit(X * np.float32(factor))
+        assert model.components_.dtype == np.float32
+        np.testing.assert_allclose(
+            model.components_, reference.components_, rtol=1e-4, atol=1e-4
+        )
+        code = model.transform(X * np.float32(factor))
+        assert np.all(np.isfinite(code))
+        np.testing.assert_allclose(
+            code / np.float32(factor), reference.transform(X), rtol=1e-3, atol=1e-4
+        )
