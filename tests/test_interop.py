@@ -1,10 +1,10 @@
 """SAELens directories, the PyTorch matching-pursuit encoder and split sign.
 
-safetensors (in the ``tests`` extra) is needed by the directory tests and
-torch (the ``torch`` extra, not in ``tests``: a large install) by the encoder
-tests; each test skips cleanly without what it needs. The SAELens test runs
-only where ``sae-lens`` is installed (it is not in any extra: about 70
-packages, 1 GiB and 5 minutes to install).
+safetensors and torch (both in the ``tests`` extra) are needed by the
+directory and encoder tests; each test skips cleanly without what it needs.
+The tests marked ``saelens`` run only where ``sae-lens`` is installed (it is
+in no extra: about 70 packages, 1.9 GB and 5 minutes to install); ``.ci/run``
+runs them in a virtualenv of their own.
 """
 
 import copy
@@ -193,15 +193,35 @@ def test_without_torch_the_encoder_says_what_to_install(fitted, monkeypatch):
 # ----------------------------------------------------------------------
 # SAELens directories
 # ----------------------------------------------------------------------
+# (architecture, split_sign) of save_sae.
+LAYOUTS = {
+    "mp": ("matching_pursuit", None),
+    "topk": ("topk", False),
+    "topk-split": ("topk", True),
+}
+
+
+def _save(model, path, layout, **kwargs):
+    """save_sae in a layout; the nested Matryoshka warns for SAELens' MP."""
+    architecture, split = LAYOUTS[layout]
+    nested = getattr(model, "transform_mode", "full") == "nested"
+    if architecture == "matching_pursuit" and nested:
+        with pytest.warns(UserWarning, match="transform_mode='nested'"):
+            return save_sae(model, path, architecture=architecture, **kwargs)
+    return save_sae(
+        model, path, architecture=architecture, split_sign=split, **kwargs
+    )
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("variant", ["default", "positive", "matryoshka-nested"])
-@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_round_trip_gives_identical_transform(
-    fitted, data, tmp_path, dtype, variant, split
+    fitted, data, tmp_path, dtype, variant, layout
 ):
     _needs_safetensors()
     model = _variant(fitted, variant, dtype)
-    path = save_sae(model, tmp_path / "sae", split_sign=split, **HOOK)
+    path = _save(model, tmp_path / "sae", layout, **HOOK)
     loaded = load_sae(path)
     assert type(loaded) is type(model)
     assert loaded.get_params() == model.get_params()
@@ -219,12 +239,16 @@ def test_round_trip_gives_identical_transform(
 
 
 @pytest.mark.parametrize("split", [False, True])
-def test_files_have_the_documented_keys_shapes_and_dtypes(fitted, tmp_path, split):
+def test_topk_files_have_the_documented_keys_shapes_and_dtypes(
+    fitted, tmp_path, split
+):
     safetensors_numpy = _needs_safetensors()
     from safetensors import safe_open
 
     model = fitted["dbksvd", "float32"]
-    path = save_sae(model, tmp_path / "sae", split_sign=split, **HOOK)
+    path = save_sae(
+        model, tmp_path / "sae", architecture="topk", split_sign=split, **HOOK
+    )
     assert sorted(p.name for p in path.iterdir()) == [
         "cfg.json",
         "sae_weights.safetensors",
@@ -298,10 +322,75 @@ def test_files_have_the_documented_keys_shapes_and_dtypes(fitted, tmp_path, spli
     assert ours["version"]
 
 
+@pytest.mark.parametrize("variant", ["positive", "default"])
+def test_matching_pursuit_files(fitted, tmp_path, variant):
+    safetensors_numpy = _needs_safetensors()
+    model = _variant(fitted, variant, "float32")
+    positive = variant == "positive"
+    path = save_sae(model, tmp_path / "sae", **HOOK)
+    weights = safetensors_numpy.load_file(path / "sae_weights.safetensors")
+    # A tied SAE: SAELens' loader refuses extra tensors.
+    assert set(weights) == {"W_dec", "b_dec"}
+    D = model.components_
+    np.testing.assert_array_equal(
+        weights["W_dec"], D if positive else np.concatenate([D, -D])
+    )
+    assert not weights["b_dec"].any()
+    cfg = json.loads((path / "cfg.json").read_text())
+    d_sae = N_COMPONENTS if positive else 2 * N_COMPONENTS
+    expected_fields = {
+        "architecture": "matching_pursuit",
+        "d_in": N_FEATURES,
+        "d_sae": d_sae,
+        "residual_threshold": 0.0,
+        "max_iterations": K,
+        "stop_on_duplicate_support": False,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "hook_name": HOOK["hook_name"],
+        "hook_layer": 3,
+    }
+    assert {key: cfg[key] for key in expected_fields} == expected_fields
+    assert "activation_fn" not in cfg and "k" not in cfg
+    ours = cfg[CONFIG_KEY]
+    assert ours["encoder"]["split_sign"] is (not positive)
+    assert ours["signed_codes"] is False and ours["centred"] is False
+    # The split-sign layout is the only one SAELens' loop can run here.
+    with pytest.raises(ValueError, match="split_sign must be"):
+        save_sae(model, tmp_path / "b", split_sign=positive, **HOOK)
+    with pytest.raises(ValueError, match="architecture must be"):
+        save_sae(model, tmp_path / "b", architecture="jumprelu", **HOOK)
+
+
+@pytest.mark.parametrize("variant", ["tol", "refit"])
+def test_matching_pursuit_warns_when_saelens_would_differ(fitted, tmp_path, variant):
+    _needs_safetensors()
+    model = _variant(fitted, variant, "float64")
+    with pytest.warns(UserWarning, match="codes differ from transform"):
+        save_sae(model, tmp_path / "sae", **HOOK)
+
+
+def test_centring_is_b_dec_applied_to_the_input(fitted, data, tmp_path):
+    safetensors_numpy = _needs_safetensors()
+    model = copy.deepcopy(fitted["dbksvd", "float64"])
+    # The mean_ of an estimator that centres its data.
+    model.mean_ = data.mean(axis=0)
+    for architecture in ("matching_pursuit", "topk"):
+        path = save_sae(
+            model, tmp_path / architecture, architecture=architecture, **HOOK
+        )
+        cfg = json.loads((path / "cfg.json").read_text())
+        assert cfg["apply_b_dec_to_input"] is True and cfg[CONFIG_KEY]["centred"]
+        weights = safetensors_numpy.load_file(path / "sae_weights.safetensors")
+        np.testing.assert_array_equal(weights["b_dec"], model.mean_)
+        np.testing.assert_array_equal(load_sae(path).mean_, model.mean_)
+
+
 def test_matryoshka_config_records_groups_and_mode(fitted, tmp_path):
     _needs_safetensors()
     model = _variant(fitted, "matryoshka-nested", "float64")
-    path = save_sae(model, tmp_path / "sae", **HOOK)
+    with pytest.warns(UserWarning, match="nested"):
+        path = save_sae(model, tmp_path / "sae", **HOOK)
     ours = json.loads((path / "cfg.json").read_text())[CONFIG_KEY]
     assert ours["estimator"] == "MatryoshkaDBKSVD"
     assert ours["params"]["transform_mode"] == "nested"
@@ -467,8 +556,11 @@ def test_cli_export_writes_a_loadable_directory(fitted, data, tmp_path, capsys):
     save_dictionary(dictionary, model, force=False)
     out = tmp_path / "sae"
     hook = ["--hook-name", HOOK["hook_name"], "--model-name", HOOK["model_name"]]
-    assert _export(dictionary, "--format", "saelens", "-o", out, *hook) == 0
-    assert f"d_sae={N_COMPONENTS}, k=5" in capsys.readouterr().out
+    assert _export(dictionary, "--format", "saelens", "-o", out,
+                   "--architecture", "topk", *hook) == 0
+    assert f"(topk) with d_in={N_FEATURES}, d_sae={N_COMPONENTS}, k=5" in (
+        capsys.readouterr().out
+    )
     loaded = load_sae(out)
     assert type(loaded) is DBKSVDDictionaryLearning
     assert loaded.transform_n_nonzero_coefs == 5
@@ -576,7 +668,8 @@ def test_torch_encoder_loads_straight_from_a_directory(fitted, data, tmp_path):
 
     nested = MatryoshkaDBKSVD is not None
     model = _variant(fitted, "matryoshka-nested" if nested else "tol", "float64")
-    path = save_sae(model, tmp_path / "sae", split_sign=True, **HOOK)
+    with pytest.warns(UserWarning, match="codes differ"):
+        path = save_sae(model, tmp_path / "sae", split_sign=True, **HOOK)
     encoder = load_torch(path, dtype=torch.float32)
     assert encoder.dtype == torch.float32
     assert encoder.split_sign
@@ -649,15 +742,18 @@ def test_torch_encoder_on_an_accelerator(fitted, data, device):
 # ----------------------------------------------------------------------
 # SAELens itself, where installed
 # ----------------------------------------------------------------------
+@pytest.mark.saelens
 @pytest.mark.parametrize("split", [False, True])
-def test_saelens_loads_the_directory(fitted, data, tmp_path, split):
+def test_saelens_loads_the_topk_directory(fitted, data, tmp_path, split):
     pytest.importorskip("sae_lens")
     torch = _needs_torch()
     from sae_lens import SAE
 
     model = fitted["dbksvd", "float32"]
     D = model.components_
-    path = save_sae(model, tmp_path / "sae", split_sign=split, **HOOK)
+    path = save_sae(
+        model, tmp_path / "sae", architecture="topk", split_sign=split, **HOOK
+    )
     sae = SAE.load_from_disk(str(path), device="cpu")
     d_sae = 2 * N_COMPONENTS if split else N_COMPONENTS
     assert sae.cfg.architecture() == "topk"
@@ -684,3 +780,57 @@ def test_saelens_loads_the_directory(fitted, data, tmp_path, split):
     np.put_along_axis(expected, top, np.take_along_axis(corr, top, axis=1), axis=1)
     expected = split_sign(expected) if split else np.maximum(expected, 0)
     np.testing.assert_allclose(encoded, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.saelens
+@pytest.mark.parametrize("variant", ["default", "positive", "k5"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_saelens_matching_pursuit_encode_is_our_transform(
+    fitted, data, tmp_path, variant, dtype
+):
+    pytest.importorskip("sae_lens")
+    torch = _needs_torch()
+    from sae_lens import SAE
+
+    model = _variant(fitted, variant, dtype)
+    m = N_COMPONENTS
+    path = save_sae(model, tmp_path / "sae", **HOOK)
+    sae = SAE.load_from_disk(str(path), device="cpu")
+    assert sae.cfg.architecture() == "matching_pursuit"
+    assert sae.cfg.max_iterations == model._transform_n_nonzero_coefs()
+    X = data.astype(dtype)
+    codes = model.transform(X)
+    with torch.no_grad():
+        acts = sae.encode(torch.from_numpy(X)).numpy()
+        reconstruction = sae.decode(torch.from_numpy(acts)).numpy()
+    assert acts.dtype == np.dtype(dtype) and (acts >= 0).all()
+    folded = acts if variant == "positive" else acts[:, :m] - acts[:, m:]
+    _assert_same_codes(folded, codes)
+    np.testing.assert_allclose(
+        reconstruction, model.inverse_transform(codes), rtol=1e-4, atol=1e-5
+    )
+    # Decoder norms are already 1: SAELens refuses to fold them anyway.
+    with pytest.raises(NotImplementedError):
+        sae.fold_W_dec_norm()
+
+
+@pytest.mark.saelens
+def test_saelens_matching_pursuit_applies_the_mean(fitted, data, tmp_path):
+    pytest.importorskip("sae_lens")
+    torch = _needs_torch()
+    from sae_lens import SAE
+
+    model = copy.deepcopy(fitted["dbksvd", "float64"])
+    mean = data.mean(axis=0)
+    model.mean_ = mean
+    sae = SAE.load_from_disk(str(save_sae(model, tmp_path / "sae", **HOOK)))
+    with torch.no_grad():
+        acts = sae.encode(torch.from_numpy(data)).numpy()
+        reconstruction = sae.decode(torch.from_numpy(acts)).numpy()
+    # Without centring in this estimator's transform, compare with the
+    # codes of the centred data.
+    codes = fitted["dbksvd", "float64"].transform(data - mean)
+    _assert_same_codes(acts[:, :N_COMPONENTS] - acts[:, N_COMPONENTS:], codes)
+    np.testing.assert_allclose(
+        reconstruction, codes @ model.components_ + mean, rtol=1e-6, atol=1e-8
+    )

@@ -13,12 +13,14 @@ def add_parser(commands):
         "export",
         help="write a dictionary as an SAELens directory (for SAEBench)",
         description="Write the dictionary as an SAELens directory (cfg.json and "
-        "sae_weights.safetensors: W_dec = the atoms, W_enc = W_dec.T, zero "
-        "biases, architecture 'topk' with the dictionary's k) that SAELens "
-        "and SAEBench load, and that sklearn_dbksvd.interop.load_sae and "
-        "load_torch load with the exact matching-pursuit encoder. The "
-        "directory is written aside and renamed into place when complete. "
-        "Needs safetensors (pip install 'sklearn-dbksvd[torch]').",
+        "sae_weights.safetensors) that SAELens and SAEBench load: by default "
+        "SAELens' 'matching_pursuit' architecture (SAELens >= 6.26), whose "
+        "encoder is our matching pursuit (W_dec = [D; -D] for signed codes, "
+        "k steps), or 'topk' for older SAELens (a top-k approximation of the "
+        "encoder). sklearn_dbksvd.interop.load_sae and load_torch read both "
+        "with the exact encoder. The directory is written aside and renamed "
+        "into place when complete. Needs safetensors (pip install "
+        "'sklearn-dbksvd[torch]').",
     )
     export.add_argument("dictionary", help="dictionary file written by 'dbksvd fit'")
     export.add_argument(
@@ -43,9 +45,17 @@ def add_parser(commands):
         help="layer of the hook (default: read from 'blocks.<layer>.' in the name)",
     )
     export.add_argument(
+        "--architecture",
+        choices=("matching_pursuit", "topk"),
+        default="matching_pursuit",
+        help="SAELens architecture to declare (default: %(default)s)",
+    )
+    export.add_argument(
         "--split-sign",
         action="store_true",
-        help="write [D; -D] so that latents are nonnegative (d_sae = 2 m)",
+        default=None,
+        help="write [D; -D] so that latents are nonnegative (d_sae = 2 m); "
+        "implied by matching_pursuit for signed codes",
     )
     export.add_argument(
         "--dtype",
@@ -76,14 +86,18 @@ def run(args):
         hook_name=args.hook_name,
         model_name=args.model_name,
         hook_layer=args.hook_layer,
+        architecture=args.architecture,
         split_sign=args.split_sign,
         dtype=args.dtype,
         overwrite=args.force,
     )
-    n_components, n_features = model.components_.shape
-    d_sae = 2 * n_components if args.split_sign else n_components
+    import json
+
+    with open(path / "cfg.json", encoding="utf-8") as file:
+        config = json.load(file)
     print(
-        f"SAELens directory with d_in={n_features}, d_sae={d_sae}, "
+        f"SAELens directory ({config['architecture']}) with "
+        f"d_in={config['d_in']}, d_sae={config['d_sae']}, "
         f"k={model._transform_n_nonzero_coefs()}: {path}"
     )
     return 0

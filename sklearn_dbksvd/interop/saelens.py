@@ -5,57 +5,85 @@ The directory layout
 :func:`save_sae` writes a directory with two files:
 
 ``sae_weights.safetensors``
-    Four tensors, in the dtype of the dictionary (float32 or float64):
+    The tensors, in the dtype of the dictionary (float32 or float64). With
+    ``architecture="matching_pursuit"`` (the default):
 
     ========= ================= ===============================================
     key       shape             value
     ========= ================= ===============================================
-    ``W_dec`` (d_sae, d_in)     the atoms ``components_``, unit-norm rows
-    ``W_enc`` (d_in, d_sae)     ``W_dec.T``
-    ``b_enc`` (d_sae,)          zeros
-    ``b_dec`` (d_in,)           zeros: the estimators do not centre the data
+    ``W_dec`` (d_sae, d_in)     ``[D; -D]`` (``d_sae = 2 m``) for signed codes,
+                                ``D`` (``d_sae = m``) with ``positive_code``;
+                                ``D`` is ``components_``, unit-norm rows
+    ``b_dec`` (d_in,)           the estimator's ``mean_`` when it centres the
+                                data, else zeros
     ========= ================= ===============================================
+
+    SAELens' matching-pursuit SAE is tied (its encoder is ``W_dec.T``), so
+    there is no ``W_enc`` or ``b_enc``. With ``architecture="topk"`` the
+    directory also holds ``W_enc = W_dec.T`` and ``b_enc = 0``, and
+    ``W_dec`` is ``D``, or ``[D; -D]`` with ``split_sign=True``.
 
 ``cfg.json``
     The fields SAELens and SAEBench read, each written once at the top level
     as SAELens up to 5.x writes them, and repeated in a ``metadata``
-    sub-dictionary as SAELens 6 groups them: ``architecture`` (``"topk"``),
-    ``d_in``, ``d_sae``, ``k``, ``dtype``, ``device``,
-    ``apply_b_dec_to_input`` (false), ``normalize_activations``
-    (``"none"``), ``reshape_activations``, ``activation_fn``/
-    ``activation_fn_str`` (``"topk"``) with ``activation_fn_kwargs``
-    (``{"k": k}``), ``model_name``, ``hook_name``, ``hook_layer``,
+    sub-dictionary as SAELens 6 groups them: ``architecture``, ``d_in``,
+    ``d_sae``, ``dtype``, ``device``, ``apply_b_dec_to_input`` (true when the
+    estimator centres the data), ``normalize_activations`` (``"none"``),
+    ``reshape_activations``, ``model_name``, ``hook_name``, ``hook_layer``,
     ``hook_head_index``, ``context_size``, ``prepend_bos``, ``dataset_path``,
-    ``finetuning_scaling_factor``, ``neuronpedia_id``, ``seqpos_slice``. It
-    records no ``sae_lens_version``, so SAELens 6 reads the file through its
-    compatibility path for configs of earlier versions, which takes ``k``
-    from ``activation_fn_kwargs`` and the metadata from the top level.
+    ``finetuning_scaling_factor``, ``neuronpedia_id``, ``seqpos_slice``;
+    for ``"matching_pursuit"`` ``residual_threshold`` (0: no early stop),
+    ``max_iterations`` (``k``) and ``stop_on_duplicate_support`` (false);
+    for ``"topk"`` ``k`` and ``activation_fn``/``activation_fn_str``
+    (``"topk"``) with ``activation_fn_kwargs`` (``{"k": k}``). It records
+    no ``sae_lens_version``, so SAELens 6 reads the file through its
+    compatibility path for configs of earlier versions.
 
     Under the key ``"sklearn_dbksvd"`` it holds what this package needs to
     rebuild the estimator: the class name, the parameters (those that JSON
     can hold; ``dict_init``, ``code_init``, ``callback`` and a
     ``RandomState`` instance are left out and listed under
     ``dropped_params``), ``n_features_in``, ``feature_names_in``, the fitted
-    counters and ``history_``, the package version, and the ``encoder``: the
-    matching-pursuit settings of ``transform`` (``n_nonzero_coefs`` resolved,
-    ``positive``, ``tol``, ``refit``, the nested ``levels`` of a
-    :class:`~sklearn_dbksvd.MatryoshkaDBKSVD` with ``transform_mode="nested"``,
-    and ``split_sign``).
+    counters and ``history_``, the package version, ``centred``, and the
+    ``encoder``: the matching-pursuit settings of ``transform``
+    (``n_nonzero_coefs`` resolved, ``positive``, ``tol``, ``refit``, the
+    nested ``levels`` of a :class:`~sklearn_dbksvd.MatryoshkaDBKSVD` with
+    ``transform_mode="nested"``, and ``split_sign``: whether ``W_dec`` is
+    ``[D; -D]``).
 
-Matching pursuit, not top-k
----------------------------
-SAELens has no matching-pursuit architecture, so the directory declares the
-closest one it has, ``"topk"``, with the same ``k``: loaded by SAELens, the
-dictionary encodes by keeping the ``k`` largest entries of ``x @ W_enc``
-(ReLU applied). That is the first selection of matching pursuit repeated
-without updating the correlations: the same decoder, a cruder encoder. For
-the codes :meth:`transform` gives, load the directory with :func:`load_sae`
-(scikit-learn) or :func:`load_torch` (PyTorch), or convert a fitted estimator
-with :func:`to_torch`; the resulting :class:`MatchingPursuitEncoder` has the
-attributes SAEBench asks of a custom SAE (``encode``, ``decode``,
-``forward``, ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``dtype``,
-``device`` and a ``cfg`` with ``d_in``, ``d_sae``, ``hook_name``,
-``hook_layer``, ``model_name``, ...).
+SAELens runs our matching pursuit
+---------------------------------
+SAELens (from 6.26) has a ``matching_pursuit`` architecture: ``encode``
+selects, ``max_iterations`` times, the latent of largest positive
+correlation with the residual, adds that correlation to its activation and
+subtracts the atom from the residual. On ``[D; -D]`` the largest positive
+correlation is the largest ``|correlation|`` with ``D``: the signed k-step
+matching pursuit of :meth:`transform`, its codes in split-sign form
+(``acts[:, :m] - acts[:, m:]`` gives them back; max difference 5e-7 in
+float32 with sae-lens 6.54). SAELens and SAEBench therefore evaluate the
+dictionary with its own encoder. Settings that SAELens' loop cannot express
+(``mp_tol``, ``mp_refit``, nested Matryoshka levels, a
+``transform_algorithm`` other than ``"mp"``) make :func:`save_sae` warn:
+SAELens then runs ``k`` plain steps, and only :func:`load_sae` and
+:func:`load_torch` reproduce :meth:`transform`.
+
+SAEDashboard cannot fold the decoder norms of a matching-pursuit SAE
+(``fold_W_dec_norm`` raises ``NotImplementedError``; the atoms are unit-norm
+already, so there is nothing to fold): load the directory with
+``fold_W_dec_norm=False``.
+
+``architecture="topk"`` writes the layout of SAELens before 6.26: loaded by
+SAELens, the dictionary then encodes by keeping the ``k`` largest entries of
+``x @ W_enc`` (ReLU applied), the first selection of matching pursuit
+repeated without updating the correlations: the same decoder, a cruder
+encoder. :func:`load_sae` reads both layouts.
+
+For the codes :meth:`transform` gives in PyTorch, load the directory with
+:func:`load_torch`, or convert a fitted estimator with :func:`to_torch`; the
+resulting :class:`MatchingPursuitEncoder` has the attributes SAEBench asks
+of a custom SAE (``encode``, ``decode``, ``forward``, ``W_enc``, ``W_dec``,
+``b_enc``, ``b_dec``, ``dtype``, ``device`` and a ``cfg`` with ``d_in``,
+``d_sae``, ``hook_name``, ``hook_layer``, ``model_name``, ...).
 """
 
 
@@ -65,6 +93,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +130,8 @@ def _sae_config(
     prepend_bos,
     dataset_path,
     split_sign,
+    architecture,
+    centred,
 ):
     """The contents of cfg.json: SAELens/SAEBench fields and our own block."""
     from .. import __version__
@@ -139,24 +170,36 @@ def _sae_config(
             if hasattr(estimator, name)
         },
         "encoder": settings,
+        "centred": bool(centred),
         # Codes are nonnegative only with positive_code or in split-sign form.
         "signed_codes": not (settings["positive"] or split_sign),
     }
+    if architecture == "matching_pursuit":
+        encoder = {
+            # k selections for every sample, as transform makes them.
+            "residual_threshold": 0.0,
+            "max_iterations": k,
+            "stop_on_duplicate_support": False,
+        }
+    else:
+        encoder = {
+            "k": k,
+            "activation_fn": "topk",
+            "activation_fn_str": "topk",
+            "activation_fn_kwargs": {"k": k},
+        }
     return {
         # What SAELens' config classes read (5.x flat, 6.x the same names).
-        "architecture": "topk",
+        "architecture": architecture,
         "d_in": d_in,
         "d_sae": int(d_sae),
-        "k": k,
+        **encoder,
         "dtype": dtype,
         "device": "cpu",
-        "apply_b_dec_to_input": False,
+        "apply_b_dec_to_input": bool(centred),
         "normalize_activations": "none",
         # SAELens' own default: attention-output hooks are [..., heads, d_head].
         "reshape_activations": "hook_z" if "hook_z" in hook_name else "none",
-        "activation_fn": "topk",
-        "activation_fn_str": "topk",
-        "activation_fn_kwargs": {"k": k},
         "finetuning_scaling_factor": False,
         "dataset_trust_remote_code": True,
         **model_metadata,
@@ -216,6 +259,46 @@ def _check_target(directory, overwrite):
         )
 
 
+_ARCHITECTURES = ("matching_pursuit", "topk")
+
+
+def _resolve_split_sign(estimator, architecture, split_sign):
+    positive = bool(estimator.positive_code)
+    if split_sign is None:
+        return architecture == "matching_pursuit" and not positive
+    split_sign = bool(split_sign)
+    if architecture == "matching_pursuit" and split_sign == positive:
+        # SAELens' loop takes the largest *positive* correlation: on D it
+        # is positive matching pursuit, on [D; -D] the signed one.
+        raise ValueError(
+            "with architecture='matching_pursuit', split_sign must be "
+            f"{not positive} for an estimator with positive_code={positive}: "
+            "SAELens' matching pursuit keeps positive activations only."
+        )
+    return split_sign
+
+
+def _warn_if_saelens_differs(estimator):
+    settings = _encoder_settings(estimator)
+    differences = []
+    if settings["algorithm"] != "mp":
+        differences.append(f"transform_algorithm={settings['algorithm']!r}")
+    if settings["tol"] is not None:
+        differences.append(f"mp_tol={settings['tol']}")
+    if settings["refit"]:
+        differences.append("mp_refit=True")
+    if settings["levels"] is not None:
+        differences.append("transform_mode='nested'")
+    if differences:
+        warnings.warn(
+            "SAELens' matching pursuit makes k plain selections; with "
+            f"{', '.join(differences)} its codes differ from transform's. "
+            "load_sae and load_torch reproduce transform.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def save_sae(
     estimator,
     directory,
@@ -227,7 +310,8 @@ def save_sae(
     context_size=None,
     prepend_bos=True,
     dataset_path=None,
-    split_sign=False,
+    architecture="matching_pursuit",
+    split_sign=None,
     dtype=None,
     overwrite=False,
 ):
@@ -261,9 +345,17 @@ def save_sae(
         Whether the activations were taken with a BOS token prepended.
     dataset_path : str, default=None
         Dataset the activations came from, if known.
-    split_sign : bool, default=False
+    architecture : {"matching_pursuit", "topk"}, default="matching_pursuit"
+        SAELens architecture to declare. ``"matching_pursuit"`` (SAELens
+        >= 6.26) makes SAELens and SAEBench encode with our matching
+        pursuit; ``"topk"`` is for older SAELens, which then encodes with a
+        top-k approximation (see the module documentation).
+    split_sign : bool, default=None
         Write the split-sign dictionary ``[D; -D]`` (``d_sae = 2 *
-        n_components``), for tools that expect nonnegative latents.
+        n_components``), for tools that expect nonnegative latents. None:
+        true for ``"matching_pursuit"`` with signed codes (SAELens' loop
+        keeps positive activations only, so the signs need their own
+        latents), false otherwise.
     dtype : {"float32", "float64"}, default=None
         Dtype of the tensors; None keeps the dtype of ``components_``.
         :func:`load_sae` gives back ``components_`` in this dtype.
@@ -287,6 +379,13 @@ def save_sae(
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f"model_name must be a non-empty str; got {model_name!r}.")
     hook_layer = _resolve_hook_layer(hook_name, hook_layer)
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(
+            f"architecture must be one of {_ARCHITECTURES}; got {architecture!r}."
+        )
+    split_sign = _resolve_split_sign(estimator, architecture, split_sign)
+    if architecture == "matching_pursuit":
+        _warn_if_saelens_differs(estimator)
     components = estimator.components_
     if dtype is None:
         dtype = np.dtype(components.dtype).name
@@ -299,12 +398,19 @@ def save_sae(
     atoms = np.asarray(components, dtype=_DTYPES[dtype])
     W_dec = np.concatenate([atoms, -atoms]) if split_sign else atoms
     W_dec = np.ascontiguousarray(W_dec)
-    tensors = {
-        "W_dec": W_dec,
-        "W_enc": np.ascontiguousarray(W_dec.T),
-        "b_enc": np.zeros(W_dec.shape[0], dtype=W_dec.dtype),
-        "b_dec": np.zeros(W_dec.shape[1], dtype=W_dec.dtype),
-    }
+    # Centring (the estimator's mean_, when it has one) is SAELens' b_dec
+    # applied to the input: encode x - b_dec, decode codes @ W_dec + b_dec.
+    mean = getattr(estimator, "mean_", None)
+    centred = mean is not None
+    b_dec = (
+        np.asarray(mean, dtype=W_dec.dtype).reshape(-1)
+        if centred
+        else np.zeros(W_dec.shape[1], dtype=W_dec.dtype)
+    )
+    tensors = {"W_dec": W_dec, "b_dec": np.ascontiguousarray(b_dec)}
+    if architecture == "topk":
+        tensors["W_enc"] = np.ascontiguousarray(W_dec.T)
+        tensors["b_enc"] = np.zeros(W_dec.shape[0], dtype=W_dec.dtype)
     config = _sae_config(
         estimator,
         d_sae=W_dec.shape[0],
@@ -317,6 +423,8 @@ def save_sae(
         prepend_bos=prepend_bos,
         dataset_path=dataset_path,
         split_sign=split_sign,
+        architecture=architecture,
+        centred=centred,
     )
     text = json.dumps(config, indent=2, allow_nan=False)
 
@@ -364,7 +472,9 @@ def load_sae(directory):
     estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
         Fitted estimator with ``components_``, ``n_features_in_`` (and
         ``feature_names_in_``, ``n_iter_``, ``n_steps_``,
-        ``n_samples_seen_``, ``history_`` when saved).
+        ``n_samples_seen_``, ``history_``, ``mean_`` when saved). Both
+        layouts are read: ``"matching_pursuit"`` and the ``"topk"`` one of
+        earlier versions.
 
     See Also
     --------
@@ -400,6 +510,8 @@ def load_sae(directory):
         estimator.feature_names_in_ = np.asarray(ours["feature_names_in"], dtype=object)
     for attribute, value in ours.get("fitted", {}).items():
         setattr(estimator, attribute, value)
+    if ours.get("centred"):
+        estimator.mean_ = np.array(weights["b_dec"], dtype=components.dtype)
     # partial_fit continues from the fit's generator, which is not saved.
     estimator._random_state = check_random_state(estimator.random_state)
     return estimator
