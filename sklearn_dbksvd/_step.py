@@ -5,6 +5,8 @@ Memory: besides the batch, a step holds one dense array of the batch's shape
 exist one block of samples at a time (see ``_encode._BLOCK_BYTES``).
 """
 
+import weakref
+
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import sparse_encode
@@ -31,6 +33,34 @@ def _row_blocks(n_samples, n_features, itemsize):
     return [slice(i, min(i + step, n_samples)) for i in range(0, n_samples, step)]
 
 
+# The Gram matrix of the atoms the last step returned, when that step had it
+# exactly (its coherence check computes it): the next step on those atoms
+# encodes with it instead of computing it again, so that a step computes
+# ``D Dᵀ`` once. One entry: a weak reference to the returned atoms (the entry
+# dies with them), a copy of them (atoms changed in place in between are
+# never paired with a stale matrix) and the backend's namespace.
+_last_gram = None
+
+
+def _remember_gram(components, gram, backend):
+    global _last_gram
+    _last_gram = (weakref.ref(components), components.copy(), backend.xp, gram)
+
+
+def _recall_gram(components, backend):
+    """The remembered Gram matrix of ``components`` (the same array), or None."""
+    global _last_gram
+    entry, _last_gram = _last_gram, None
+    if entry is None:
+        return None
+    ref, snapshot, xp, gram = entry
+    if ref() is not components or xp is not backend.xp:
+        return None
+    if not np.array_equal(components, snapshot):
+        return None
+    return gram
+
+
 def _as_backend(backend, X):
     if isinstance(backend, _backend.ArrayBackend):
         return backend
@@ -50,16 +80,19 @@ def encode_batch(
     backend=None,
     alpha=None,
     max_iter=1000,
+    gram=None,
 ):
     """Sparse codes of a batch as CSR, by matching pursuit, Batch-OMP or a lasso.
 
     ``backend`` ("numpy", "cupy" or an ``ArrayBackend``; default from ``X``)
     runs the products ``X Dᵀ`` and ``D Dᵀ``. "lars" and "cd" are
     scikit-learn's lasso coders with penalty ``alpha`` and ``max_iter``
-    iterations (``MiniBatchDictionaryLearning``'s).
+    iterations (``MiniBatchDictionaryLearning``'s). ``gram`` is ``D Dᵀ`` if
+    known.
     """
     backend = _as_backend(backend, X)
-    gram = _backend.gram(backend, components)
+    if gram is None:
+        gram = _backend.gram(backend, components)
     if algorithm == "mp":
         indices, values = _mp_encode(
             X,
@@ -194,23 +227,81 @@ def clear_dictionary(
     dead atoms from unlucky ones: nothing is replaced. With ``positive_dict``
     the new atoms are nonnegative (see ``_replace.replace_atoms``).
     """
+    return _clear_dictionary(
+        components, codes, residual, n_nonzero_coefs=n_nonzero_coefs,
+        min_usage=min_usage, max_coherence=max_coherence,
+        positive_dict=positive_dict, positive_code=positive_code,
+        backend=_backend.ArrayBackend(np),
+    )[0]
+
+
+def _clear_dictionary(
+    components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence,
+    positive_dict, positive_code, backend,
+):
+    """:func:`clear_dictionary`, and the Gram matrix of the final atoms or None.
+
+    Rare and unused atoms are replaced first, by the worst-fitted samples'
+    residuals; the coherence check then runs on the Gram matrix of the atoms
+    so obtained (new ones included, so a new atom that duplicates another is
+    caught too), and the less used atom of each near-duplicate pair takes the
+    next worst sample. The Gram matrix is returned when no duplicate was
+    replaced: it is then exactly that of the final atoms. With
+    ``positive_dict`` rare atoms and duplicates (found by blocks of overlaps)
+    are replaced together by ``_replace.replace_atoms``.
+    """
     n_samples, n_components = codes.shape
     usage = np.diff(codes.indptr)
     mean_usage = n_samples * n_nonzero_coefs / n_components
     if mean_usage < 1:
-        return 0
-    atoms = atoms_to_replace(
-        components,
-        usage,
-        min_usage=min_usage * mean_usage,
-        max_coherence=max_coherence,
-    )
-    return len(
-        replace_atoms(
+        return 0, None
+    if positive_dict:
+        atoms = atoms_to_replace(
+            components, usage, min_usage=min_usage * mean_usage,
+            max_coherence=max_coherence,
+        )
+        replaced = replace_atoms(
             components, atoms, residual,
             positive_dict=positive_dict, positive_code=positive_code,
         )
+        return len(replaced), None
+    rare = atoms_to_replace(
+        components, usage, min_usage=min_usage * mean_usage, max_coherence=1.0
     )
+    # Worst-fitted samples first, as in ``replace_atoms``; one per new atom.
+    norms = np.sqrt(np.einsum("ij,ij->i", residual, residual))
+    worst = np.argsort(norms, kind="stable")[::-1][: np.count_nonzero(norms > 0)]
+    rare = rare[: len(worst)]
+    components[rare] = residual[worst[: len(rare)]] / norms[worst[: len(rare)], None]
+    if max_coherence >= 1:
+        return len(rare), None
+    gram = _backend.gram(backend, components)
+    duplicates = _near_duplicates(gram, usage, max_coherence)
+    duplicates = duplicates[: len(worst) - len(rare)]
+    if len(duplicates) == 0:
+        return len(rare), gram
+    rows = worst[len(rare) : len(rare) + len(duplicates)]
+    components[duplicates] = residual[rows] / norms[rows, None]
+    return len(np.union1d(rare, duplicates)), None
+
+
+def _near_duplicates(gram, usage, max_coherence):
+    """The less used atom of each pair with ``|G_ij| > max_coherence`` (sorted).
+
+    On a tie the later atom; pairs ``j > i`` only, one block of rows at a time.
+    """
+    n_components = len(gram)
+    step = max(1, _PASS_BLOCK_BYTES // (n_components * gram.itemsize))
+    losers = np.zeros(n_components, dtype=bool)
+    for start in range(0, n_components, step):
+        block = np.abs(gram[start : start + step, start:])
+        i, j = np.nonzero(block > max_coherence)
+        i += start
+        j += start
+        upper = j > i
+        i, j = i[upper], j[upper]
+        losers[np.where(usage[i] < usage[j], i, j)] = True
+    return np.flatnonzero(losers)
 
 
 def dbksvd_step(
@@ -287,10 +378,14 @@ def dbksvd_step(
         atom update (before replacement) and ``n_replaced``.
     """
     backend = _as_backend(backend, X)
+    gram = None
+    if codes is None:
+        gram = _recall_gram(components, backend)
     components = _backend.to_numpy(components).copy()
     residual = None
     if codes is None and fit_algorithm == "mp":
-        gram = _backend.gram(backend, components)
+        if gram is None:
+            gram = _backend.gram(backend, components)
         indices, values, residual = _mp_encode(
             X,
             components,
@@ -317,7 +412,9 @@ def dbksvd_step(
             backend=backend,
             alpha=alpha,
             max_iter=max_iter,
+            gram=gram,
         )
+        del gram
     residual, codes = refit_atoms(
         X,
         components,
@@ -341,7 +438,7 @@ def dbksvd_step(
         if fit_algorithm in _LASSO_CODERS:
             # The lasso has no budget: judge usage against its mean support.
             n_nonzero_coefs = codes.nnz / max(1, codes.shape[0])
-        info["n_replaced"] = clear_dictionary(
+        info["n_replaced"], final_gram = _clear_dictionary(
             components,
             codes,
             residual,
@@ -350,5 +447,8 @@ def dbksvd_step(
             max_coherence=replace_coherence,
             positive_dict=positive_dict,
             positive_code=positive,
+            backend=backend,
         )
+        if final_gram is not None:
+            _remember_gram(components, final_gram, backend)
     return components, info

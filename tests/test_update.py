@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd._step import dbksvd_step
+from sklearn_dbksvd import _backend, _step
+from sklearn_dbksvd._step import clear_dictionary, dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
 from tests import _helpers
 from tests.test_encode import textbook_matching_pursuit
@@ -145,3 +147,42 @@ def test_replacement_removes_duplicates_and_dead_atoms():
     overlap = np.abs(atoms @ atoms.T) - np.eye(len(atoms))
     assert overlap.max() < 0.99
     assert info["n_replaced"] >= 2
+
+
+def test_replacement_catches_a_new_atom_that_duplicates_another():
+    rng = np.random.RandomState(0)
+    atoms = np.linalg.qr(rng.randn(8, 8))[0][:5].copy()
+    residual = np.zeros((6, 8))
+    residual[0] = 3 * atoms[1]  # the worst sample duplicates atom 1
+    residual[1] = 2 * np.linalg.qr(rng.randn(8, 8))[0][7]
+    codes = sp.csc_matrix(np.array([[1, 1, 1, 1, 0]] * 6, dtype=float))
+    n = clear_dictionary(
+        atoms, codes, residual, n_nonzero_coefs=4, min_usage=0.5, max_coherence=0.99
+    )
+    # Atom 4 is unused: it takes the worst sample, a copy of atom 1, then, as
+    # the less used of the pair, the next worst one.
+    assert n == 1
+    np.testing.assert_allclose(atoms[4], residual[1] / 2)
+
+
+def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
+    calls = []
+    gram = _backend.gram
+    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
+    X, start = planted()
+    first, _ = dbksvd_step(X, start, **_helpers.step_settings())
+    calls.clear()
+    second, info = dbksvd_step(X, first, **_helpers.step_settings())
+    assert len(calls) == 1  # the coherence check's, reused by the encoder
+    # The same step without the remembered matrix gives the same atoms.
+    _step._last_gram = None
+    fresh, fresh_info = dbksvd_step(X, first.copy(), **_helpers.step_settings())
+    np.testing.assert_array_equal(second, fresh)
+    assert info == fresh_info
+    # Atoms changed in place are never paired with their old Gram matrix.
+    third, _ = dbksvd_step(X, first, **_helpers.step_settings())
+    third[:] = start
+    calls.clear()
+    changed, _ = dbksvd_step(X, third, **_helpers.step_settings())
+    assert len(calls) == 2
+    np.testing.assert_array_equal(changed, dbksvd_step(X, start, **_helpers.step_settings())[0])
