@@ -16,7 +16,9 @@ from ._io import UserError
 # The subcommands, in the order ``dbksvd --help`` lists them: each module has
 # ``add_parser(commands)``, which sets ``run`` as the handler. They import
 # their heavy dependencies inside ``run``, so ``--help`` stays fast.
-SUBCOMMANDS = ("demo", "harvest", "fit", "encode", "report", "export", "evaluate")
+SUBCOMMANDS = (
+    "demo", "harvest", "fit", "encode", "report", "export", "evaluate", "dashboard",
+)
 
 
 def build_parser():

@@ -32,6 +32,7 @@ _LAZY = {
     "read_manifest": "_store",
     "is_harvest": "_store",
     "TOKEN_DTYPE": "_store",
+    "build_dashboard": "dashboard",
 }
 
 __all__ = sorted(_LAZY)

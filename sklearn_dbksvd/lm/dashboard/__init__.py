@@ -1,0 +1,135 @@
+"""A browsable dashboard of what each atom of a dictionary means.
+
+:func:`build_dashboard` encodes the rows of a harvest directory chunk by
+chunk and writes a static site that opens from disk (``file://``, no server,
+nothing fetched from a network):
+
+``index.html``
+    Every atom with its usage frequency, mean ``|code|`` over its uses, the
+    largest ``|cos|`` to another atom, the tokens of its strongest uses and,
+    with a model, the tokens it promotes; sortable and filterable.
+``atoms/NNNNN.html``
+    One page per atom: its strongest uses in context (``window`` tokens each
+    side, every token shaded by the atom's code there, positive and negative
+    codes in different colours), examples from quantiles of a uniform sample
+    of its uses, a histogram of its nonzero codes and, with a model, the
+    tokens it promotes and suppresses through the unembedding.
+``atoms.json``
+    The index's table, for scripts.
+
+Memory is bounded by the dictionary, not by the harvest: only the CSR codes
+of one chunk exist at a time, and per atom only ``n_top + n_samples``
+examples and a histogram of fixed size are kept.
+"""
+
+from pathlib import Path
+
+from ._site import build_site
+
+__all__ = ["build_dashboard", "build_site"]
+
+
+def _tokenizer_of(settings):
+    """The tokenizer of the harvested model from the local cache, or None."""
+    name = settings.get("model_name")
+    if not name:
+        return None
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, local_files_only=not Path(name).exists()
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def build_dashboard(
+    estimator, acts_dir, output, *, model=None, tokenizer=None, n_top=20,
+    n_samples=32, n_quantiles=5, per_quantile=4, window=8, n_effects=10,
+    chunk_size=None, n_jobs=None, random_state=0, overwrite=False, title=None,
+    progress=False,
+):
+    """Write a static site showing what each atom of ``estimator`` means.
+
+    Parameters
+    ----------
+    estimator : fitted DBKSVDDictionaryLearning or MatryoshkaDBKSVD
+        Its ``transform`` settings (``transform_n_nonzero_coefs``) encode the
+        rows; the estimator itself is not modified.
+    acts_dir : str or path-like
+        Harvest directory of :func:`~sklearn_dbksvd.lm.harvest_activations`
+        (activations, tokens and documents).
+    output : str or path-like
+        Directory of the site. It is built in a temporary directory next to
+        it and renamed into place at the end, so a failed or killed build
+        leaves no half-written site.
+    model : str, path-like or transformers.PreTrainedModel, default=None
+        The language model, for the logit effects of the atoms (the tokens
+        an atom promotes and suppresses, ``W_U @ (gamma * d)`` with the final
+        norm's scale ``gamma`` folded in); a name or path is loaded with
+        :func:`~sklearn_dbksvd.lm.load_model`.
+    tokenizer : transformers tokenizer, default=None
+        Decodes the tokens. Default: the model's when ``model`` is a name or
+        path, else the harvested model's tokenizer from the local Hugging
+        Face cache if it is there, else tokens are shown as ``#id``.
+    n_top : int, default=20
+        Strongest uses (largest ``|code|``) shown per atom.
+    n_samples : int, default=32
+        Uses sampled uniformly per atom for the quantile examples.
+    n_quantiles : int, default=5
+        Bands of ``|code|`` the sample is cut into.
+    per_quantile : int, default=4
+        Examples shown per band.
+    window : int, default=8
+        Tokens of context on each side of an example.
+    n_effects : int, default=10
+        Promoted and suppressed tokens listed per atom.
+    chunk_size : int, default=None
+        Rows encoded at once; default: within 256 MiB.
+    n_jobs : int, default=None
+        Threads of the encoder; default: the estimator's.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the uniform samples.
+    overwrite : bool, default=False
+        Replace an existing ``output``.
+    title : str, default=None
+        Title of the site.
+    progress : bool, default=False
+        Show a progress bar (needs tqdm).
+
+    Returns
+    -------
+    output : Path
+        The site's directory; open ``output / "index.html"`` in a browser.
+    """
+    from .. import _store
+
+    manifest = _store.read_manifest(acts_dir)
+    settings = manifest.get("settings", {})
+    X = _store.load_activations(acts_dir)
+    tokens = _store.load_tokens(acts_dir)
+    documents = _store.load_documents(acts_dir)
+    if isinstance(model, str | Path):
+        from .._model import load_model
+
+        model, model_tokenizer = load_model(model)
+        tokenizer = tokenizer if tokenizer is not None else model_tokenizer
+    if tokenizer is None:
+        tokenizer = _tokenizer_of(settings)
+    where = settings.get("hook_name") or settings.get("module") or "?"
+    summary = [
+        f"Harvest: {Path(acts_dir).resolve()} ({manifest.get('n_rows', X.shape[0])} "
+        f"rows, model {settings.get('model_name', '?')}, {where})."
+    ]
+    if title is None and settings.get("model_name"):
+        title = f"{type(estimator).__name__} on {settings['model_name']} ({where})"
+    return build_site(
+        estimator, X, tokens, output, documents=documents, tokenizer=tokenizer,
+        model=model, title=title, summary=summary, n_top=n_top,
+        n_samples=n_samples, n_quantiles=n_quantiles, per_quantile=per_quantile,
+        window=window, n_effects=n_effects, chunk_size=chunk_size, n_jobs=n_jobs,
+        random_state=random_state, overwrite=overwrite, progress=progress,
+    )

@@ -1,0 +1,94 @@
+// Index of the dashboard: sorts and filters the inline table of atoms.
+// Reads its data from the page itself (file:// pages cannot fetch files).
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("atom-data").textContent);
+  var rows = data.rows;
+  var PAGE = 200;
+  var state = { key: "frequency", desc: true, page: 0 };
+  var tbody = document.querySelector("#atoms tbody");
+  var filter = document.getElementById("filter");
+  var minfreq = document.getElementById("minfreq");
+  var hidedead = document.getElementById("hidedead");
+
+  function fmt(value) {
+    if (value === 0) { return "0"; }
+    return Math.abs(value) >= 0.001 ? value.toPrecision(3) : value.toExponential(2);
+  }
+
+  function cell(tr, text, cls) {
+    var td = document.createElement("td");
+    if (cls) { td.className = cls; }
+    td.textContent = text;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function selected() {
+    var needle = filter.value.toLowerCase();
+    var least = parseFloat(minfreq.value) || 0;
+    var kept = rows.filter(function (row) {
+      if (hidedead.checked && row.count === 0) { return false; }
+      if (row.frequency < least) { return false; }
+      if (!needle) { return true; }
+      return (row.top_tokens + "\u0000" + row.promoted).toLowerCase().indexOf(needle) >= 0;
+    });
+    var key = state.key, sign = state.desc ? -1 : 1;
+    kept.sort(function (a, b) {
+      var x = a[key], y = b[key];
+      if (x < y) { return -sign; }
+      if (x > y) { return sign; }
+      return a.atom - b.atom;
+    });
+    return kept;
+  }
+
+  function render() {
+    var kept = selected();
+    var pages = Math.max(1, Math.ceil(kept.length / PAGE));
+    state.page = Math.min(state.page, pages - 1);
+    var fragment = document.createDocumentFragment();
+    kept.slice(state.page * PAGE, (state.page + 1) * PAGE).forEach(function (row) {
+      var tr = document.createElement("tr");
+      if (row.count === 0) { tr.className = "dead"; }
+      var link = document.createElement("a");
+      link.href = "atoms/" + String(row.atom).padStart(5, "0") + ".html";
+      link.textContent = row.atom;
+      cell(tr, "", "num").appendChild(link);
+      cell(tr, fmt(row.frequency), "num");
+      cell(tr, fmt(row.mean_abs), "num");
+      cell(tr, fmt(row.max_abs_cos), "num");
+      cell(tr, row.top_tokens, "tok");
+      if (data.has_effects) { cell(tr, row.promoted, "tok"); }
+      fragment.appendChild(tr);
+    });
+    tbody.replaceChildren(fragment);
+    document.getElementById("shown").textContent =
+      kept.length + " of " + rows.length + " atoms";
+    document.getElementById("page").textContent = "page " + (state.page + 1) + " of " + pages;
+    document.querySelectorAll("#atoms th").forEach(function (th) {
+      th.classList.remove("asc", "desc");
+      if (th.dataset.key === state.key) { th.classList.add(state.desc ? "desc" : "asc"); }
+    });
+    document.body.dataset.rendered = String(kept.length);
+  }
+
+  document.querySelectorAll("#atoms th").forEach(function (th) {
+    th.addEventListener("click", function () {
+      if (state.key === th.dataset.key) { state.desc = !state.desc; }
+      else { state.key = th.dataset.key; state.desc = th.dataset.key !== "atom" && th.dataset.key !== "top_tokens"; }
+      state.page = 0;
+      render();
+    });
+  });
+  [filter, minfreq, hidedead].forEach(function (input) {
+    input.addEventListener("input", function () { state.page = 0; render(); });
+  });
+  document.getElementById("prev").addEventListener("click", function () {
+    state.page = Math.max(0, state.page - 1); render();
+  });
+  document.getElementById("next").addEventListener("click", function () {
+    state.page += 1; render();
+  });
+  render();
+}());
