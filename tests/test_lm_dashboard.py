@@ -4,7 +4,6 @@ import html
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,7 +213,9 @@ def _decode(ids):
 def _centre_tokens(page):
     return [
         html.unescape(text)
-        for text in re.findall(r'<span class="t [^"]*\bc" title="[^"]*">([^<]*)</span>', page)
+        for text in re.findall(
+            r'<span class="t [^"]*\bc" title="[^"]*">([^<]*)</span>', page
+        )
     ]
 
 
@@ -226,8 +227,15 @@ def planted_site(tmp_path_factory):
     ).fit(X)
     output = tmp_path_factory.mktemp("dash") / "site"
     build_site(
-        estimator, X, tokens, output, documents=documents, decode=_decode,
-        chunk_size=333, n_top=10, title="planted <test>",
+        estimator,
+        X,
+        tokens,
+        output,
+        documents=documents,
+        decode=_decode,
+        chunk_size=333,
+        n_top=10,
+        title="planted <test>",
     )
     return output, estimator, direction
 
@@ -247,7 +255,8 @@ def test_planted_atom_page_lists_the_token_first(planted_site):
     # Other atoms do not list it first.
     others = [
         _centre_tokens((output / _render.atom_file(a)).read_text(encoding="utf-8"))
-        for a in range(12) if a != atom
+        for a in range(12)
+        if a != atom
     ]
     assert all(c[:1] != [f"tok<{PLANTED}>"] for c in others)
 
@@ -280,7 +289,9 @@ def test_site_files_and_links(planted_site):
 
 def test_build_is_atomic_and_leaves_estimator(tmp_path):
     X, tokens, documents, _ = _planted_data(300)
-    estimator = DBKSVDDictionaryLearning(4, n_nonzero_coefs=2, max_iter=2, random_state=0)
+    estimator = DBKSVDDictionaryLearning(
+        4, n_nonzero_coefs=2, max_iter=2, random_state=0
+    )
     estimator.fit(X)
     params = estimator.get_params()
     output = tmp_path / "site"
@@ -309,9 +320,19 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not insta
 
 def _chromium(url, *flags):
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--enable-logging=stderr", "--v=0", *flags, url],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            *flags,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     return result, console
@@ -319,7 +340,9 @@ def _chromium(url, *flags):
 
 def _screenshot(page, path):
     result, console = _chromium(
-        page.as_uri(), f"--screenshot={path}", "--window-size=1100,1300",
+        page.as_uri(),
+        f"--screenshot={path}",
+        "--window-size=1100,1300",
         "--hide-scrollbars",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -360,3 +383,139 @@ def test_chromium_renders_index_and_atom_page(planted_site, tmp_path):
     assert console == []
     assert 'data-rendered="12"' in result.stdout
     assert result.stdout.count('"num"><a href="atoms/') == 12
+
+
+# ----------------------------------------------------------------------
+# A planted language model, harvested, fitted, shown
+# ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory):
+    """A tiny Llama whose layer 0 output gets a direction added at token w7.
+
+    Its unembedding row of w9 is made to read that direction, so the atom
+    that recovers it promotes w9.
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from sklearn_dbksvd.lm import harvest_activations, load_activations
+    from sklearn_dbksvd.lm._model import output_tensor, replace_output
+
+    from ._lm_models import random_texts, tiny_llama, tiny_tokenizer
+
+    tokenizer, model = tiny_tokenizer(), tiny_llama()
+    planted, read = tokenizer.convert_tokens_to_ids(["w7", "w9"])
+    rng = np.random.RandomState(0)
+    direction = rng.randn(32).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+    added = torch.from_numpy(direction)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[read] = 3 * added
+    seen = {}
+
+    def keep_ids(module, args, kwargs):
+        seen["ids"] = kwargs["input_ids"]
+
+    def plant(module, inputs, output):
+        hidden = output_tensor(output)
+        at_token = (seen["ids"] == planted).unsqueeze(-1).to(hidden.dtype)
+        return replace_output(output, hidden + 4 * at_token * added)
+
+    hooks = [
+        model.register_forward_pre_hook(keep_ids, with_kwargs=True),
+        model.model.layers[0].register_forward_hook(plant),
+    ]
+    acts = tmp_path_factory.mktemp("planted") / "acts"
+    try:
+        harvest_activations(
+            model,
+            tokenizer,
+            random_texts(40, (20, 40), seed=1),
+            layer=0,
+            output=acts,
+            context_size=32,
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    estimator = DBKSVDDictionaryLearning(
+        16, n_nonzero_coefs=2, max_iter=5, random_state=0
+    ).fit(load_activations(acts))
+    return model, tokenizer, acts, estimator, direction
+
+
+def _logit_tokens(page, which):
+    block = page.split(f"<h3>{which}</h3>")[1].split("</table>")[0]
+    return [
+        html.unescape(t)
+        for t in re.findall(r'<td class="tok [a-z]+">([^<]*)</td>', block)
+    ]
+
+
+def test_planted_model_dashboard(planted_model, tmp_path):
+    from sklearn_dbksvd.lm import build_dashboard
+
+    model, tokenizer, acts, estimator, direction = planted_model
+    cos = estimator.components_ @ direction
+    atom = int(np.argmax(np.abs(cos)))
+    assert abs(cos[atom]) > 0.9
+    site = build_dashboard(
+        estimator, acts, tmp_path / "site", model=model, tokenizer=tokenizer, n_top=8
+    )
+    page = (site / _render.atom_file(atom)).read_text(encoding="utf-8")
+    assert _centre_tokens(page)[:8] == ["w7"] * 8
+    # The BOS of each document is in the contexts, not harvested.
+    assert 'class="t x" title="not harvested">&lt;s&gt;</span>' in page
+    # Through the unembedding: the atom (or its negative) reads w9.
+    listed = "promoted" if cos[atom] > 0 else "suppressed"
+    assert _logit_tokens(page, listed)[0] == "w9"
+    assert "LlamaRMSNorm" in page
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "promotes" in index
+
+
+def test_cli_dashboard(planted_model, tmp_path, capsys):
+    from sklearn_dbksvd.cli import main
+    from sklearn_dbksvd.cli._io import save_dictionary
+
+    model, tokenizer, acts, estimator, direction = planted_model
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    save_dictionary(tmp_path / "dict.npz", estimator, force=True)
+    site = tmp_path / "site"
+    command = [
+        "dashboard",
+        str(tmp_path / "dict.npz"),
+        str(acts),
+        "-o",
+        str(site),
+        "-q",
+    ]
+    assert main([*command, "--model", str(model_dir), "--top", "5"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    atom = int(np.argmax(np.abs(estimator.components_ @ direction)))
+    page = (site / _render.atom_file(atom)).read_text(encoding="utf-8")
+    assert _centre_tokens(page)[:5] == ["w7"] * 5
+    assert (
+        "w9"
+        in _logit_tokens(page, "promoted")[:1] + _logit_tokens(page, "suppressed")[:1]
+    )
+    # Errors are one line, and leave the site alone.
+    assert main(command) == 1
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "dashboard",
+                str(tmp_path / "dict.npz"),
+                str(tmp_path),
+                "-o",
+                str(tmp_path / "other"),
+            ]
+        )
+        == 1
+    )
+    assert "not a harvest directory" in capsys.readouterr().err
+    assert main([*command, "--force"]) == 0  # tokenizer: none cached, ids shown
+    assert "#" in (site / _render.atom_file(atom)).read_text(encoding="utf-8")

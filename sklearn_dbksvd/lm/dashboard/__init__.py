@@ -47,9 +47,23 @@ def _tokenizer_of(settings):
 
 
 def build_dashboard(
-    estimator, acts_dir, output, *, model=None, tokenizer=None, n_top=20,
-    n_samples=32, n_quantiles=5, per_quantile=4, window=8, n_effects=10,
-    chunk_size=None, n_jobs=None, random_state=0, overwrite=False, title=None,
+    estimator,
+    acts_dir,
+    output,
+    *,
+    model=None,
+    tokenizer=None,
+    n_top=20,
+    n_samples=32,
+    n_quantiles=5,
+    per_quantile=4,
+    window=8,
+    n_effects=10,
+    chunk_size=None,
+    n_jobs=None,
+    random_state=0,
+    overwrite=False,
+    title=None,
     progress=False,
 ):
     """Write a static site showing what each atom of ``estimator`` means.
@@ -127,9 +141,24 @@ def build_dashboard(
     if title is None and settings.get("model_name"):
         title = f"{type(estimator).__name__} on {settings['model_name']} ({where})"
     return build_site(
-        estimator, X, tokens, output, documents=documents, tokenizer=tokenizer,
-        model=model, title=title, summary=summary, n_top=n_top,
-        n_samples=n_samples, n_quantiles=n_quantiles, per_quantile=per_quantile,
-        window=window, n_effects=n_effects, chunk_size=chunk_size, n_jobs=n_jobs,
-        random_state=random_state, overwrite=overwrite, progress=progress,
+        estimator,
+        X,
+        tokens,
+        output,
+        documents=documents,
+        tokenizer=tokenizer,
+        model=model,
+        title=title,
+        summary=summary,
+        n_top=n_top,
+        n_samples=n_samples,
+        n_quantiles=n_quantiles,
+        per_quantile=per_quantile,
+        window=window,
+        n_effects=n_effects,
+        chunk_size=chunk_size,
+        n_jobs=n_jobs,
+        random_state=random_state,
+        overwrite=overwrite,
+        progress=progress,
     )

@@ -82,7 +82,11 @@ def unembedding_directions(model, components):
         directions = directions - directions.mean(axis=1, keepdims=True)
     gamma = module.weight.detach().float().cpu().numpy()
     # Some RMSNorms (Gemma) scale by 1 + weight.
-    if getattr(getattr(model, "config", None), "model_type", "") in {"gemma", "gemma2", "gemma3"}:
+    if getattr(getattr(model, "config", None), "model_type", "") in {
+        "gemma",
+        "gemma2",
+        "gemma3",
+    }:
         gamma = 1 + gamma
     return directions * gamma, name
 
@@ -125,8 +129,10 @@ def logit_effects(model, components, n_tokens=10, block=256):
     out = {
         key: np.zeros((n, n_tokens), dtype)
         for key, dtype in [
-            ("promoted", np.int64), ("suppressed", np.int64),
-            ("promoted_logits", np.float32), ("suppressed_logits", np.float32),
+            ("promoted", np.int64),
+            ("suppressed", np.int64),
+            ("promoted_logits", np.float32),
+            ("suppressed_logits", np.float32),
         ]
     }
     with torch.no_grad():

@@ -52,7 +52,7 @@ def _page(title, body, root, scripts=()):
         f'<script src="{root}{html.escape(src)}"></script>' for src in scripts
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>"
         f'<link rel="stylesheet" href="{root}dashboard.css">'
         f"</head><body>{body}{script_tags}</body></html>\n"
@@ -76,7 +76,7 @@ def render_context(example, scale, decode):
     tokens, codes = example["tokens"], example["codes"]
     centre = len(tokens) // 2
     spans = []
-    for slot, (token, code) in enumerate(zip(tokens, codes)):
+    for slot, (token, code) in enumerate(zip(tokens, codes, strict=True)):
         if token < 0:
             continue
         code = float(code)
@@ -114,7 +114,7 @@ def histogram_svg(counts, edges, width=640, height=170):
         return pad_left + (value - lo) / span * plot_w
 
     bars = []
-    for count, left, right in zip(counts, edges[:-1], edges[1:]):
+    for count, left, right in zip(counts, edges[:-1], edges[1:], strict=True):
         if not count:
             continue
         h = plot_h * int(count) / peak
@@ -136,7 +136,8 @@ def histogram_svg(counts, edges, width=640, height=170):
         f'<svg class="hist" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" '
         'aria-label="histogram of the nonzero codes">'
-        f'<line x1="{pad_left}" y1="{base}" x2="{width - 10}" y2="{base}" class="axis"/>'
+        f'<line x1="{pad_left}" y1="{base}" x2="{width - 10}" y2="{base}" '
+        'class="axis"/>'
         f'<text x="{pad_left - 4}" y="{pad_top + 10}" text-anchor="end">{peak}</text>'
         f'<text x="{pad_left - 4}" y="{base}" text-anchor="end">0</text>'
         f"{''.join(bars)}{labels}</svg>"
@@ -147,7 +148,7 @@ def _token_table(title, token_ids, logits, decode, cls):
     rows = "".join(
         f'<tr><td class="tok {cls}">{html.escape(token_text(decode(int(t))))}</td>'
         f"<td>{_fmt(float(v), 4)}</td></tr>"
-        for t, v in zip(token_ids, logits)
+        for t, v in zip(token_ids, logits, strict=True)
     )
     return (
         f'<div class="logits"><h3>{title}</h3><table class="small">'
@@ -178,9 +179,13 @@ def render_atom_page(atom, view, decode, n_components, meta):
     scale = max((abs(float(e["value"])) for e in top), default=0.0)
     nav = ['<a href="../index.html">index</a>']
     if atom > 0:
-        nav.append(f'<a href="{atom - 1:05d}.html" rel="prev">&larr; atom {atom - 1}</a>')
+        nav.append(
+            f'<a href="{atom - 1:05d}.html" rel="prev">&larr; atom {atom - 1}</a>'
+        )
     if atom + 1 < n_components:
-        nav.append(f'<a href="{atom + 1:05d}.html" rel="next">atom {atom + 1} &rarr;</a>')
+        nav.append(
+            f'<a href="{atom + 1:05d}.html" rel="next">atom {atom + 1} &rarr;</a>'
+        )
     nearest = view["nearest"]
     near = (
         f'<a href="{nearest:05d}.html">atom {nearest}</a>' if nearest >= 0 else "none"
@@ -194,7 +199,7 @@ def render_atom_page(atom, view, decode, n_components, meta):
         f" ({near})</td></tr></table>"
     )
     parts = [
-        f'<nav>{" | ".join(nav)}</nav>',
+        f"<nav>{' | '.join(nav)}</nav>",
         f"<h1>Atom {atom}</h1>",
         f'<p class="muted">{html.escape(meta["title"])}</p>',
         stats,
@@ -207,13 +212,24 @@ def render_atom_page(atom, view, decode, n_components, meta):
             "<h2>Logit effects</h2>"
             '<p class="muted">Tokens whose logits the atom raises and lowers '
             "when added to the residual stream with a positive code: "
-            f"<code>W_U @ d</code>, through the final norm ({html.escape(meta['norm'])})"
+            "<code>W_U @ d</code>, through the final norm "
+            f"({html.escape(meta['norm'])})"
             "; a negative code swaps the two lists.</p>"
             '<div class="row">'
-            + _token_table("promoted", effects["promoted"], effects["promoted_logits"],
-                           decode, "pos")
-            + _token_table("suppressed", effects["suppressed"],
-                           effects["suppressed_logits"], decode, "neg")
+            + _token_table(
+                "promoted",
+                effects["promoted"],
+                effects["promoted_logits"],
+                decode,
+                "pos",
+            )
+            + _token_table(
+                "suppressed",
+                effects["suppressed"],
+                effects["suppressed_logits"],
+                decode,
+                "neg",
+            )
             + "</div>"
         )
     legend = (
@@ -284,7 +300,7 @@ def render_index(rows, meta):
         + "</tr></thead><tbody></tbody></table>"
         '<div class="pager"><button id="prev">&larr;</button> '
         '<span id="page"></span> <button id="next">&rarr;</button></div>'
-        '<noscript><p>The table needs JavaScript; the atom pages do not: '
+        "<noscript><p>The table needs JavaScript; the atom pages do not: "
         '<a href="atoms/00000.html">atom 0</a>.</p></noscript>'
         + _json_script("atom-data", {"rows": rows, "has_effects": meta["has_effects"]})
     )

@@ -46,8 +46,19 @@ def _check_inputs(estimator, X, tokens, documents):
     return dtype
 
 
-def stream_statistics(estimator, X, tokens, *, n_top, n_samples, window,
-                      chunk_size=None, n_jobs=None, random_state=None, bar=None):
+def stream_statistics(
+    estimator,
+    X,
+    tokens,
+    *,
+    n_top,
+    n_samples,
+    window,
+    chunk_size=None,
+    n_jobs=None,
+    random_state=None,
+    bar=None,
+):
     """Encode ``X`` chunk by chunk and accumulate :class:`AtomStatistics`.
 
     Each chunk is read with ``window`` extra rows on each side, so that the
@@ -64,7 +75,10 @@ def stream_statistics(estimator, X, tokens, *, n_top, n_samples, window,
     n_components = estimator.components_.shape[0]
     rows = chunk_size or chunk_rows(X.shape[1], n_components, dtype.itemsize)
     stats = AtomStatistics(
-        n_components, n_top=n_top, n_samples=n_samples, window=window,
+        n_components,
+        n_top=n_top,
+        n_samples=n_samples,
+        window=window,
         random_state=random_state,
     )
     for start in range(0, n_rows, rows):
@@ -73,9 +87,7 @@ def stream_statistics(estimator, X, tokens, *, n_top, n_samples, window,
         block = [slice(lo, hi)]
         chunk = check_batch(read_rows(X, block), block)
         codes = encoder._encode(chunk, gram)
-        stats.update(
-            codes, np.asarray(tokens[lo:hi]), slice(start - lo, stop - lo), lo
-        )
+        stats.update(codes, np.asarray(tokens[lo:hi]), slice(start - lo, stop - lo), lo)
         if bar is not None:
             bar.update(stop - start)
     return stats
@@ -111,7 +123,10 @@ def _examples(kept, atom, order=None):
     if order is not None:
         filled = filled[order(kept.fields["value"][atom, filled])]
     return [
-        {name: kept.fields[name][atom, slot] for name in ("value", "row", "tokens", "codes")}
+        {
+            name: kept.fields[name][atom, slot]
+            for name in ("value", "row", "tokens", "codes")
+        }
         for slot in filled
     ]
 
@@ -125,9 +140,14 @@ def _quantile_bands(examples, n_bands, per_band):
     bands = []
     for band in reversed(range(n_bands)):
         lo, hi = band * n // n_bands, (band + 1) * n // n_bands
-        picks = np.unique(np.linspace(lo, hi - 1, min(per_band, hi - lo)).round().astype(int))
+        picks = np.unique(
+            np.linspace(lo, hi - 1, min(per_band, hi - lo)).round().astype(int)
+        )
         chosen = [examples[i] for i in picks]
-        low, high = abs(float(examples[lo]["value"])), abs(float(examples[hi - 1]["value"]))
+        low, high = (
+            abs(float(examples[lo]["value"])),
+            abs(float(examples[hi - 1]["value"])),
+        )
         label = (
             f"quantiles {band / n_bands:.2f} to {(band + 1) / n_bands:.2f} "
             f"(|code| {low:.3g} to {high:.3g})"
@@ -144,10 +164,18 @@ class _Decoder:
         self._cache = {}
 
     def prepare(self, ids):
-        ids = [int(i) for i in np.unique(np.asarray(ids)) if i >= 0 and int(i) not in self._cache]
+        ids = [
+            int(i)
+            for i in np.unique(np.asarray(ids))
+            if i >= 0 and int(i) not in self._cache
+        ]
         if ids:
-            texts = self._decode(ids) if self._decode is not None else [f"#{i}" for i in ids]
-            self._cache.update(zip(ids, texts))
+            texts = (
+                self._decode(ids)
+                if self._decode is not None
+                else [f"#{i}" for i in ids]
+            )
+            self._cache.update(zip(ids, texts, strict=True))
 
     def __call__(self, token_id):
         if token_id not in self._cache:
@@ -179,7 +207,9 @@ def _site_directory(output, overwrite):
         if output.exists():
             # Directories cannot be renamed over non-empty ones: move the old
             # site aside first, then drop it.
-            old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old."))
+            old = Path(
+                tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old.")
+            )
             os.replace(output, old / "site")
             os.replace(tmp, output)
             shutil.rmtree(old, ignore_errors=True)
@@ -191,10 +221,28 @@ def _site_directory(output, overwrite):
 
 
 def build_site(
-    estimator, X, tokens, output, *, documents=None, tokenizer=None, decode=None,
-    model=None, title=None, summary=(), n_top=20, n_samples=32, n_quantiles=5,
-    per_quantile=4, window=8, n_effects=10, chunk_size=None, n_jobs=None,
-    random_state=0, overwrite=False, progress=False,
+    estimator,
+    X,
+    tokens,
+    output,
+    *,
+    documents=None,
+    tokenizer=None,
+    decode=None,
+    model=None,
+    title=None,
+    summary=(),
+    n_top=20,
+    n_samples=32,
+    n_quantiles=5,
+    per_quantile=4,
+    window=8,
+    n_effects=10,
+    chunk_size=None,
+    n_jobs=None,
+    random_state=0,
+    overwrite=False,
+    progress=False,
 ):
     """Write the dashboard of ``estimator`` on the rows ``X`` to ``output``.
 
@@ -223,8 +271,16 @@ def build_site(
             bar = tqdm(total=X.shape[0], unit="tok", desc="dashboard")
     try:
         stats = stream_statistics(
-            estimator, X, tokens, n_top=n_top, n_samples=n_samples, window=window,
-            chunk_size=chunk_size, n_jobs=n_jobs, random_state=random_state, bar=bar,
+            estimator,
+            X,
+            tokens,
+            n_top=n_top,
+            n_samples=n_samples,
+            window=window,
+            chunk_size=chunk_size,
+            n_jobs=n_jobs,
+            random_state=random_state,
+            bar=bar,
         )
     finally:
         if bar is not None:
@@ -246,10 +302,17 @@ def build_site(
 
     words = _Decoder(decode)
     words.prepare(
-        np.concatenate([stats.top_.fields["tokens"].ravel(),
-                        stats.sample_.fields["tokens"].ravel()]
-                       + ([effects["promoted"].ravel(), effects["suppressed"].ravel()]
-                          if effects else []))
+        np.concatenate(
+            [
+                stats.top_.fields["tokens"].ravel(),
+                stats.sample_.fields["tokens"].ravel(),
+            ]
+            + (
+                [effects["promoted"].ravel(), effects["suppressed"].ravel()]
+                if effects
+                else []
+            )
+        )
     )
     n_rows = max(stats.n_rows_, 1)
     title = title or f"Dictionary of {n_components} atoms"
@@ -263,7 +326,11 @@ def build_site(
         for atom in range(n_components):
             count = int(stats.count_[atom])
             top = _examples(stats.top_, atom)
-            sample = _examples(stats.sample_, atom, order=lambda v: np.argsort(np.abs(v), kind="stable"))
+            sample = _examples(
+                stats.sample_,
+                atom,
+                order=lambda v: np.argsort(np.abs(v), kind="stable"),
+            )
             view = {
                 "count": count,
                 "frequency": count / n_rows,
@@ -275,8 +342,15 @@ def build_site(
                 "hist": stats.histogram(atom),
             }
             if effects is not None:
-                view["effects"] = {key: effects[key][atom] for key in (
-                    "promoted", "suppressed", "promoted_logits", "suppressed_logits")}
+                view["effects"] = {
+                    key: effects[key][atom]
+                    for key in (
+                        "promoted",
+                        "suppressed",
+                        "promoted_logits",
+                        "suppressed_logits",
+                    )
+                }
             page = _render.render_atom_page(atom, view, words, n_components, meta)
             (site / _render.atom_file(atom)).write_text(page, encoding="utf-8")
             centres = []
@@ -284,18 +358,23 @@ def build_site(
                 text = _render.token_text(words(int(example["tokens"][window])))
                 if text not in centres:
                     centres.append(text)
-            index_rows.append({
-                "atom": atom,
-                "count": count,
-                "frequency": view["frequency"],
-                "mean_abs": view["mean_abs"],
-                "max_abs_cos": view["max_abs_cos"],
-                "nearest": view["nearest"],
-                "top_tokens": " | ".join(centres[:5]),
-                "promoted": " | ".join(
-                    _render.token_text(words(int(t))) for t in effects["promoted"][atom][:5]
-                ) if effects else "",
-            })
+            index_rows.append(
+                {
+                    "atom": atom,
+                    "count": count,
+                    "frequency": view["frequency"],
+                    "mean_abs": view["mean_abs"],
+                    "max_abs_cos": view["max_abs_cos"],
+                    "nearest": view["nearest"],
+                    "top_tokens": " | ".join(centres[:5]),
+                    "promoted": " | ".join(
+                        _render.token_text(words(int(t)))
+                        for t in effects["promoted"][atom][:5]
+                    )
+                    if effects
+                    else "",
+                }
+            )
         lines = [
             f"{n_components} atoms of {components.shape[1]} features; "
             f"{stats.n_rows_} rows encoded with "
@@ -305,7 +384,8 @@ def build_site(
         if effects is not None:
             lines.append(f"Logit effects through the final norm: {effects['norm']}.")
         index = _render.render_index(
-            index_rows, {"title": title, "summary": lines, "has_effects": effects is not None}
+            index_rows,
+            {"title": title, "summary": lines, "has_effects": effects is not None},
         )
         (site / "index.html").write_text(index, encoding="utf-8")
         (site / "atoms.json").write_text(json.dumps(index_rows), encoding="utf-8")

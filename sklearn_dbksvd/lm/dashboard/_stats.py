@@ -183,7 +183,13 @@ class AtomStatistics:
     """
 
     def __init__(
-        self, n_components, *, n_top=20, n_samples=32, n_bins=128, window=8,
+        self,
+        n_components,
+        *,
+        n_top=20,
+        n_samples=32,
+        n_bins=128,
+        window=8,
         random_state=None,
     ):
         if n_bins < 4 or n_bins % 4:
@@ -227,9 +233,9 @@ class AtomStatistics:
         """
         codes = codes.tocsr()
         codes.sort_indices()
-        rows = np.repeat(
-            np.arange(codes.shape[0]), np.diff(codes.indptr)
-        ).astype(np.int64)
+        rows = np.repeat(np.arange(codes.shape[0]), np.diff(codes.indptr)).astype(
+            np.int64
+        )
         atoms = codes.indices.astype(np.int64)
         values = codes.data
         # Keys of every nonzero, ascending: look-ups of (row, atom) codes.
@@ -281,7 +287,9 @@ class AtomStatistics:
             }
 
         self.top_.offer(used_atoms, magnitude, payload)
-        self.sample_.offer(used_atoms, self._rng.random_sample(len(used_atoms)), payload)
+        self.sample_.offer(
+            used_atoms, self._rng.random_sample(len(used_atoms)), payload
+        )
 
     def _add_to_histograms(self, atoms, values, magnitude):
         if not len(atoms):
