@@ -111,7 +111,9 @@ def _block_stats_compiled(X_block, R_block):
     sums = np.zeros((4, X_block.shape[1]))
     ratio = _block_stats_jit(X_block, R_block, sums, _STATS_TILE)
     moments = []
-    for data, total, squares in ((X_block, sums[0], sums[1]), (R_block, sums[2], sums[3])):
+    for data, total, squares in (
+        (X_block, sums[0], sums[1]), (R_block, sums[2], sums[3])
+    ):
         shift = data[0].astype(np.float64)
         moments.append((count, shift + total / count, squares - total**2 / count))
     return ratio, moments[0], moments[1], bool(sums[3].any() or np.any(R_block[0]))

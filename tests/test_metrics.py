@@ -69,7 +69,8 @@ def test_batch_metrics_equal_the_metrics(monkeypatch, compiled, dtype, rtol, n_j
     monkeypatch.setattr(metrics, "_BLOCK_BYTES", 7 * 37 * np.dtype(dtype).itemsize)
     monkeypatch.setattr(metrics, "_STATS_TILE", 16)
     rng = np.random.RandomState(0)
-    X = (rng.randn(50, 37) * rng.uniform(0.1, 3, 37) + 1e3 * rng.randn(37)).astype(dtype)
+    X = rng.randn(50, 37) * rng.uniform(0.1, 3, 37) + 1e3 * rng.randn(37)
+    X = X.astype(dtype)
     X[4] = 0
     X_hat = (X + rng.randn(*X.shape)).astype(dtype)
     error, explained = batch_metrics(X, X - X_hat, n_jobs=n_jobs)
