@@ -41,6 +41,9 @@ from ._encode import _mp_encode, selections_to_csr
 from ._fit_loop import (
     FitState,
     batch_scale,
+    centred,
+    data_mean,
+    fitted_mean,
     initialise,
     plan_fit,
     run_fit,
@@ -90,6 +93,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "positive_code": ["boolean"],
         "positive_dict": ["boolean"],
         "split_sign": ["boolean"],
+        "with_mean": ["boolean"],
         "sparse_output": ["boolean"],
         "mp_tol": [Interval(Real, 0, 1, closed="both"), None],
         "mp_refit": ["boolean"],
@@ -226,7 +230,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         )
 
     def _components_from_known_support(
-        self, X, code_init, batch_size, components, random_state
+        self, X, code_init, batch_size, components, random_state, mean=None
     ):
         """Initial atoms refitted on the known support ``code_init`` (paper 5.4).
 
@@ -240,7 +244,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             return components
         if len(rows) > batch_size:
             rows = np.sort(random_state.choice(rows, batch_size, replace=False))
-        X_known = read_batch(X, rows)
+        X_known = centred(read_batch(X, rows), mean)
         return self._refit_on_known_support(
             X_known, code_init[rows].astype(X_known.dtype), components, random_state
         )
@@ -402,6 +406,12 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         X = self._validate_fit_data(X, reset=first_call)
         n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
+        # The mean is that of the first batch, kept for the later ones.
+        if first_call:
+            mean = data_mean(X) if self.with_mean else None
+        else:
+            mean = getattr(self, "mean_", None)
+        X = centred(X, mean)
         scale = batch_scale(X)
         X = scaled(X, scale)
         if first_call:
@@ -429,6 +439,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         if self.callback is not None:
             self.callback(info)
         self.components_ = components
+        self.mean_ = fitted_mean(mean, components)
         self._random_state = step_state
         self.n_steps_ = step + 1
         self.n_iter_ = getattr(self, "n_iter_", 0)
@@ -517,6 +528,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         gram : ndarray of shape (n_components, n_components), default=None
             Precomputed ``D Dᵀ`` in the dtype of ``X``, reused across chunks.
         """
+        X = self._centre(X)
         scale = batch_scale(X)
         code = self._encode_scaled(scaled(X, scale), gram, scale)
         if scale != 1.0:
@@ -525,6 +537,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             else:
                 code /= scale
         return split_sign(code) if self.split_sign else code
+
+    def _centre(self, X):
+        """``X - mean_`` (a new array), or ``X`` itself when the mean is zero."""
+        mean = getattr(self, "mean_", None)
+        if mean is None or not np.any(mean):
+            return X
+        return centred(X, mean)
 
     def _transform_alpha(self):
         return self.alpha if self.transform_alpha is None else self.transform_alpha
@@ -574,7 +593,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return sp.csr_matrix(code) if self.sparse_output else code
 
     def inverse_transform(self, X):
-        """Reconstruct data from codes: ``X @ components_``.
+        """Reconstruct data from codes: ``X @ components_ + mean_``.
 
         Parameters
         ----------
@@ -596,7 +615,11 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 f"The codes have {X.shape[1]} columns but the dictionary has "
                 f"{n_components} atoms."
             )
-        return np.asarray(X @ self.components_.astype(X.dtype, copy=False))
+        X_original = np.asarray(X @ self.components_.astype(X.dtype, copy=False))
+        mean = getattr(self, "mean_", None)
+        if mean is not None and np.any(mean):
+            X_original += mean.astype(X_original.dtype, copy=False)
+        return X_original
 
     def score(self, X, y=None):
         """Variance of ``X`` explained by its sparse codes (paper Eq. 7).

@@ -102,6 +102,14 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         ``2 * n_components`` nonnegative columns, named ``<atom>_pos`` then
         ``<atom>_neg`` by :meth:`get_feature_names_out`.
         :meth:`inverse_transform` accepts either form.
+    with_mean : bool, default=False
+        Centre the data: learn the mean of the training samples
+        (``mean_``), fit the atoms to the centred samples, code ``X - mean_``
+        in :meth:`transform` and add ``mean_`` back in
+        :meth:`inverse_transform` (an SAE's decoder bias ``b_dec``). The mean
+        is not counted among the ``n_nonzero_coefs``. False, as
+        :class:`~sklearn.decomposition.MiniBatchDictionaryLearning`, codes
+        the raw data.
     mp_tol : float, default=None
         Matching pursuit (fit and transform) stops selecting for a sample once
         its relative residual ``‖x − code @ D‖ / ‖x‖`` is at most ``mp_tol``, as
@@ -178,6 +186,11 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     ----------
     components_ : ndarray of shape (n_components, n_features)
         The atoms, unit norm, in the dtype of the training data.
+    mean_ : ndarray of shape (n_features,)
+        Mean subtracted before coding and added back by
+        :meth:`inverse_transform`; zeros with ``with_mean=False`` (always
+        set after fit). With out-of-core data it costs one more pass; after
+        :meth:`partial_fit` it is the mean of the first batch.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
@@ -270,6 +283,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         positive_code=False,
         positive_dict=False,
         split_sign=False,
+        with_mean=False,
         mp_tol=None,
         mp_refit=False,
         dict_init=None,
@@ -304,6 +318,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.positive_code = positive_code
         self.positive_dict = positive_dict
         self.split_sign = split_sign
+        self.with_mean = with_mean
         self.mp_tol = mp_tol
         self.mp_refit = mp_refit
         self.dict_init = dict_init

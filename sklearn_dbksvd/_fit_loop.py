@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.utils._array_api import get_namespace
 
-from ._data import read_batch, schedule_for
+from ._backend import is_device_array, to_namespace_of, to_numpy
+from ._data import is_lazy_array, iter_row_chunks, read_batch, schedule_for
 from ._progress import ProgressReporter
 
 # Batches whose largest magnitude lies in [2**-_SAFE_EXPONENT, 2**_SAFE_EXPONENT]
@@ -38,6 +39,38 @@ def batch_scale(X):
 def scaled(X, scale):
     """``X * scale`` as a new array, or ``X`` itself when ``scale`` is 1."""
     return X if scale == 1.0 else X * scale
+
+
+def data_mean(X):
+    """Mean of the rows of ``X`` in its dtype, summed in float64.
+
+    Lazy arrays are read once, in chunks of about 32 MiB.
+    """
+    if is_lazy_array(X):
+        rows = max(1, 2**25 // (X.shape[1] * X.dtype.itemsize))
+        total = np.zeros(X.shape[1])
+        for _, chunk in iter_row_chunks(X, rows):
+            total += chunk.sum(axis=0, dtype=np.float64)
+        return (total / max(X.shape[0], 1)).astype(X.dtype)
+    if is_device_array(X):
+        xp, _ = get_namespace(X)
+        return to_numpy(xp.mean(X, axis=0))
+    return X.mean(axis=0, dtype=np.float64).astype(X.dtype)
+
+
+def centred(X, mean):
+    """``X - mean`` as a new array (in ``X``'s namespace); ``X`` when no mean."""
+    if mean is None:
+        return X
+    if is_device_array(X):
+        return X - to_namespace_of(X, mean)
+    return X - mean.astype(X.dtype, copy=False)
+
+
+def _ensure_mean(model, X, state):
+    """The mean the fit subtracts (``with_mean``), computed once per fit."""
+    if state.mean is None and getattr(model, "with_mean", False):
+        state.mean = data_mean(X)
 
 
 class SmoothedError:
@@ -86,6 +119,9 @@ class FitState:
         that a resumed fit draws the same shuffle again.
     done : bool
         The fit has stopped (early stopping, callback or the last step).
+    mean : ndarray of shape (n_features,) or None
+        The mean subtracted from every batch (``with_mean=True``); a
+        resumed fit recomputes it from the data (it is deterministic).
     """
 
     random_state: np.random.RandomState
@@ -94,6 +130,7 @@ class FitState:
     history: list = field(default_factory=list)
     epoch_state: tuple = None
     done: bool = False
+    mean: np.ndarray = None
 
 
 @dataclass
@@ -135,9 +172,10 @@ def initialise(model, X, plan, state, *, code_init=None, order=None):
 
     Returns the epoch's order of rows (drawn here when the epoch starts).
     """
+    _ensure_mean(model, X, state)
     order = _epoch_order(plan, state, model, order)
     position = state.step % plan.schedule.n_batches
-    batch = read_batch(X, plan.schedule.rows(order, position))
+    batch = centred(read_batch(X, plan.schedule.rows(order, position)), state.mean)
     batch = scaled(batch, batch_scale(batch))
     state.components = model._initial_components(
         batch, plan.n_components, state.random_state
@@ -145,6 +183,7 @@ def initialise(model, X, plan, state, *, code_init=None, order=None):
     if code_init is not None:
         state.components = model._components_from_known_support(
             X, code_init, plan.batch_size, state.components, state.random_state,
+            mean=state.mean,
         )
     return order
 
@@ -178,6 +217,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     last_replacing_step = model.replace_until * plan.n_steps
     verbose = model.verbose if verbose is None else verbose
     order = None
+    _ensure_mean(model, X, state)
     with ProgressReporter(
         plan.n_steps, verbose, initial=state.step, samples_seen=seen
     ) as progress:
@@ -188,6 +228,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                 order = _epoch_order(plan, state, model, order)
             position = state.step % plan.schedule.n_batches
             batch = read_batch(X, plan.schedule.rows(order, position))
+            batch = centred(batch, state.mean)
             scale = batch_scale(batch)
             tic = time.perf_counter()
             state.components, info = model._step(
@@ -218,9 +259,17 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     return state
 
 
+def fitted_mean(mean, components):
+    """``mean_`` of a fitted estimator: the mean, or zeros without centring."""
+    if mean is None:
+        return np.zeros(components.shape[1], dtype=components.dtype)
+    return mean.astype(components.dtype, copy=False)
+
+
 def set_fitted(model, plan, state):
     """Copy a finished fit into the estimator's fitted attributes."""
     model.components_ = state.components
+    model.mean_ = fitted_mean(state.mean, state.components)
     model.n_steps_ = len(state.history)
     model.n_iter_ = math.ceil(model.n_steps_ / plan.schedule.n_batches)
     model.n_samples_seen_ = state.history[-1]["n_samples_seen"] if state.history else 0

@@ -367,6 +367,8 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         :class:`DBKSVDDictionaryLearning`.
     split_sign : bool, default=False
         :meth:`transform` returns ``[max(code, 0), max(-code, 0)]``.
+    with_mean : bool, default=False
+        Centre the data (``mean_``), as in :class:`DBKSVDDictionaryLearning`.
     mp_tol : float, default=None
         Matching pursuit stops adding nonzeros to a sample once its relative
         residual ``‖x − code @ D‖ / ‖x‖`` is at most ``mp_tol``: later groups
@@ -416,6 +418,11 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
     ----------
     components_ : ndarray of shape (n_components, n_features)
         The atoms, unit norm, group after group.
+    mean_ : ndarray of shape (n_features,)
+        Mean subtracted before coding and added back by
+        :meth:`inverse_transform`; zeros with ``with_mean=False`` (always
+        set after fit). With out-of-core data it costs one more pass; after
+        :meth:`partial_fit` it is the mean of the first batch.
     group_sizes_ : tuple of int
         The resolved group sizes.
     n_features_in_ : int
@@ -489,6 +496,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         positive_code=False,
         positive_dict=False,
         split_sign=False,
+        with_mean=False,
         mp_tol=None,
         mp_refit=False,
         dict_init=None,
@@ -525,6 +533,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         self.positive_code = positive_code
         self.positive_dict = positive_dict
         self.split_sign = split_sign
+        self.with_mean = with_mean
         self.mp_tol = mp_tol
         self.mp_refit = mp_refit
         self.dict_init = dict_init

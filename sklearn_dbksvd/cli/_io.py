@@ -234,6 +234,7 @@ def save_dictionary(path, model, force):
         path,
         force,
         components_=model.components_,
+        mean_=getattr(model, "mean_", np.zeros(model.components_.shape[1])),
         estimator=np.array(type(model).__name__),
         params=np.array(to_json(model.get_params(deep=False))),
         history_=np.array(to_json(model.history_)),
@@ -276,6 +277,11 @@ def load_dictionary(path):
         raise UserError(f"{path}: components_ is not a 2D float array.")
     model.components_ = components
     model.n_features_in_ = components.shape[1]
+    # Files written before centring have no mean_: the mean was zero.
+    mean = contents.get("mean_", np.zeros(components.shape[1]))
+    if mean.shape != (components.shape[1],) or mean.dtype.kind != "f":
+        raise UserError(f"{path}: mean_ does not match components_.")
+    model.mean_ = mean.astype(components.dtype)
     model.history_ = json.loads(str(contents.get("history_", "[]")))
     for attribute in ("n_steps_", "n_iter_", "n_samples_seen_"):
         if attribute in contents:

@@ -3,6 +3,8 @@
 
 from pathlib import Path
 
+import numpy as np
+
 from ._common import (
     CONFIG_KEY,
     SAE_WEIGHTS_FILENAME,
@@ -101,7 +103,7 @@ def to_torch(
         fields = _model_fields(
             hook_name, model_name, _resolve_hook_layer(hook_name, hook_layer)
         )
-    return _torch_encoder().MatchingPursuitEncoder(
+    encoder = _torch_encoder().MatchingPursuitEncoder(
         estimator.components_,
         settings["n_nonzero_coefs"],
         positive=settings["positive"],
@@ -113,6 +115,11 @@ def to_torch(
         device=device,
         dtype=dtype,
     )
+    # Centring is the decoder bias: encode x - b_dec, decode codes @ W_dec + b_dec.
+    mean = getattr(estimator, "mean_", None)
+    if mean is not None:
+        encoder.b_dec.data.copy_(encoder.b_dec.new_tensor(np.asarray(mean)))
+    return encoder
 
 
 def load_torch(directory, device=None, dtype=None):

@@ -400,8 +400,9 @@ def save_sae(
     W_dec = np.ascontiguousarray(W_dec)
     # Centring (the estimator's mean_, when it has one) is SAELens' b_dec
     # applied to the input: encode x - b_dec, decode codes @ W_dec + b_dec.
+    # mean_ is zeros for an estimator fitted without centring.
     mean = getattr(estimator, "mean_", None)
-    centred = mean is not None
+    centred = mean is not None and bool(np.any(mean))
     b_dec = (
         np.asarray(mean, dtype=W_dec.dtype).reshape(-1)
         if centred
