@@ -76,4 +76,15 @@ and ``load_sae`` need safetensors, ``to_torch`` and ``load_torch`` need torch
             "SplitSign",
         ],
     },
+    {
+        "title": "Dashboard",
+        "module": "sklearn_dbksvd.lm",
+        "description": """
+A static site of what each atom means, built from a harvest directory: the
+contexts where it fires, its histogram and its logit effects. Reading a
+harvest needs NumPy only; the logit effects need the model (torch). See
+:ref:`dashboard`.
+""",
+        "names": ["build_dashboard"],
+    },
 ]

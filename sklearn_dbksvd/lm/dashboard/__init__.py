@@ -24,9 +24,29 @@ examples and a histogram of fixed size are kept.
 
 from pathlib import Path
 
+from ..._data import RowConcatenation
 from ._site import build_site
 
 __all__ = ["build_dashboard", "build_site"]
+
+
+class _TokenRows:
+    """The token tables of a harvest's shards, memory-mapped and read lazily.
+
+    Unlike :func:`~sklearn_dbksvd.lm.load_tokens`, which concatenates them,
+    only the records asked for are read: memory stays independent of the
+    size of the harvest.
+    """
+
+    def __init__(self, shards):
+        self._rows = RowConcatenation([shard.reshape(-1, 1) for shard in shards])
+        self.dtype = self._rows.dtype
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, rows):
+        return self._rows[rows][:, 0]
 
 
 def _tokenizer_of(settings):
@@ -124,7 +144,7 @@ def build_dashboard(
     manifest = _store.read_manifest(acts_dir)
     settings = manifest.get("settings", {})
     X = _store.load_activations(acts_dir)
-    tokens = _store.load_tokens(acts_dir)
+    tokens = _TokenRows(_store._shards(acts_dir, manifest, "tokens"))
     documents = _store.load_documents(acts_dir)
     if isinstance(model, str | Path):
         from .._model import load_model
