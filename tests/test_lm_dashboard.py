@@ -519,3 +519,27 @@ def test_cli_dashboard(planted_model, tmp_path, capsys):
     assert "not a harvest directory" in capsys.readouterr().err
     assert main([*command, "--force"]) == 0  # tokenizer: none cached, ids shown
     assert "#" in (site / _render.atom_file(atom)).read_text(encoding="utf-8")
+
+
+def test_centred_split_sign_estimator(tmp_path):
+    # Codes as transform gives them (centred), one column per atom even when
+    # the estimator splits signs.
+    import json
+
+    X, tokens, _, _ = _planted_data(400)
+    X = X + 5  # far from centred
+    estimator = DBKSVDDictionaryLearning(
+        6,
+        n_nonzero_coefs=2,
+        max_iter=2,
+        random_state=0,
+        with_mean=True,
+        split_sign=True,
+    ).fit(X)
+    build_site(estimator, X, tokens, tmp_path / "site")
+    rows = json.loads((tmp_path / "site" / "atoms.json").read_text())
+    signed = estimator.set_params(split_sign=False).transform(X)
+    np.testing.assert_allclose(
+        [r["frequency"] for r in rows], (signed != 0).mean(0), rtol=1e-6
+    )
+    assert estimator.get_params()["sparse_output"] is False

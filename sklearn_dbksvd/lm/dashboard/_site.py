@@ -68,6 +68,9 @@ def stream_statistics(
     dtype = check_lazy_array(X)
     encoder = copy.copy(estimator)  # the caller's estimator keeps its params
     encoder.set_params(sparse_output=True)
+    if encoder.get_params().get("split_sign"):
+        # One column per atom: the sign of a code is shown, not split off.
+        encoder.set_params(split_sign=False)
     if n_jobs is not None:
         encoder.set_params(n_jobs=n_jobs)
     gram = encoder._transform_gram(dtype)
