@@ -543,3 +543,22 @@ def test_centred_split_sign_estimator(tmp_path):
         [r["frequency"] for r in rows], (signed != 0).mean(0), rtol=1e-6
     )
     assert estimator.get_params()["sparse_output"] is False
+
+
+def test_contexts_filled_block_by_block(tmp_path, monkeypatch):
+    from sklearn_dbksvd.lm.dashboard import _site
+
+    X, tokens, documents, _ = _planted_data(300)
+    estimator = DBKSVDDictionaryLearning(
+        4, n_nonzero_coefs=2, max_iter=2, random_state=0
+    ).fit(X)
+    build_site(estimator, X, tokens, tmp_path / "one", documents=documents)
+    monkeypatch.setattr(_site, "_FILL_BLOCK", 7)
+    build_site(estimator, X, tokens, tmp_path / "many", documents=documents)
+    for atom in range(4):
+        pages = [
+            (tmp_path / name / _render.atom_file(atom)).read_text(encoding="utf-8")
+            for name in ("one", "many")
+        ]
+        assert pages[0] == pages[1]
+        assert 'title="not harvested">#99<' in pages[0]

@@ -62,7 +62,7 @@ def _tokenizer_of(settings):
         return AutoTokenizer.from_pretrained(
             name, local_files_only=not Path(name).exists()
         )
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 

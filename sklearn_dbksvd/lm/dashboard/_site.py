@@ -96,9 +96,24 @@ def stream_statistics(
     return stats
 
 
+# Examples whose documents are read at once when filling contexts: bounds
+# that read at _FILL_BLOCK x context_size token ids.
+_FILL_BLOCK = 2**15
+
+
 def _fill_from_documents(examples, tokens, documents, window):
-    """Fill the tokens of a context that have no row (BOS...) from the documents."""
-    rows = examples["row"]
+    """Fill the tokens of a context that have no row (BOS...) from the documents.
+
+    ``examples`` holds flat views ``row`` and ``tokens``, filled in place.
+    """
+    for start in range(0, len(examples["row"]), _FILL_BLOCK):
+        block = slice(start, start + _FILL_BLOCK)
+        _fill_block(
+            examples["row"][block], examples["tokens"][block], tokens, documents, window
+        )
+
+
+def _fill_block(rows, context_tokens, tokens, documents, window):
     have = rows >= 0
     if not have.any():
         return
@@ -115,10 +130,10 @@ def _fill_from_documents(examples, tokens, documents, window):
     from_docs[inside] = texts[
         np.broadcast_to(doc_index[:, None], columns.shape)[inside], columns[inside]
     ]
-    context = examples["tokens"][have]
+    context = context_tokens[have]
     missing = context < 0
     context[missing] = from_docs[where][missing]
-    examples["tokens"][have] = context
+    context_tokens[have] = context
 
 
 def _examples(kept, atom, order=None):
