@@ -562,3 +562,14 @@ def test_contexts_filled_block_by_block(tmp_path, monkeypatch):
         ]
         assert pages[0] == pages[1]
         assert 'title="not harvested">#99<' in pages[0]
+
+
+def test_token_text_and_shading():
+    assert _render.token_text(" a\n\t") == " a\u21b5\u21e5"
+    assert _render.token_text(" a b", alone=True) == "\u2423a\u2423b"
+    assert _render.token_text("") == "\u2205"
+    assert _render.shade_class(float("nan"), 1.0) == "x"
+    assert _render.shade_class(0.0, 1.0) == "z"
+    assert _render.shade_class(0.01, 1.0) == "p1"
+    assert _render.shade_class(-0.55, 1.0) == "n6"
+    assert _render.shade_class(-2.0, 1.0) == "n10"

@@ -22,9 +22,15 @@ def atom_file(atom):
     return f"atoms/{atom:05d}.html"
 
 
-def token_text(text):
-    """A token as shown: whitespace made visible, never empty."""
+def token_text(text, alone=False):
+    """A token as shown: line breaks and tabs made visible, never empty.
+
+    ``alone``: the token is shown out of context (in a list), where its
+    spaces are made visible too (``\u2423``).
+    """
     text = text.translate(_VISIBLE)
+    if alone:
+        text = text.replace(" ", "\u2423")
     return text if text else "\u2205"
 
 
@@ -146,7 +152,8 @@ def histogram_svg(counts, edges, width=640, height=170):
 
 def _token_table(title, token_ids, logits, decode, cls):
     rows = "".join(
-        f'<tr><td class="tok {cls}">{html.escape(token_text(decode(int(t))))}</td>'
+        f'<tr><td class="tok {cls}">'
+        f"{html.escape(token_text(decode(int(t)), alone=True))}</td>"
         f"<td>{_fmt(float(v), 4)}</td></tr>"
         for t, v in zip(token_ids, logits, strict=True)
     )

@@ -373,7 +373,9 @@ def build_site(
             (site / _render.atom_file(atom)).write_text(page, encoding="utf-8")
             centres = []
             for example in top[:8]:
-                text = _render.token_text(words(int(example["tokens"][window])))
+                text = _render.token_text(
+                    words(int(example["tokens"][window])), alone=True
+                )
                 if text not in centres:
                     centres.append(text)
             index_rows.append(
@@ -386,7 +388,7 @@ def build_site(
                     "nearest": view["nearest"],
                     "top_tokens": " | ".join(centres[:5]),
                     "promoted": " | ".join(
-                        _render.token_text(words(int(t)))
+                        _render.token_text(words(int(t)), alone=True)
                         for t in effects["promoted"][atom][:5]
                     )
                     if effects
