@@ -383,6 +383,22 @@ def test_chromium_renders_index_and_atom_page(planted_site, tmp_path):
     assert console == []
     assert 'data-rendered="12"' in result.stdout
     assert result.stdout.count('"num"><a href="atoms/') == 12
+    # Filtered and sorted from the URL's fragment, as the table's controls do.
+    import json
+
+    rows = json.loads((output / "atoms.json").read_text())
+    url = (output / "index.html").as_uri() + "#filter=%3C7%3E&sort=mean_abs"
+    result, console = _chromium(url, "--dump-dom")
+    assert console == []
+    wanted = [r["atom"] for r in rows if "<7>" in r["top_tokens"]]
+    assert 0 < len(wanted) < 12
+    assert f'data-rendered="{len(wanted)}"' in result.stdout
+    shown = [
+        int(a)
+        for a in re.findall(r'"num"><a href="atoms/\d+\.html">(\d+)<', result.stdout)
+    ]
+    by_mean = sorted(wanted, key=lambda a: (rows[a]["mean_abs"], a))
+    assert shown == by_mean
 
 
 # ----------------------------------------------------------------------

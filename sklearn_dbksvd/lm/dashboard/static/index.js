@@ -25,7 +25,8 @@
   }
 
   function selected() {
-    var needle = filter.value.toLowerCase();
+    // Token lists show spaces as U+2423: so does the needle.
+    var needle = filter.value.toLowerCase().replace(/ /g, "\u2423");
     var least = parseFloat(minfreq.value) || 0;
     var kept = rows.filter(function (row) {
       if (hidedead.checked && row.count === 0) { return false; }
@@ -41,6 +42,30 @@
       return a.atom - b.atom;
     });
     return kept;
+  }
+
+  // The view lives in the URL's fragment (#filter=...&minfreq=...&sort=...),
+  // so that a link or a bookmark reopens it.
+  function readFragment() {
+    var params = new URLSearchParams(window.location.hash.slice(1));
+    if (params.has("filter")) { filter.value = params.get("filter"); }
+    if (params.has("minfreq")) { minfreq.value = params.get("minfreq"); }
+    if (params.has("hidedead")) { hidedead.checked = params.get("hidedead") === "1"; }
+    var sort = params.get("sort");
+    if (sort) {
+      var desc = sort.charAt(0) === "-";
+      var key = desc ? sort.slice(1) : sort;
+      if (rows.length === 0 || key in rows[0]) { state.key = key; state.desc = desc; }
+    }
+  }
+
+  function writeFragment() {
+    var params = new URLSearchParams();
+    if (filter.value) { params.set("filter", filter.value); }
+    if (parseFloat(minfreq.value)) { params.set("minfreq", minfreq.value); }
+    if (hidedead.checked) { params.set("hidedead", "1"); }
+    params.set("sort", (state.desc ? "-" : "") + state.key);
+    window.location.replace("#" + params.toString());
   }
 
   function render() {
@@ -79,10 +104,15 @@
       else { state.key = th.dataset.key; state.desc = th.dataset.key !== "atom" && th.dataset.key !== "top_tokens"; }
       state.page = 0;
       render();
+      writeFragment();
     });
   });
   [filter, minfreq, hidedead].forEach(function (input) {
-    input.addEventListener("input", function () { state.page = 0; render(); });
+    input.addEventListener("input", function () {
+      state.page = 0;
+      render();
+      writeFragment();
+    });
   });
   document.getElementById("prev").addEventListener("click", function () {
     state.page = Math.max(0, state.page - 1); render();
@@ -90,5 +120,6 @@
   document.getElementById("next").addEventListener("click", function () {
     state.page += 1; render();
   });
+  readFragment();
   render();
 }());
