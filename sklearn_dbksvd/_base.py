@@ -155,8 +155,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             )
         if self.positive_code and self.fit_algorithm == "omp":
             raise ValueError(
-                "positive_code=True needs fit_algorithm='mp'; scikit-learn's OMP "
-                "has no positive constraint."
+                "positive_code=True needs fit_algorithm 'mp', 'lars' or 'cd'; "
+                "OMP has no positive constraint."
             )
         if self.dict_init is not None:
             shape = np.shape(self.dict_init)

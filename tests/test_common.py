@@ -8,6 +8,15 @@ from sklearn_dbksvd import DBKSVDDictionaryLearning, MatryoshkaDBKSVD
 ESTIMATORS = [
     DBKSVDDictionaryLearning(max_iter=2, random_state=0),
     MatryoshkaDBKSVD(max_iter=2, random_state=0),
+    # MiniBatchDictionaryLearning's options: nonnegative atoms and split codes
+    # (twice the output columns), and its lasso coder during fit.
+    DBKSVDDictionaryLearning(
+        max_iter=2, positive_dict=True, split_sign=True, random_state=0
+    ),
+    MatryoshkaDBKSVD(
+        max_iter=2, positive_dict=True, split_sign=True, random_state=0
+    ),
+    DBKSVDDictionaryLearning(max_iter=2, fit_algorithm="lars", random_state=0),
 ]
 
 

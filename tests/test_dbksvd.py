@@ -444,14 +444,22 @@ def test_lasso_coders_during_fit(fit_algorithm):
         {"replace_until": 1.0, "positive_dict": True, "positive_code": True},
     ],
 )
-def test_fit_equals_partial_fit_on_the_same_batches(params):
+@pytest.mark.parametrize("model_class", ["dbksvd", "matryoshka"])
+def test_fit_equals_partial_fit_on_the_same_batches(params, model_class):
+    from sklearn_dbksvd import MatryoshkaDBKSVD
+
     X = small_data(n_samples=240)
     settings = dict(
         batch_size=60, max_iter=3, shuffle=False, max_no_improvement=None,
         replace_min_usage=0.5, **params,
     )
-    fitted = small_model(**settings).fit(X)
-    looped = small_model(**settings)
+    if model_class == "matryoshka":
+        settings["n_nonzero_coefs"] = 4  # a share for each of its 4 groups
+        fitted = MatryoshkaDBKSVD(16, random_state=0, **settings).fit(X)
+        looped = MatryoshkaDBKSVD(16, random_state=0, **settings)
+    else:
+        fitted = small_model(**settings).fit(X)
+        looped = small_model(**settings)
     for _ in range(3):
         for batch in np.array_split(X, 4):
             looped.partial_fit(batch)
@@ -491,3 +499,21 @@ def test_fit_is_scale_invariant(model_class):
         np.testing.assert_allclose(
             code / np.float32(factor), reference.transform(X), rtol=1e-3, atol=1e-4
         )
+
+
+def test_matryoshka_takes_minibatch_dictionary_learning_arguments():
+    from sklearn_dbksvd import MatryoshkaDBKSVD
+
+    X, _ = _nonnegative_problem()
+    params = dict(n_components=12, n_nonzero_coefs=4, max_iter=5, random_state=0)
+    model = MatryoshkaDBKSVD(
+        positive_dict=True, positive_code=True, split_sign=True, **params
+    ).fit(X)
+    assert np.all(model.components_ >= 0)
+    code = model.transform(X)
+    assert code.shape == (600, 24) and np.all(code[:, 12:] == 0)
+    assert model.get_feature_names_out()[12] == "matryoshkadbksvd0_neg"
+    lasso = MatryoshkaDBKSVD(fit_algorithm="lars", alpha=0.5, **params).fit(X)
+    start = MatryoshkaDBKSVD(fit_algorithm="lars", alpha=0.5, **params)
+    start.set_params(max_iter=0).fit(X)
+    assert lasso.score(X) > start.score(X)
