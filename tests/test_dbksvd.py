@@ -517,3 +517,16 @@ def test_matryoshka_takes_minibatch_dictionary_learning_arguments():
     start = MatryoshkaDBKSVD(fit_algorithm="lars", alpha=0.5, **params)
     start.set_params(max_iter=0).fit(X)
     assert lasso.score(X) > start.score(X)
+
+
+@pytest.mark.parametrize("model_class", ["dbksvd", "matryoshka"])
+def test_every_minibatch_dictionary_learning_argument_is_accepted(model_class):
+    import inspect
+
+    from sklearn_dbksvd import MatryoshkaDBKSVD
+
+    Model = DBKSVDDictionaryLearning if model_class == "dbksvd" else MatryoshkaDBKSVD
+    theirs = inspect.signature(MiniBatchDictionaryLearning).parameters
+    ours = Model().get_params()
+    assert set(theirs) <= set(ours)
+    assert set(theirs) <= set(Model._parameter_constraints)
