@@ -96,7 +96,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         nonnegative rank-1 update of NN-K-SVD (alternating projected updates
         of the atom and its codes, from the singular pair); initial and
         replacement atoms are projected on the nonnegative orthant. Combines
-        with ``positive_code``. Slower: the atom updates run in NumPy.
+        with ``positive_code``. These atom updates run in NumPy, outside the
+        compiled loop.
     split_sign : bool, default=False
         :meth:`transform` returns ``[max(code, 0), max(-code, 0)]``:
         ``2 * n_components`` nonnegative columns, named ``<atom>_pos`` then

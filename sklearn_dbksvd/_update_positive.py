@@ -21,8 +21,8 @@ def _best_start(E, atom, positive_code):
     """Of ``±atom`` clipped at zero, the start whose best codes fit ``E`` best.
 
     The singular pair has no sign of its own; each sign gives a different
-    nonnegative atom. Returns ``(d, x)``, ``d`` not normalised, or None when
-    neither sign keeps a nonzero entry.
+    nonnegative atom. Returns ``(d, x)``, ``d`` not normalised. A nonzero
+    atom has an entry of one sign or the other, so one start always exists.
     """
     best, best_error = None, np.inf
     for sign in (1, -1):
@@ -31,12 +31,13 @@ def _best_start(E, atom, positive_code):
         if d_sq == 0:
             continue
         x = _codes_for(E, d, d_sq, positive_code)
-        # ‖E − x dᵀ‖² − ‖E‖² = ‖x‖² ‖d‖² − 2 xᵀ E d, and E d = ‖d‖² x
-        # wherever x is not clipped: the error is ‖E‖² − ‖x‖² ‖d‖².
+        # ‖E − x dᵀ‖² − ‖E‖² = ‖x‖² ‖d‖² − 2 xᵀ E d, and xᵢ (E d)ᵢ =
+        # ‖d‖² xᵢ² for every code, clipped (xᵢ = 0) or not: the error is
+        # ‖E‖² − ‖x‖² ‖d‖².
         error = -np.dot(x, x) * d_sq
         if error < best_error:
             best, best_error = (d, x), error
-    return best
+    return best  # never None: ``atom`` has a nonzero entry
 
 
 def _codes_for(E, d, d_sq, positive_code):
@@ -61,9 +62,8 @@ def nonnegative_rank_one(E, atom, code, *, positive_code=False):
     atom : ndarray of shape (n_features,)
         Unit leading right singular vector of ``E`` (any sign).
     code : ndarray of shape (n_users,)
-        The matching coefficients ``E @ atom``; returned unchanged, with
-        ``atom``, when no nonnegative atom can fit ``E`` (never for ``E ≠ 0``
-        unless ``positive_code`` clips every code).
+        The matching coefficients ``E @ atom`` (unused: the start is the
+        projection of ``atom``, with its best codes).
     positive_code : bool, default=False
         Keep the coefficients nonnegative too.
 
@@ -80,15 +80,12 @@ def nonnegative_rank_one(E, atom, code, *, positive_code=False):
     M. Aharon, M. Elad, A. M. Bruckstein, "K-SVD and its non-negative
     variant for dictionary design", Proc. SPIE 5914, Wavelets XI, 2005.
     """
-    start = _best_start(E, atom, positive_code)
-    if start is None:  # pragma: no cover - a unit atom has a nonzero entry
-        return np.abs(atom), code
-    d, x = start
+    d, x = _best_start(E, atom, positive_code)
     tol = np.sqrt(np.finfo(E.dtype).eps)
     for _ in range(_MAX_ALTERNATIONS):
         x_sq = np.dot(x, x)
         if x_sq == 0:
-            break  # every code clipped: no direction to fit
+            break  # every code clipped (or E = 0): nothing to fit the atom to
         new_d = np.maximum(E.T @ x, 0) / x_sq
         d_sq = np.dot(new_d, new_d)
         if d_sq == 0:
