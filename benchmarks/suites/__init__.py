@@ -3,6 +3,6 @@
 Each module has ``NAME``, ``run(quick, seed)`` and ``markdown(result)``.
 """
 
-from . import encode, fit, init
+from . import encode, fit, init, peers
 
-SUITES = {module.NAME: module for module in (encode, fit, init)}
+SUITES = {module.NAME: module for module in (encode, fit, init, peers)}
