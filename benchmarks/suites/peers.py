@@ -18,9 +18,12 @@ Data sets:
   here, not :func:`sklearn_dbksvd.lm.harvest_activations`.
 - ``toy``: the paper's planted problem (A.2), d=256, m=1024, k=20.
 
-Peers: SPAMS ``trainDL`` (Mairal's online dictionary learning, lasso codes,
-λ over three values, given the wall time of our default fit through its
-``iter=-seconds`` budget) and scikit-learn's MiniBatchDictionaryLearning.
+Ours: the defaults, ``with_mean=True``, and both again for 100 steps. Peers:
+SPAMS ``trainDL`` (Mairal's online dictionary learning, lasso codes, λ over
+three values, given the wall time of our default fit through its
+``iter=-seconds`` budget) and scikit-learn's MiniBatchDictionaryLearning
+(``partial_fit`` on batches of 256 until that time has passed; at least one
+batch).
 """
 
 import time
@@ -49,7 +52,7 @@ SIZES = {
 PROBLEMS = {"minilm": {"ratio": 4, "k": 16}, "toy": {"m": 1024, "k": 20}}
 
 # SPAMS lambda1, as multiples of mean ‖x‖ / sqrt(d) of the training data.
-SPAMS_LAMBDAS = (0.25, 0.5, 1.0)
+SPAMS_LAMBDAS = (1.0, 2.0, 4.0)
 
 
 def minilm_states(n_tokens, layer=3, context=128, seed=0):
@@ -244,6 +247,15 @@ def _run_problem(name, X_train, X_test, m, k, planted, seed):
         X_train, m, k, seed, with_mean=True
     )
     add("DB-KSVD with_mean=True", components, mean, seconds, f"{steps} steps")
+    for with_mean in (False, True):
+        components, mean, seconds, steps = _fit_ours(
+            X_train, m, k, seed, with_mean=with_mean, max_iter=100, max_steps=100,
+            max_no_improvement=None,
+        )
+        add(
+            f"DB-KSVD with_mean={with_mean}", components, mean, seconds,
+            f"{steps} steps (max_steps=100)",
+        )
     try:
         import spams  # noqa: F401
     except ImportError:
