@@ -115,7 +115,7 @@ def smollm2_states(n_tokens, layer=15, context=128):
     if spec is None or importlib.util.find_spec("transformers") is None:
         return None
     directory = CACHE / f"smollm2-layer{layer}-ctx{context}-{n_tokens}"
-    if not (directory / "harvest.json").exists() or not _complete(directory):
+    if not _has_rows(directory, n_tokens):
         from pydoc_data.topics import topics
 
         package = Path(next(iter(spec.submodule_search_locations)))
@@ -129,10 +129,17 @@ def smollm2_states(n_tokens, layer=15, context=128):
     return np.asarray(load_activations(directory)[:n_tokens], dtype=np.float32)
 
 
-def _complete(directory):
+def _has_rows(directory, n_tokens):
+    """Whether a harvest in ``directory`` holds at least ``n_tokens`` rows.
+
+    A harvest stopped by ``max_tokens`` is not marked complete, yet usable.
+    """
     import json
 
-    return json.loads((directory / "harvest.json").read_text()).get("complete", False)
+    manifest = directory / "harvest.json"
+    if not manifest.exists():
+        return False
+    return json.loads(manifest.read_text()).get("n_rows", 0) >= n_tokens
 
 
 def _held_out_error(X, dictionary, mean, k, coder):
