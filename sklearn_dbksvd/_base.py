@@ -153,11 +153,6 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 "mp_refit=True cannot keep codes nonnegative; use "
                 "positive_code=False or mp_refit=False."
             )
-        if self.positive_code and self.fit_algorithm == "omp":
-            raise ValueError(
-                "positive_code=True needs fit_algorithm 'mp', 'lars' or 'cd'; "
-                "OMP has no positive constraint."
-            )
         if self.dict_init is not None:
             shape = np.shape(self.dict_init)
             if shape != (n_components, n_features):

@@ -89,8 +89,9 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         ``n_components`` entries of a code are nonzero, so CSR saves memory
         when ``n_components`` is large.
     positive_code : bool, default=False
-        Nonnegative codes: matching pursuit only takes positive correlations
-        and the atom update keeps codes nonnegative.
+        Nonnegative codes: matching pursuit only takes positive correlations,
+        OMP keeps its least-squares coefficients nonnegative (active set), and
+        the atom update keeps codes nonnegative.
     positive_dict : bool, default=False
         Nonnegative atoms. The K-SVD update of an atom becomes the
         nonnegative rank-1 update of NN-K-SVD (alternating projected updates

@@ -566,12 +566,6 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
                     "among the groups, so it needs transform_algorithm 'mp' or "
                     f"'omp'; got {self.transform_algorithm!r}."
                 )
-            if self.positive_code and self.transform_algorithm == "omp":
-                raise ValueError(
-                    "positive_code=True with transform_mode='nested' needs "
-                    "transform_algorithm='mp'; scikit-learn's OMP has no "
-                    "positive constraint."
-                )
         return n_components, k
 
     def _levels(self, n_components, n_nonzero_coefs):

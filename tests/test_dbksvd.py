@@ -283,7 +283,6 @@ def test_sparse_input_is_rejected_with_a_clear_error():
     [
         ({"n_nonzero_coefs": 0}, "n_nonzero_coefs"),
         ({"fit_algorithm": "lasso"}, "fit_algorithm"),
-        ({"positive_code": True, "fit_algorithm": "omp"}, "positive_code"),
         ({"dict_init": np.ones((3, 3))}, "dict_init has shape"),
         ({"batch_size": 0}, "batch_size"),
         ({"replace_coherence": 2.0}, "replace_coherence"),

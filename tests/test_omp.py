@@ -6,6 +6,7 @@ from sklearn.linear_model import orthogonal_mp_gram
 
 from sklearn_dbksvd import (
     DBKSVDDictionaryLearning,
+    MatryoshkaDBKSVD,
     _numba,
     _omp,
     sparse_encode_mp,
@@ -231,3 +232,19 @@ def test_estimator_and_step_use_batch_omp():
         X, components, n_nonzero_coefs=4, algorithm="omp", positive=False, n_jobs=None
     )
     np.testing.assert_array_equal(batch.toarray(), code)
+
+
+@pytest.mark.parametrize("Estimator", [DBKSVDDictionaryLearning, MatryoshkaDBKSVD])
+def test_estimators_code_nonnegative_with_omp(Estimator):
+    rng = np.random.RandomState(0)
+    X = np.abs(rng.randn(200, 12))
+    model = Estimator(
+        24, n_nonzero_coefs=3, fit_algorithm="omp", transform_algorithm="omp",
+        positive_code=True, max_steps=2, random_state=0,
+    ).fit(X)
+    code = model.transform(X)
+    assert code.min() >= 0 and code.max() > 0
+    assert np.count_nonzero(code, axis=1).max() <= 3
+    if Estimator is DBKSVDDictionaryLearning:
+        expected = sparse_encode_omp(X, model.components_, 3, positive=True)
+        np.testing.assert_allclose(code, expected)
