@@ -91,8 +91,10 @@ def trained_llama(tokenizer, n_steps=30, seed=0):
 
     model = tiny_llama(seed)
     texts = counting_texts(16, (20, 31), seed=seed + 100)
-    ids = [[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]
-           for t in texts]
+    ids = [
+        [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in texts
+    ]
     width = max(map(len, ids))
     batch = torch.full((len(ids), width), tokenizer.pad_token_id)
     for row, seq in enumerate(ids):

@@ -124,7 +124,8 @@ def test_reconstruction_metrics_match_harvest(tmp_path, model, tokenizer):
         1 - residual.mean() / variance, rel=1e-5
     )
     assert quality["mse"] == pytest.approx(residual.mean(), rel=1e-5)
-    cossim = (X * X_hat).sum(1) / np.linalg.norm(X, axis=1) / np.linalg.norm(X_hat, axis=1)
+    norms = np.linalg.norm(X, axis=1) * np.linalg.norm(X_hat, axis=1)
+    cossim = (X * X_hat).sum(1) / norms
     assert quality["cossim"] == pytest.approx(cossim.mean(), rel=1e-5)
     assert results["sparsity"]["l0"] == pytest.approx((codes != 0).sum(1).mean())
     density = (codes != 0).mean(axis=0)
@@ -166,3 +167,17 @@ def test_table_names_and_max_tokens(model, tokenizer):
         assert label in table
     with pytest.raises(ValueError, match="no token"):
         evaluate_dictionary(_random_dictionary(), model, tokenizer, [""], layer=1)
+
+
+def test_any_module_with_a_named_submodule(tokenizer):
+    from .test_lm_harvest import _PlainLM
+
+    estimator = DBKSVDDictionaryLearning(n_components=8, n_nonzero_coefs=8)
+    estimator.fit(np.random.RandomState(0).randn(20, 8).astype(np.float32))
+    estimator.components_ = np.eye(8, dtype=np.float32)
+    results = evaluate_dictionary(
+        estimator, _PlainLM(), tokenizer, TEXTS[:3], module="block"
+    )
+    assert results["model_performance_preservation"]["ce_loss_score"] == (
+        pytest.approx(1, abs=1e-4)
+    )

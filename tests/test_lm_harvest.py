@@ -287,3 +287,30 @@ def test_manifest_is_plain_json(tmp_path, tokenizer):
         "n_rows": 3,
         "n_documents": 1,
     }
+
+
+class _PlainLM(torch.nn.Module):
+    """Not a Hugging Face model: embedding, one named block, unembedding."""
+
+    def __init__(self, vocab_size=64, d=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab_size, d)
+        self.block = torch.nn.Linear(d, d)
+        self.unembed = torch.nn.Linear(d, vocab_size)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.unembed(torch.tanh(self.block(self.embed(input_ids))))
+
+
+def test_any_module_with_a_named_submodule(tmp_path, tokenizer):
+    model = _PlainLM()
+    texts = random_texts(3)
+    directory = harvest_activations(
+        model, tokenizer, texts, module="block", output=tmp_path / "a"
+    )
+    X, tokens = load_activations(directory), load_tokens(directory)
+    with torch.no_grad():
+        expected = model.block(model.embed(torch.from_numpy(tokens["token_id"]).long()))
+    np.testing.assert_allclose(X[:], expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert read_manifest(directory)["settings"]["hook_name"] == "block"

@@ -19,7 +19,8 @@ def read_texts(paths):
             for line in file:
                 lines.append(line)
                 size += len(line)
-                if size >= 4 * _PIECE_CHARS or (size >= _PIECE_CHARS and not line.strip()):
+                at_blank = size >= _PIECE_CHARS and not line.strip()
+                if at_blank or size >= 4 * _PIECE_CHARS:
                     yield "".join(lines)
                     lines, size = [], 0
             if lines:

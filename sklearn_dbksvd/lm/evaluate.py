@@ -60,7 +60,11 @@ METRICS = [
     ("model_performance_preservation", "ce_loss_score", "CE loss score"),
     ("model_performance_preservation", "ce_loss_without_sae", "CE loss without SAE"),
     ("model_performance_preservation", "ce_loss_with_sae", "CE loss with SAE"),
-    ("model_performance_preservation", "ce_loss_with_ablation", "CE loss with ablation"),
+    (
+        "model_performance_preservation",
+        "ce_loss_with_ablation",
+        "CE loss with ablation",
+    ),
     ("model_behavior_preservation", "kl_div_score", "KL div score"),
     ("model_behavior_preservation", "kl_div_with_sae", "KL div with SAE"),
     ("model_behavior_preservation", "kl_div_with_ablation", "KL div with ablation"),
@@ -262,7 +266,9 @@ def _run(model, submodule, hook, input_ids, attention_mask):
             output = model(input_ids=input_ids, attention_mask=attention_mask)
     finally:
         handle.remove()
-    return output.logits
+    # A Hugging Face output, or the logits themselves from a plain module.
+    logits = getattr(output, "logits", output)
+    return logits[0] if isinstance(logits, tuple) else logits
 
 
 def _reconstruct(estimator, x):
@@ -379,9 +385,12 @@ def evaluate_dictionary(
                 input_ids, mask,
             )
             ablated = _run(model, submodule, _Replace(), input_ids, mask)
-            losses["without_sae"].append(next_token_losses(clean, input_ids, predict))
-            losses["with_sae"].append(next_token_losses(spliced, input_ids, predict))
-            losses["with_ablation"].append(next_token_losses(ablated, input_ids, predict))
+            for key, logits in (
+                ("without_sae", clean),
+                ("with_sae", spliced),
+                ("with_ablation", ablated),
+            ):
+                losses[key].append(next_token_losses(logits, input_ids, predict))
             kls["with_sae"].append(kl_divergences(clean, spliced, keep))
             kls["with_ablation"].append(kl_divergences(clean, ablated, keep))
             del clean, spliced, ablated

@@ -250,7 +250,9 @@ def harvest_activations(
         None: 256 MiB of activations.
     overwrite : bool, default=False
         Replace a harvest with other settings in ``output``. A harvest with
-        the same settings is resumed, never replaced.
+        the same settings is resumed, never replaced; one that is complete
+        (its texts ran out, or it holds ``max_tokens`` rows) is returned as
+        it is, without reading ``texts``.
     progress : bool, default=False
         Show a tqdm progress bar (counting rows) when tqdm is installed.
 
