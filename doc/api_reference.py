@@ -77,6 +77,27 @@ and ``load_sae`` need safetensors, ``to_torch`` and ``load_torch`` need torch
         ],
     },
     {
+        "title": "Language models",
+        "module": "sklearn_dbksvd.lm",
+        "description": """
+Harvest a layer's activations over text into a directory of shards, read
+them back out of core, and evaluate a dictionary spliced into the model with
+SAEBench's core metrics. Running a model needs the ``lm`` extra (torch,
+transformers); importing the module and reading a harvest need NumPy only.
+See :ref:`lm`.
+""",
+        "names": [
+            "load_model",
+            "harvest_activations",
+            "load_activations",
+            "load_tokens",
+            "load_documents",
+            "read_manifest",
+            "evaluate_dictionary",
+            "format_metrics",
+        ],
+    },
+    {
         "title": "Dashboard",
         "module": "sklearn_dbksvd.lm",
         "description": """
