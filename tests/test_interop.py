@@ -815,22 +815,23 @@ def test_saelens_matching_pursuit_encode_is_our_transform(
 
 
 @pytest.mark.saelens
-def test_saelens_matching_pursuit_applies_the_mean(fitted, data, tmp_path):
+def test_saelens_matching_pursuit_applies_the_mean(data, tmp_path):
     pytest.importorskip("sae_lens")
     torch = _needs_torch()
     from sae_lens import SAE
 
-    model = copy.deepcopy(fitted["dbksvd", "float64"])
-    mean = data.mean(axis=0)
-    model.mean_ = mean
+    X = data + 3.0  # activations with a large mean, as residual streams
+    model = DBKSVDDictionaryLearning(
+        n_components=N_COMPONENTS, n_nonzero_coefs=K, max_steps=2,
+        random_state=0, with_mean=True,
+    ).fit(X)
     sae = SAE.load_from_disk(str(save_sae(model, tmp_path / "sae", **HOOK)))
+    assert sae.cfg.apply_b_dec_to_input
     with torch.no_grad():
-        acts = sae.encode(torch.from_numpy(data)).numpy()
+        acts = sae.encode(torch.from_numpy(X)).numpy()
         reconstruction = sae.decode(torch.from_numpy(acts)).numpy()
-    # Without centring in this estimator's transform, compare with the
-    # codes of the centred data.
-    codes = fitted["dbksvd", "float64"].transform(data - mean)
+    codes = model.transform(X)
     _assert_same_codes(acts[:, :N_COMPONENTS] - acts[:, N_COMPONENTS:], codes)
     np.testing.assert_allclose(
-        reconstruction, codes @ model.components_ + mean, rtol=1e-6, atol=1e-8
+        reconstruction, model.inverse_transform(codes), rtol=1e-6, atol=1e-8
     )
