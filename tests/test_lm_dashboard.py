@@ -589,3 +589,23 @@ def test_token_text_and_shading():
     assert _render.shade_class(0.01, 1.0) == "p1"
     assert _render.shade_class(-0.55, 1.0) == "n6"
     assert _render.shade_class(-2.0, 1.0) == "n10"
+
+
+def test_unused_atom_page(tmp_path):
+    # A duplicated atom is never chosen by matching pursuit after its twin:
+    # its page says so, and it is its twin's nearest atom at |cos| = 1.
+    import json
+
+    X, tokens, _, _ = _planted_data(300)
+    estimator = DBKSVDDictionaryLearning(
+        5, n_nonzero_coefs=2, max_iter=2, random_state=0
+    ).fit(X)
+    estimator.components_[4] = estimator.components_[0]
+    build_site(estimator, X, tokens, tmp_path / "site")
+    rows = json.loads((tmp_path / "site" / "atoms.json").read_text())
+    assert rows[4]["count"] == 0 and rows[4]["frequency"] == 0
+    assert rows[4]["nearest"] == 0 and rows[0]["nearest"] == 4
+    np.testing.assert_allclose(rows[4]["max_abs_cos"], 1, rtol=1e-6)
+    page = (tmp_path / "site" / _render.atom_file(4)).read_text(encoding="utf-8")
+    assert "Never used." in page and "a dead atom" in page
+    assert "Examples by activation quantile" not in page
