@@ -18,7 +18,11 @@ Data sets:
   here, not :func:`sklearn_dbksvd.lm.harvest_activations`.
 - ``toy``: the paper's planted problem (A.2), d=256, m=1024, k=20.
 
-Ours: the defaults, ``with_mean=True``, and both again for 100 steps. Peers:
+Ours: the defaults, ``with_mean=True``, and both again for 100 steps. SAEs
+(torch, CPU, one thread, same wall time as our default fit): a TopK SAE
+(Gao et al. 2024) and an MP-SAE (matching-pursuit encoder on tied atoms,
+Costa et al. 2025), their decoder atoms scored like the other dictionaries
+with their decoder bias as the mean. Peers:
 SPAMS ``trainDL`` (Mairal's online dictionary learning, lasso codes, λ over
 three values, given the wall time of our default fit through its
 ``iter=-seconds`` budget) and scikit-learn's MiniBatchDictionaryLearning
@@ -195,6 +199,63 @@ def _fit_mbdl(X, m, seconds, seed):
     return model.components_, time.perf_counter() - tic, n_batches
 
 
+def _fit_sae(X, m, k, seconds, seed, encoder):
+    """A TopK SAE (Gao et al. 2024) or MP-SAE (Costa et al. 2025), Adam, torch CPU.
+
+    Trained on batches of 1024 rows until ``seconds`` have passed (at least
+    one batch), on the data scaled to mean norm 1 (as Gao et al. normalise
+    inputs), with unit-norm decoder rows renormalised after every step and a
+    decoder bias initialised at the mean. ``encoder`` is "topk" (a linear
+    encoder and its k largest activations) or "mp" (k matching-pursuit steps
+    on the decoder atoms, coefficients differentiable, selections not).
+    Returns the decoder atoms, the decoder bias (in data units) and the time.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    scale = float(np.linalg.norm(X, axis=1).mean())
+    data = torch.from_numpy(np.ascontiguousarray(X / scale, dtype=np.float32))
+    d = data.shape[1]
+    W_dec = torch.randn(m, d)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    W_dec.requires_grad_(True)
+    b_dec = data.mean(0).clone().requires_grad_(True)
+    params = [W_dec, b_dec]
+    if encoder == "topk":
+        W_enc = W_dec.detach().T.clone().requires_grad_(True)
+        b_enc = torch.zeros(m, requires_grad=True)
+        params += [W_enc, b_enc]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    generator = np.random.RandomState(seed)
+    tic = time.perf_counter()
+    n_batches = 0
+    while n_batches == 0 or time.perf_counter() - tic < seconds:
+        x = data[torch.from_numpy(generator.randint(0, len(data), 1024))]
+        centred = x - b_dec
+        if encoder == "topk":
+            pre = centred @ W_enc + b_enc
+            values, atoms = pre.topk(k, dim=1)
+            codes = torch.zeros_like(pre).scatter(1, atoms, torch.relu(values))
+            x_hat = codes @ W_dec + b_dec
+        else:
+            residual = centred
+            for _ in range(k):
+                corr = residual @ W_dec.T
+                atoms = corr.abs().argmax(dim=1, keepdim=True)
+                coef = corr.gather(1, atoms)
+                residual = residual - coef * W_dec[atoms[:, 0]]
+            x_hat = x - residual
+        loss = ((x_hat - x) ** 2).sum(dim=1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        n_batches += 1
+    seconds = time.perf_counter() - tic
+    return W_dec.detach().numpy(), b_dec.detach().numpy() * scale, seconds, n_batches
+
+
 def _problems(size, seed):
     from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
@@ -273,6 +334,22 @@ def _run_problem(name, X_train, X_test, m, k, planted, seed):
             lam = factor * scale
             components, seconds = _fit_spams(X_train, m, lam, budget, seed)
             add("SPAMS trainDL", components, zero, seconds, f"lambda1={lam:.3g}")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread, as BLAS for every peer
+        try:
+            for encoder, label in (("topk", "TopK SAE"), ("mp", "MP-SAE")):
+                components, mean, seconds, n_batches = _fit_sae(
+                    X_train, m, k, budget, seed, encoder
+                )
+                add(label, components, mean.astype(np.float32), seconds,
+                    f"Adam, {n_batches} batches of 1024")
+        finally:
+            torch.set_num_threads(threads)
     components, seconds, n_batches = _fit_mbdl(X_train, m, budget, seed)
     add(
         "MiniBatchDictionaryLearning", components, zero, seconds,
