@@ -74,14 +74,15 @@ if HAVE_MODEL:
 if HAVE_MODEL:
     from sklearn_dbksvd.lm import harvest_activations, load_activations, load_tokens
 
-    workdir = Path(tempfile.mkdtemp())
+    # Removed when the example ends (the object is garbage-collected).
+    workdir = tempfile.TemporaryDirectory()
     tic = time.perf_counter()
     acts_dir = harvest_activations(
         model,
         tokenizer,
         train_texts,
         layer=15,
-        output=workdir / "acts",
+        output=Path(workdir.name) / "acts",
         context_size=64,
         batch_size=16,
         max_tokens=3000,

@@ -121,7 +121,7 @@ def test_max_tokens_and_bfloat16(tmp_path, tokenizer):
     assert X.shape == Y.shape == (77, 32)
     assert Y.dtype == np.float32
     assert np.load(tmp_path / "h" / "acts-00000.npy").dtype == np.uint16
-    # bfloat16 keeps 8 bits of mantissa: relative error at most 2**-9.
+    # bfloat16 stores 7 mantissa bits: relative error at most 2**-8.
     np.testing.assert_allclose(Y, X, rtol=2**-8, atol=1e-30)
     assert not np.array_equal(X, Y)
 
