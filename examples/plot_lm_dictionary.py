@@ -74,15 +74,16 @@ if HAVE_MODEL:
 if HAVE_MODEL:
     from sklearn_dbksvd.lm import harvest_activations, load_activations, load_tokens
 
-    # Removed when the example ends (the object is garbage-collected).
-    workdir = tempfile.TemporaryDirectory()
+    # Removed when the example ends and ``scratch`` is garbage-collected.
+    scratch = tempfile.TemporaryDirectory()
+    workdir = Path(scratch.name)
     tic = time.perf_counter()
     acts_dir = harvest_activations(
         model,
         tokenizer,
         train_texts,
         layer=15,
-        output=Path(workdir.name) / "acts",
+        output=workdir / "acts",
         context_size=64,
         batch_size=16,
         max_tokens=3000,
