@@ -248,3 +248,18 @@ def test_estimators_code_nonnegative_with_omp(Estimator):
     if Estimator is DBKSVDDictionaryLearning:
         expected = sparse_encode_omp(X, model.components_, 3, positive=True)
         np.testing.assert_allclose(code, expected)
+
+
+def test_transform_of_a_device_array_with_omp():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("array_api_compat")
+    import sklearn
+
+    X, _ = problem(dtype=np.float32)
+    model = DBKSVDDictionaryLearning(
+        60, n_nonzero_coefs=4, transform_algorithm="omp", max_steps=1, random_state=0
+    ).fit(X)
+    with sklearn.config_context(array_api_dispatch=True):
+        code = model.transform(torch.as_tensor(X))
+    assert torch.is_tensor(code)
+    np.testing.assert_allclose(code.numpy(), model.transform(X), rtol=1e-4, atol=1e-5)
