@@ -363,7 +363,51 @@ def run(quick, seed):
     results = [
         _run_problem(*problem, seed) for problem in _problems(size, seed)
     ]
-    return {"sizes": size, "problems": results}
+    result = {"sizes": size, "problems": results}
+    suffix = "-quick" if quick else ""
+    plot(result, CACHE.parent / f"peers{suffix}.png")
+    return result
+
+
+def plot(result, path):
+    """Held-out error against fit time, one panel per data set (PNG at ``path``).
+
+    Filled markers: OMP codes; hollow: MP codes of the same dictionary.
+    Skipped without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    problems = result["problems"]
+    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4))
+    axes = np.atleast_1d(axes)
+    methods = sorted({r["method"] + (" (100 steps)" if "100" in r["note"] else "")
+                      for info in problems for r in info["rows"]})
+    colours = dict(zip(methods, plt.cm.tab10.colors, strict=False))
+    for ax, info in zip(axes, problems, strict=True):
+        for r in info["rows"]:
+            label = r["method"] + (" (100 steps)" if "100" in r["note"] else "")
+            colour = colours[label]
+            ax.scatter(r["seconds"], r["omp_error"], color=colour, label=label)
+            ax.scatter(r["seconds"], r["mp_error"], facecolors="none",
+                       edgecolors=colour)
+        ax.set_xscale("log")
+        ax.set_xlabel("fit time, s (wall)")
+        ax.set_ylabel("held-out relative error")
+        ax.set_title(info["name"], fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=4,
+               fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def markdown(result):
