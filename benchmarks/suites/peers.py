@@ -261,8 +261,15 @@ def _problems(size, seed):
 
     n, n_test = size["n_tokens"], size["n_test"]
     log("peers: MiniLM hidden states")
-    X = minilm_states(n + n_test)
-    yield "minilm (all-MiniLM-L6-v2, layer 3)", X[:n], X[n:], 4 * X.shape[1], 16, None
+    try:
+        X = minilm_states(n + n_test)
+    except ImportError as error:  # the model package, torch or transformers
+        log(f"peers: MiniLM skipped ({error})")
+    else:
+        yield (
+            "minilm (all-MiniLM-L6-v2, layer 3)", X[:n], X[n:], 4 * X.shape[1], 16,
+            None,
+        )
     log("peers: SmolLM2 residual stream")
     n, n_test = size["lm_tokens"], size["lm_test"]
     X = smollm2_states(n + n_test)
