@@ -10,6 +10,7 @@ Usage::
     python benchmarks/bench_step.py                      # paper size, 2^16 x 2304, m=4096, k=20
     python benchmarks/bench_step.py -m 16384 -k 80
     python benchmarks/bench_step.py --grid                # ratio at m = 1024, 4096, 16384, k = 20, 80
+    python benchmarks/bench_step.py --cpu                 # one thread, CPU seconds (robust to load)
     python benchmarks/bench_step.py --scaling             # n_jobs=1 (one core) vs n_jobs=2
     python benchmarks/bench_step.py --omp                 # sparse_encode_mp vs orthogonal_mp_gram
     python benchmarks/bench_step.py --stream 16           # partial_fit over 16 batches, RSS per step
@@ -81,6 +82,32 @@ def chained_steps(X, D, k, n_jobs, repeat):
         atoms, _ = dbksvd_step(X, atoms, **step_kwargs(k, n_jobs, seed))
         best = min(best, time.perf_counter() - tic)
     return best
+
+
+def cpu_ratio(X, D, k, repeat):
+    """One step and the GEMM on one thread, in CPU seconds of the process.
+
+    On a machine shared with other jobs, wall-clock ratios move with their
+    load; one thread's CPU time moves much less (memory-bound phases still
+    feel the neighbours' traffic). Steps are chained as in a fit.
+    """
+    from sklearn_dbksvd._step import dbksvd_step
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        gemm = np.inf
+        for _ in range(repeat):
+            tic = time.process_time()
+            X @ D.T
+            gemm = min(gemm, time.process_time() - tic)
+        atoms, _ = dbksvd_step(X, D, **step_kwargs(k, 1))
+        step = np.inf
+        for seed in range(1, repeat + 1):
+            tic = time.process_time()
+            atoms, _ = dbksvd_step(X, atoms, **step_kwargs(k, 1, seed))
+            step = min(step, time.process_time() - tic)
+    print(f"  GEMM, one thread : {gemm:.2f} CPU s")
+    print(f"  step, n_jobs=1   : {step:.2f} CPU s")
+    print(f"  ratio            : {step / gemm:.3f}")
 
 
 def blas_kernel():
@@ -268,6 +295,8 @@ def main():
     parser.add_argument("-k", type=int, default=20, help="nonzeros per code")
     parser.add_argument("--n-jobs", type=int, default=-1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true",
+                        help="one thread, ratio of CPU seconds")
     parser.add_argument("--grid", action="store_true",
                         help="step / GEMM at m = 1024, 4096, 16384 and k = 20, 80")
     parser.add_argument("--scaling", action="store_true")
@@ -310,6 +339,9 @@ def main():
         return
     if args.scaling:
         scaling(X, D, args.k, args.repeat)
+        return
+    if args.cpu:
+        cpu_ratio(X, D, args.k, args.repeat)
         return
     if args.omp:
         versus_omp(X, D, args.k, args.repeat)

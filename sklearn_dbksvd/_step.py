@@ -16,7 +16,7 @@ from ._encode import _mp_encode, selections_to_csr
 from ._omp import _omp_encode
 from ._replace import atoms_to_replace, replace_atoms
 from ._update import update_dictionary
-from .metrics import batch_metrics
+from .metrics import _batch_metrics as batch_metrics
 
 # scikit-learn's lasso coders behind MiniBatchDictionaryLearning's fit_algorithm.
 _LASSO_CODERS = {"lars": "lasso_lars", "cd": "lasso_cd"}

@@ -44,7 +44,7 @@ _BLOCK_BYTES = 2**24
 _STATS_TILE = 512
 
 
-def batch_metrics(X, residual, *, n_jobs=None):
+def _batch_metrics(X, residual, *, n_jobs=None):
     """Relative error (Eq. 6) and variance explained (Eq. 7) of a batch, streamed.
 
     Equal to :func:`relative_error` and :func:`variance_explained` of ``X`` and

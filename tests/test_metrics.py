@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from sklearn_dbksvd import _numba, metrics
+from sklearn_dbksvd.metrics import _batch_metrics as batch_metrics
 from sklearn_dbksvd.metrics import (
     atom_recovery,
-    batch_metrics,
     coherence,
     relative_error,
     variance_explained,
