@@ -138,3 +138,19 @@ def torch_tensor(X):
     import torch
 
     return torch.as_tensor(X)
+
+
+def test_command_line_fit_with_mean(data, tmp_path):
+    from sklearn_dbksvd.cli import main
+    from sklearn_dbksvd.cli._io import load_dictionary
+
+    X = data + 3.0
+    np.save(tmp_path / "x.npy", X)
+    out = tmp_path / "d.npz"
+    args = ["fit", str(tmp_path / "x.npy"), "-m", "24", "-k", "3", "--steps", "4"]
+    assert main([*args, "--with-mean", "-q", "-o", str(out)]) == 0
+    loaded = load_dictionary(out)
+    assert loaded.with_mean is True
+    expected = model(with_mean=True, max_iter=4, max_steps=4).fit(X)
+    np.testing.assert_allclose(loaded.mean_, expected.mean_)
+    np.testing.assert_allclose(loaded.components_, expected.components_)

@@ -61,6 +61,13 @@ def add_parser(commands):
         help="nested groups of atoms (MatryoshkaDBKSVD)",
     )
     fit.add_argument(
+        "--with-mean",
+        action="store_true",
+        help="centre the data: learn its mean and fit the atoms to centred "
+        "samples (the decoder bias of an SAE; helps on language-model "
+        "activations)",
+    )
+    fit.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
@@ -115,6 +122,7 @@ def run(args):
         n_jobs=args.n_jobs,
         random_state=args.seed,
         backend=args.backend,
+        with_mean=args.with_mean,
     )
     if args.steps is not None:
         # As many epochs as the steps need; early stopping may end sooner.
