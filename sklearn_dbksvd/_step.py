@@ -37,14 +37,21 @@ def _row_blocks(n_samples, n_features, itemsize):
 # exactly (its coherence check computes it): the next step on those atoms
 # encodes with it instead of computing it again, so that a step computes
 # ``D Dᵀ`` once. One entry: a weak reference to the returned atoms (the entry
-# dies with them), a copy of them (atoms changed in place in between are
-# never paired with a stale matrix) and the backend's namespace.
+# is dropped when they die), a copy of them (atoms changed in place in
+# between are never paired with a stale matrix) and the backend's namespace.
 _last_gram = None
 
 
 def _remember_gram(components, gram, backend):
     global _last_gram
-    _last_gram = (weakref.ref(components), components.copy(), backend.xp, gram)
+
+    def forget(ref):
+        global _last_gram
+        entry = _last_gram
+        if entry is not None and entry[0] is ref:
+            _last_gram = None
+
+    _last_gram = (weakref.ref(components, forget), components.copy(), backend.xp, gram)
 
 
 def _recall_gram(components, backend):

@@ -187,3 +187,7 @@ def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
     assert len(calls) == 2
     expected, _ = dbksvd_step(X, start, **_helpers.step_settings())
     np.testing.assert_array_equal(changed, expected)
+    # The matrix is let go with the atoms it belongs to.
+    assert _step._last_gram is not None
+    del expected
+    assert _step._last_gram is None
