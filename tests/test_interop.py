@@ -621,6 +621,23 @@ def test_torch_codes_equal_transform_on_batched_input(fitted, data, dtype, varia
     )
 
 
+def test_torch_encoder_follows_a_split_sign_estimator(fitted, data):
+    _needs_torch()
+    import torch
+
+    from sklearn_dbksvd.interop import to_torch
+
+    model = copy.deepcopy(fitted["dbksvd", "float32"]).set_params(split_sign=True)
+    X = data.astype(np.float32)
+    expected = model.transform(X)
+    assert expected.shape == (len(X), 2 * N_COMPONENTS)
+    codes = to_torch(model).encode(torch.from_numpy(X)).numpy()
+    _assert_same_codes(codes, expected)
+    # Asked for explicitly, signed codes stay available.
+    signed = to_torch(model, split_sign=False).encode(torch.from_numpy(X)).numpy()
+    assert signed.shape == (len(X), N_COMPONENTS)
+
+
 def test_torch_split_sign_and_sae_attributes(fitted, data):
     torch = _needs_torch()
     from sklearn_dbksvd.interop import MatchingPursuitEncoder, to_torch

@@ -31,7 +31,7 @@ def to_torch(
     device=None,
     dtype=None,
     *,
-    split_sign=False,
+    split_sign=None,
     hook_name=None,
     model_name=None,
     hook_layer=None,
@@ -55,9 +55,10 @@ def to_torch(
     dtype : torch.dtype or str, default=None
         Dtype of the module (and of its codes); None means the dtype of
         ``components_``. Matching pursuit runs in float32 at least.
-    split_sign : bool, default=False
+    split_sign : bool, default=None
         Output split-sign codes ``[max(c, 0), max(-c, 0)]`` (``d_sae = 2 *
-        n_components``, ``W_dec = [D; -D]``).
+        n_components``, ``W_dec = [D; -D]``). None follows the estimator's
+        own ``split_sign``, so that ``encode`` gives what ``transform`` gives.
     hook_name, model_name, hook_layer : str, str, int, default=None
         Stored in ``cfg`` for SAEBench; ``hook_layer`` is read from
         ``hook_name`` when None.
@@ -92,6 +93,8 @@ def to_torch(
     >>> encoder(activations).shape  # the reconstruction, as an SAE's forward
     torch.Size([30, 10, 8])
     """
+    if split_sign is None:
+        split_sign = bool(getattr(estimator, "split_sign", False))
     settings = _encoder_settings(estimator, split_sign=split_sign)
     if settings["algorithm"] != "mp":
         raise NotImplementedError(
