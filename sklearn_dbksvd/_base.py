@@ -423,7 +423,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         # that a failed step leaves the fitted state untouched.
         step_state = np.random.RandomState()
         step_state.set_state(random_state.get_state())
-        components, info = self._step(
+        # One call, one step: no Gram matrix is kept between calls (it would be
+        # pickled with the estimator).
+        components, info, _ = self._step(
             X, components, step_state, self._partial_fit_replaces(step), scale=scale
         )
         info = {

@@ -338,7 +338,9 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.verbose = verbose
         self.callback = callback
 
-    def _step(self, X_batch, components, random_state, replace, scale=1.0):
+    def _step(
+        self, X_batch, components, random_state, replace, scale=1.0, gram=None
+    ):
         n_components, k = self._check_settings(X_batch.shape[1])
         return dbksvd_step(
             X_batch,
@@ -359,4 +361,6 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             positive_dict=self.positive_dict,
             alpha=self.alpha * scale,
             max_iter=self.transform_max_iter,
+            gram=gram,
+            return_gram=True,
         )

@@ -122,6 +122,8 @@ class FitState:
     mean : ndarray of shape (n_features,) or None
         The mean subtracted from every batch (``with_mean=True``); a
         resumed fit recomputes it from the data (it is deterministic).
+    gram : array of shape (n_components, n_components) or None
+        Gram matrix of ``components`` when the last step had it exactly.
     """
 
     random_state: np.random.RandomState
@@ -131,6 +133,10 @@ class FitState:
     epoch_state: tuple = None
     done: bool = False
     mean: np.ndarray = None
+    # Gram matrix of ``components`` when the last step had it exactly, for
+    # the next step's encoder (one ``D Dᵀ`` per step); never checkpointed: a
+    # resumed fit computes it again, to the same bits.
+    gram: object = None
 
 
 @dataclass
@@ -231,12 +237,13 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
             batch = centred(batch, state.mean)
             scale = batch_scale(batch)
             tic = time.perf_counter()
-            state.components, info = model._step(
+            state.components, info, state.gram = model._step(
                 scaled(batch, scale),
                 state.components,
                 state.random_state,
                 state.step < last_replacing_step,
                 scale=scale,
+                gram=state.gram,
             )
             seen += batch.shape[0]
             info = {
@@ -256,6 +263,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
             )
             if on_step is not None:
                 on_step(state)
+    state.gram = None  # an (m, m) array: not kept past the fit
     return state
 
 

@@ -572,7 +572,11 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         sizes = check_group_sizes(self.group_sizes, n_components)
         return nested_levels(sizes, n_nonzero_coefs)
 
-    def _step(self, X_batch, components, random_state, replace, scale=1.0):
+    def _step(
+        self, X_batch, components, random_state, replace, scale=1.0, gram=None
+    ):
+        # Levels encode with Gram matrices of their own groups: no full one
+        # to take or to hand on.
         n_components, k = self._check_settings(X_batch.shape[1])
         components, info, _ = matryoshka_step(
             X_batch,
@@ -594,7 +598,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
             alpha=self.alpha * scale,
             max_iter=self.transform_max_iter,
         )
-        return components, info
+        return components, info, None
 
     def _refit_on_known_support(self, X_known, codes, components, random_state):
         # The known support is split by group and refitted level by level,

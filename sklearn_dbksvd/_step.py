@@ -5,8 +5,6 @@ Memory: besides the batch, a step holds one dense array of the batch's shape
 exist one block of samples at a time (see ``_encode._BLOCK_BYTES``).
 """
 
-import weakref
-
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import sparse_encode
@@ -31,41 +29,6 @@ _PASS_BLOCK_BYTES = 2**24
 def _row_blocks(n_samples, n_features, itemsize):
     step = max(1, _PASS_BLOCK_BYTES // max(1, n_features * itemsize))
     return [slice(i, min(i + step, n_samples)) for i in range(0, n_samples, step)]
-
-
-# The Gram matrix of the atoms the last step returned, when that step had it
-# exactly (its coherence check computes it): the next step on those atoms
-# encodes with it instead of computing it again, so that a step computes
-# ``D Dᵀ`` once. One entry: a weak reference to the returned atoms (the entry
-# is dropped when they die), a copy of them (atoms changed in place in
-# between are never paired with a stale matrix) and the backend's namespace.
-_last_gram = None
-
-
-def _remember_gram(components, gram, backend):
-    global _last_gram
-
-    def forget(ref):
-        global _last_gram
-        entry = _last_gram
-        if entry is not None and entry[0] is ref:
-            _last_gram = None
-
-    _last_gram = (weakref.ref(components, forget), components.copy(), backend.xp, gram)
-
-
-def _recall_gram(components, backend):
-    """The remembered Gram matrix of ``components`` (the same array), or None."""
-    global _last_gram
-    entry, _last_gram = _last_gram, None
-    if entry is None:
-        return None
-    ref, snapshot, xp, gram = entry
-    if ref() is not components or xp is not backend.xp:
-        return None
-    if not np.array_equal(components, snapshot):
-        return None
-    return gram
 
 
 def _as_backend(backend, X):
@@ -332,6 +295,8 @@ def dbksvd_step(
     positive_dict=False,
     alpha=None,
     max_iter=1000,
+    gram=None,
+    return_gram=False,
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -375,6 +340,13 @@ def dbksvd_step(
         Nonnegative atoms: NN-K-SVD updates, nonnegative replacements.
     alpha, max_iter : float, int
         Penalty and iterations of the lasso coders ("lars", "cd").
+    gram : array of shape (n_components, n_components), default=None
+        ``components @ components.T`` in the backend's namespace, if known
+        (what the previous step returned with ``return_gram``).
+    return_gram : bool, default=False
+        Also return the Gram matrix of the new atoms when the step had it
+        exactly (its coherence check computes it), else None: passed to the
+        next step as ``gram``, it spares that step computing ``D Dᵀ`` again.
 
     Returns
     -------
@@ -383,11 +355,12 @@ def dbksvd_step(
     info : dict
         ``relative_error`` and ``variance_explained`` of the batch after the
         atom update (before replacement) and ``n_replaced``.
+    gram : array of shape (n_components, n_components) or None
+        Only with ``return_gram``.
     """
     backend = _as_backend(backend, X)
-    gram = None
-    if codes is None:
-        gram = _recall_gram(components, backend)
+    if codes is not None:
+        gram = None
     components = _backend.to_numpy(components).copy()
     residual = None
     if codes is None and fit_algorithm == "mp":
@@ -441,6 +414,7 @@ def dbksvd_step(
         "variance_explained": variance_explained,
         "n_replaced": 0,
     }
+    final_gram = None
     if replace:
         if fit_algorithm in _LASSO_CODERS:
             # The lasso has no budget: judge usage against its mean support.
@@ -456,6 +430,6 @@ def dbksvd_step(
             positive_code=positive,
             backend=backend,
         )
-        if final_gram is not None:
-            _remember_gram(components, final_gram, backend)
+    if return_gram:
+        return components, info, final_gram
     return components, info

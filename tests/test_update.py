@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _backend, _step
+from sklearn_dbksvd import _backend
 from sklearn_dbksvd._step import clear_dictionary, dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
 from tests import _helpers
@@ -71,7 +71,9 @@ def test_step_equals_reference_ksvd(fit_algorithm, coder, update_batch_size):
     atoms, info = dbksvd_step(
         X,
         start,
-        **step_settings(fit_algorithm=fit_algorithm, update_batch_size=update_batch_size),
+        **step_settings(
+            fit_algorithm=fit_algorithm, update_batch_size=update_batch_size
+        ),
     )
     np.testing.assert_allclose(atoms, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(atoms, axis=1), 1.0)
@@ -170,24 +172,51 @@ def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
     gram = _backend.gram
     monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
     X, start = planted()
-    first, _ = dbksvd_step(X, start, **_helpers.step_settings())
+    first, _, first_gram = dbksvd_step(
+        X, start, return_gram=True, **_helpers.step_settings()
+    )
+    assert first_gram is not None
+    np.testing.assert_allclose(first_gram, first @ first.T, rtol=1e-12, atol=1e-12)
     calls.clear()
-    second, info = dbksvd_step(X, first, **_helpers.step_settings())
-    assert len(calls) == 1  # the coherence check's, reused by the encoder
-    # The same step without the remembered matrix gives the same atoms.
-    _step._last_gram = None
+    second, info = dbksvd_step(X, first, gram=first_gram, **_helpers.step_settings())
+    assert len(calls) == 1  # the coherence check's; the encoder took first_gram
+    # The same step computing its own Gram matrix gives the same atoms.
+    calls.clear()
     fresh, fresh_info = dbksvd_step(X, first.copy(), **_helpers.step_settings())
+    assert len(calls) == 2
     np.testing.assert_array_equal(second, fresh)
     assert info == fresh_info
-    # Atoms changed in place are never paired with their old Gram matrix.
-    third, _ = dbksvd_step(X, first, **_helpers.step_settings())
-    third[:] = start
-    calls.clear()
-    changed, _ = dbksvd_step(X, third, **_helpers.step_settings())
-    assert len(calls) == 2
-    expected, _ = dbksvd_step(X, start, **_helpers.step_settings())
-    np.testing.assert_array_equal(changed, expected)
-    # The matrix is let go with the atoms it belongs to.
-    assert _step._last_gram is not None
-    del expected
-    assert _step._last_gram is None
+
+
+def test_fit_computes_one_gram_matrix_per_step(monkeypatch):
+    from sklearn_dbksvd import DBKSVDDictionaryLearning
+
+    X, _ = planted()
+    params = dict(
+        n_components=20,
+        n_nonzero_coefs=3,
+        batch_size=100,
+        max_iter=3,
+        max_no_improvement=None,
+        random_state=0,
+    )
+    # Reference: every step computes its own Gram matrix.
+    step = DBKSVDDictionaryLearning._step
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            DBKSVDDictionaryLearning,
+            "_step",
+            lambda self, *a, gram=None, **kw: step(self, *a, **kw),
+        )
+        expected = DBKSVDDictionaryLearning(**params).fit(X)
+    calls = []
+    gram = _backend.gram
+    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
+    model = DBKSVDDictionaryLearning(**params).fit(X)
+    # Without duplicates to replace, every step but the first reuses the
+    # previous step's matrix, and the atoms are those of separate steps.
+    assert len(calls) <= model.n_steps_ + 1 + sum(
+        h["n_replaced"] > 0 for h in model.history_
+    )
+    assert len(calls) < 2 * model.n_steps_
+    np.testing.assert_array_equal(model.components_, expected.components_)
