@@ -78,15 +78,24 @@ class SmoothedError:
 
     As in ``MiniBatchDictionaryLearning``, the weight of a new batch is its
     share of the data, and fitting stops after ``patience`` steps in a row
-    without a relative improvement larger than ``tol``.
+    without a relative improvement larger than ``tol``. The first step's
+    error is left out: with ``init="samples"`` its atoms are samples of that
+    very batch, which code those samples exactly, so its error is lower than
+    the fit reaches for many steps after and would make every later step look
+    stale (measured on MiniLM activations with a batch of twice the atoms:
+    stopped at step 11 of 70, 0.354 error against 0.334 without stopping).
     """
 
     def __init__(self, tol, patience, batch_weight):
         self.tol, self.patience, self.batch_weight = tol, patience, batch_weight
         self.smoothed = self.best = None
         self.stale_steps = 0
+        self.steps_seen = 0
 
     def should_stop(self, error):
+        self.steps_seen += 1
+        if self.steps_seen == 1:
+            return False
         if self.smoothed is None:
             self.smoothed = error
         else:
