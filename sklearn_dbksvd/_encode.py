@@ -394,6 +394,46 @@ def _drop_rounding_level(code):
     code.data[magnitude <= np.repeat(threshold, np.diff(code.indptr))] = 0
 
 
+def check_coder_inputs(name, X, dictionary, gram, cov, tol):
+    """Validate the arguments shared by the public Gram-domain coders.
+
+    Returns ``X``, ``dictionary``, ``gram`` and ``cov`` as arrays of the
+    dictionary's dtype (float32 or float64); ``gram`` C-ordered, as the
+    kernels read its rows. ``name`` is the public function, for messages.
+    """
+    dictionary = check_array(dictionary, dtype=[np.float64, np.float32])
+    dtype = dictionary.dtype
+    n_components, n_features = dictionary.shape
+    if X is None and cov is None:
+        raise ValueError(f"{name} needs X or cov; both are None.")
+    if tol is not None and X is None:
+        raise ValueError("tol needs X: the residual norm is relative to ‖x‖.")
+    if X is not None:
+        X = check_array(X, dtype=dtype)
+        if X.shape[1] != n_features:
+            raise ValueError(
+                f"X has {X.shape[1]} features but the dictionary has {n_features}."
+            )
+    if gram is not None:
+        gram = check_array(gram, dtype=dtype, order="C")
+        if gram.shape != (n_components, n_components):
+            raise ValueError(
+                f"gram has shape {gram.shape}; expected "
+                f"({n_components}, {n_components})."
+            )
+    if cov is not None:
+        cov = check_array(cov, dtype=dtype)
+        if cov.shape[0] != n_components:
+            raise ValueError(
+                f"cov has {cov.shape[0]} rows; expected n_components={n_components}."
+            )
+        if X is not None and cov.shape[1] != X.shape[0]:
+            raise ValueError(
+                f"cov has {cov.shape[1]} columns but X has {X.shape[0]} samples."
+            )
+    return X, dictionary, gram, cov
+
+
 @validate_params(
     {
         "X": ["array-like", None],
@@ -485,38 +525,15 @@ def sparse_encode_mp(
     >>> sparse_encode_mp(np.array([[3.0, 0.5, -2.0]]), dictionary, 2)
     array([[ 3.,  0., -2.]])
     """
-    dictionary = check_array(dictionary, dtype=[np.float64, np.float32])
-    dtype = dictionary.dtype
-    if X is None and cov is None:
-        raise ValueError("sparse_encode_mp needs X or cov; both are None.")
-    if tol is not None and X is None:
-        raise ValueError("tol needs X: the residual norm is relative to ‖x‖.")
     if refit and positive:
         raise ValueError(
             "refit=True cannot keep codes nonnegative; use positive=False or "
             "refit=False."
         )
-    if X is not None:
-        X = check_array(X, dtype=dtype)
-        if X.shape[1] != dictionary.shape[1]:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the dictionary has "
-                f"{dictionary.shape[1]}."
-            )
+    X, dictionary, gram, cov = check_coder_inputs(
+        "sparse_encode_mp", X, dictionary, gram, cov, tol
+    )
     n_components = dictionary.shape[0]
-    if gram is not None:
-        gram = check_array(gram, dtype=dtype)
-        if gram.shape != (n_components, n_components):
-            raise ValueError(
-                f"gram has shape {gram.shape}; expected "
-                f"({n_components}, {n_components})."
-            )
-    if cov is not None:
-        cov = check_array(cov, dtype=dtype)
-        if cov.shape[0] != n_components:
-            raise ValueError(
-                f"cov has {cov.shape[0]} rows; expected n_components={n_components}."
-            )
     indices, values = _mp_encode(
         X,
         dictionary,

@@ -27,10 +27,14 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
-from sklearn.utils.validation import check_array
 
 from . import _backend, _numba
-from ._encode import _argmax_key, _block_size, selections_to_csr
+from ._encode import (
+    _argmax_key,
+    _block_size,
+    check_coder_inputs,
+    selections_to_csr,
+)
 from ._parallel import parallel_map
 
 # An atom whose squared distance to the span of the support is at most this
@@ -516,37 +520,10 @@ def sparse_encode_omp(
     >>> sparse_encode_omp(np.array([[1.2, 1.6]]), dictionary, 2).round(6)
     array([[0., 2.]])
     """
-    dictionary = check_array(dictionary, dtype=[np.float64, np.float32])
-    dtype = dictionary.dtype
-    if X is None and cov is None:
-        raise ValueError("sparse_encode_omp needs X or cov; both are None.")
-    if tol is not None and X is None:
-        raise ValueError("tol needs X: the residual norm is relative to ‖x‖.")
+    X, dictionary, gram, cov = check_coder_inputs(
+        "sparse_encode_omp", X, dictionary, gram, cov, tol
+    )
     n_components = dictionary.shape[0]
-    if X is not None:
-        X = check_array(X, dtype=dtype)
-        if X.shape[1] != dictionary.shape[1]:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the dictionary has "
-                f"{dictionary.shape[1]}."
-            )
-    if gram is not None:
-        gram = check_array(gram, dtype=dtype, order="C")
-        if gram.shape != (n_components, n_components):
-            raise ValueError(
-                f"gram has shape {gram.shape}; expected "
-                f"({n_components}, {n_components})."
-            )
-    if cov is not None:
-        cov = check_array(cov, dtype=dtype)
-        if cov.shape[0] != n_components:
-            raise ValueError(
-                f"cov has {cov.shape[0]} rows; expected n_components={n_components}."
-            )
-        if X is not None and cov.shape[1] != X.shape[0]:
-            raise ValueError(
-                f"cov has {cov.shape[1]} columns but X has {X.shape[0]} samples."
-            )
     indices, values = _omp_encode(
         X, dictionary, n_nonzero_coefs, gram=gram, cov=cov, positive=positive,
         tol=tol, n_jobs=n_jobs,
