@@ -54,8 +54,18 @@ def atoms_to_replace(components, usage, *, min_usage, max_coherence):
     return np.flatnonzero(rare)
 
 
+def residual_sq_norms(residual):
+    """Squared row norms ``‖r_i‖²`` in float64, with no temporary of its size.
+
+    What the NumPy metrics pass (``metrics._batch_metrics``) computes; the
+    compiled one agrees to rounding.
+    """
+    return np.einsum("ij,ij->i", residual, residual, dtype=np.float64)
+
+
 def replace_atoms(
-    components, atoms, residual, *, positive_dict=False, positive_code=False
+    components, atoms, residual, *, positive_dict=False, positive_code=False,
+    sq_norms=None,
 ):
     """Put the worst-fitted samples' normalised residuals in place of ``atoms``.
 
@@ -77,14 +87,17 @@ def replace_atoms(
     positive_code : bool, default=False
         With ``positive_dict``, codes are nonnegative too, so residuals are
         never negated.
+    sq_norms : ndarray of shape (n_samples,), default=None
+        Squared row norms of ``residual`` (float64) if known.
 
     Returns
     -------
     ndarray of int
         The atoms actually replaced.
     """
-    # Row norms without a temporary of the residual's size.
-    norms = np.sqrt(np.einsum("ij,ij->i", residual, residual))
+    if sq_norms is None:
+        sq_norms = residual_sq_norms(residual)
+    norms = np.sqrt(sq_norms)
     n_new = min(len(atoms), int(np.count_nonzero(norms > 0)))
     if n_new == 0:
         return atoms[:0]

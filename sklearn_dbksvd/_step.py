@@ -12,7 +12,7 @@ from sklearn.decomposition import sparse_encode
 from . import _backend
 from ._encode import _mp_encode, selections_to_csr
 from ._omp import _omp_encode
-from ._replace import atoms_to_replace, replace_atoms
+from ._replace import atoms_to_replace, replace_atoms, residual_sq_norms
 from ._update import update_dictionary
 from .metrics import _batch_metrics as batch_metrics
 
@@ -188,7 +188,7 @@ def refit_atoms(
 
 def clear_dictionary(
     components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence,
-    positive_dict=False, positive_code=False,
+    positive_dict=False, positive_code=False, sq_norms=None,
 ):
     """Replace dead, rare and duplicated atoms; return how many were replaced.
 
@@ -196,18 +196,20 @@ def clear_dictionary(
     batch whose mean usage is below one user per atom is too small to tell
     dead atoms from unlucky ones: nothing is replaced. With ``positive_dict``
     the new atoms are nonnegative (see ``_replace.replace_atoms``).
+    ``sq_norms`` are the squared row norms of ``residual`` (float64) if
+    known, e.g. from the metrics pass; computed otherwise.
     """
     return _clear_dictionary(
         components, codes, residual, n_nonzero_coefs=n_nonzero_coefs,
         min_usage=min_usage, max_coherence=max_coherence,
         positive_dict=positive_dict, positive_code=positive_code,
-        backend=_backend.ArrayBackend(np),
+        backend=_backend.ArrayBackend(np), sq_norms=sq_norms,
     )[0]
 
 
 def _clear_dictionary(
     components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence,
-    positive_dict, positive_code, backend,
+    positive_dict, positive_code, backend, sq_norms=None,
 ):
     """:func:`clear_dictionary`, and the Gram matrix of the final atoms or None.
 
@@ -225,6 +227,8 @@ def _clear_dictionary(
     mean_usage = n_samples * n_nonzero_coefs / n_components
     if mean_usage < 1:
         return 0, None
+    if sq_norms is None:
+        sq_norms = residual_sq_norms(residual)
     if positive_dict:
         atoms = atoms_to_replace(
             components, usage, min_usage=min_usage * mean_usage,
@@ -233,13 +237,14 @@ def _clear_dictionary(
         replaced = replace_atoms(
             components, atoms, residual,
             positive_dict=positive_dict, positive_code=positive_code,
+            sq_norms=sq_norms,
         )
         return len(replaced), None
     rare = atoms_to_replace(
         components, usage, min_usage=min_usage * mean_usage, max_coherence=1.0
     )
     # Worst-fitted samples first, as in ``replace_atoms``; one per new atom.
-    norms = np.sqrt(np.einsum("ij,ij->i", residual, residual))
+    norms = np.sqrt(sq_norms)
     worst = np.argsort(norms, kind="stable")[::-1][: np.count_nonzero(norms > 0)]
     rare = rare[: len(worst)]
     components[rare] = residual[worst[: len(rare)]] / norms[worst[: len(rare)], None]
@@ -408,7 +413,11 @@ def dbksvd_step(
         backend=backend,
         positive_dict=positive_dict,
     )
-    relative_error, variance_explained = batch_metrics(X, residual, n_jobs=n_jobs)
+    # One pass over the residual: the replacement ranks samples by the
+    # squared norms that the metrics compute anyway.
+    relative_error, variance_explained, sq_norms = batch_metrics(
+        X, residual, n_jobs=n_jobs, return_sq_norms=True
+    )
     info = {
         "relative_error": relative_error,
         "variance_explained": variance_explained,
@@ -429,6 +438,7 @@ def dbksvd_step(
             positive_dict=positive_dict,
             positive_code=positive,
             backend=backend,
+            sq_norms=sq_norms,
         )
     if return_gram:
         return components, info, final_gram

@@ -44,7 +44,7 @@ _BLOCK_BYTES = 2**24
 _STATS_TILE = 512
 
 
-def _batch_metrics(X, residual, *, n_jobs=None):
+def _batch_metrics(X, residual, *, n_jobs=None, return_sq_norms=False):
     """Relative error (Eq. 6) and variance explained (Eq. 7) of a batch, streamed.
 
     Equal to :func:`relative_error` and :func:`variance_explained` of ``X`` and
@@ -63,14 +63,20 @@ def _batch_metrics(X, residual, *, n_jobs=None):
         ``X - X_reconstructed`` on the host.
     n_jobs : int, default=None
         Threads.
+    return_sq_norms : bool, default=False
+        Also return the squared residual norms ``‖r_i‖²`` (float64), which
+        the same pass computes: the atom replacement ranks samples by them.
 
     Returns
     -------
     relative_error, variance_explained : float
+    sq_norms : ndarray of shape (n_samples,)
+        Only with ``return_sq_norms``.
     """
     n_samples, n_features = residual.shape
+    sq_norms = np.empty(n_samples)
     if n_samples == 0:
-        return 0.0, 1.0
+        return (0.0, 1.0, sq_norms) if return_sq_norms else (0.0, 1.0)
     step = max(1, _BLOCK_BYTES // max(1, n_features * residual.itemsize))
     blocks = [slice(i, min(i + step, n_samples)) for i in range(0, n_samples, step)]
 
@@ -78,8 +84,8 @@ def _batch_metrics(X, residual, *, n_jobs=None):
         X_block = np.ascontiguousarray(_backend.to_numpy(X[block, :]))
         R_block = np.ascontiguousarray(residual[block])
         if _numba.use_numba() and X_block.dtype == R_block.dtype:
-            return _block_stats_compiled(X_block, R_block)
-        return _block_stats_numpy(X_block, R_block)
+            return _block_stats_compiled(X_block, R_block, sq_norms[block])
+        return _block_stats_numpy(X_block, R_block, sq_norms[block])
 
     parts = parallel_map(block_stats, blocks, n_jobs=n_jobs)
     moments_x = moments_r = (0, np.zeros(n_features), np.zeros(n_features))
@@ -93,23 +99,28 @@ def _batch_metrics(X, residual, *, n_jobs=None):
         explained = 1.0 if not any(p[3] for p in parts) else 0.0
     else:
         explained = float(1.0 - np.mean(var_r[keep] / var_x[keep]))
-    return float(sum(p[0] for p in parts)) / n_samples, explained
+    error = float(sum(p[0] for p in parts)) / n_samples
+    return (error, explained, sq_norms) if return_sq_norms else (error, explained)
 
 
-def _block_stats_numpy(X_block, R_block):
-    """Sum of ratios, moments of ``X`` and ``R``, any nonzero residual."""
+def _block_stats_numpy(X_block, R_block, sq_errors):
+    """Sum of ratios, moments of ``X`` and ``R``, any nonzero residual.
+
+    ``sq_errors`` (float64, one per row) receives ``‖r_i‖²``.
+    """
     norms = np.sqrt(np.einsum("ij,ij->i", X_block, X_block, dtype=np.float64))
-    errors = np.sqrt(np.einsum("ij,ij->i", R_block, R_block, dtype=np.float64))
+    np.einsum("ij,ij->i", R_block, R_block, dtype=np.float64, out=sq_errors)
+    errors = np.sqrt(sq_errors)
     ratio = np.divide(errors, norms, out=np.zeros_like(errors), where=norms > 0)
     return (
         ratio.sum(), _moments(X_block), _moments(R_block), bool(np.any(R_block))
     )
 
 
-def _block_stats_compiled(X_block, R_block):
+def _block_stats_compiled(X_block, R_block, sq_errors):
     count = X_block.shape[0]
     sums = np.zeros((4, X_block.shape[1]))
-    ratio = _block_stats_jit(X_block, R_block, sums, _STATS_TILE)
+    ratio = _block_stats_jit(X_block, R_block, sums, sq_errors, _STATS_TILE)
     moments = []
     for data, total, squares in (
         (X_block, sums[0], sums[1]), (R_block, sums[2], sums[3])
@@ -120,16 +131,17 @@ def _block_stats_compiled(X_block, R_block):
 
 
 @_numba.jit(fastmath={"reassoc", "nsz", "arcp", "contract"})
-def _block_stats_jit(X, R, sums, tile):  # pragma: no cover
+def _block_stats_jit(X, R, sums, sq_r, tile):  # pragma: no cover
     """One pass over a block: ``Σ_i ‖r_i‖/‖x_i‖`` and shifted column sums.
 
     ``sums`` (zeroed, float64) receives ``Σ (x − x₀)``, ``Σ (x − x₀)²``,
     ``Σ (r − r₀)``, ``Σ (r − r₀)²`` per column, ``x₀, r₀`` the block's first
-    rows. Columns go by tiles so that the sums of a tile stay in the L1 cache.
+    rows, and ``sq_r`` (float64, one per row) ``‖r_i‖²``. Columns go by
+    tiles so that the sums of a tile stay in the L1 cache.
     """
     n, d = X.shape
     sq_x = np.zeros(n)
-    sq_r = np.zeros(n)
+    sq_r[:] = 0.0
     for lo in range(0, d, tile):
         hi = min(lo + tile, d)
         for i in range(n):

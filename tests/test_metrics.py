@@ -84,3 +84,39 @@ def test_batch_metrics_of_constant_features():
     assert batch_metrics(X, np.zeros_like(X)) == (0.0, 1.0)
     assert batch_metrics(X, X)[1] == 0.0
     assert batch_metrics(np.zeros((0, 3)), np.zeros((0, 3))) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_metrics_squared_norms_rank_samples_alike(monkeypatch, dtype):
+    if _numba.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 7 * 37 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(metrics, "_STATS_TILE", 16)
+    rng = np.random.RandomState(1)
+    X = rng.randn(60, 37).astype(dtype)
+    R = (rng.randn(60, 37) * rng.uniform(0.1, 2, (60, 1))).astype(dtype)
+    R[[5, 20, 41]] = R[11]  # ties, across blocks: broken by sample order
+    R[[3, 30]] = 0
+    expected = (R.astype(np.float64) ** 2).sum(axis=1)
+    results = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(_numba, "USE_NUMBA", compiled)
+        for n_jobs in (1, 2):
+            error, explained, sq_norms = batch_metrics(
+                X, R, n_jobs=n_jobs, return_sq_norms=True
+            )
+            assert sq_norms.dtype == np.float64
+            np.testing.assert_allclose(sq_norms, expected, rtol=1e-13)
+            # The metrics are those computed without the norms.
+            assert (error, explained) == batch_metrics(X, R, n_jobs=n_jobs)
+            results[compiled, n_jobs] = sq_norms
+    for compiled in (True, False):
+        np.testing.assert_array_equal(results[compiled, 1], results[compiled, 2])
+    worst = {
+        compiled: np.argsort(results[compiled, 1], kind="stable")[::-1]
+        for compiled in (True, False)
+    }
+    np.testing.assert_array_equal(worst[True], worst[False])
+    reference = np.argsort(expected, kind="stable")[::-1]
+    np.testing.assert_array_equal(worst[True], reference)
+    assert batch_metrics(X[:0], R[:0], return_sq_norms=True)[2].shape == (0,)

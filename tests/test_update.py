@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _backend
+from sklearn_dbksvd import _backend, _step
 from sklearn_dbksvd._step import clear_dictionary, dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
 from tests import _helpers
@@ -165,6 +165,43 @@ def test_replacement_catches_a_new_atom_that_duplicates_another():
     # the less used of the pair, the next worst one.
     assert n == 1
     np.testing.assert_allclose(atoms[4], residual[1] / 2)
+
+
+@pytest.mark.parametrize("positive_dict", [False, True])
+def test_replacement_ranks_samples_by_the_given_squared_norms(positive_dict):
+    rng = np.random.RandomState(0)
+    atoms = np.abs(np.linalg.qr(rng.randn(8, 8))[0][:6])
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    residual = rng.randn(10, 8) * rng.uniform(0.5, 2, (10, 1))
+    codes = sp.csc_matrix(np.array([[1, 1, 1, 1, 0, 0]] * 10, dtype=float))
+    settings = dict(
+        n_nonzero_coefs=4, min_usage=0.5, max_coherence=0.99,
+        positive_dict=positive_dict,
+    )
+    sq_norms = (residual**2).sum(axis=1)
+    recomputed, given = atoms.copy(), atoms.copy()
+    n = clear_dictionary(recomputed, codes, residual, **settings)
+    assert n == 2
+    assert clear_dictionary(given, codes, residual, sq_norms=sq_norms, **settings) == 2
+    np.testing.assert_array_equal(given, recomputed)
+    # The given norms decide which samples are the worst: not recomputed.
+    flipped = atoms.copy()
+    clear_dictionary(flipped, codes, residual, sq_norms=sq_norms[::-1], **settings)
+    assert not np.allclose(flipped[4:], recomputed[4:])
+
+
+def test_step_hands_the_metrics_norms_to_the_replacement(monkeypatch):
+    seen = []
+    clear = _step._clear_dictionary
+    monkeypatch.setattr(
+        _step,
+        "_clear_dictionary",
+        lambda *a, **kw: seen.append((a[2].copy(), kw["sq_norms"])) or clear(*a, **kw),
+    )
+    X, start = _helpers.planted()
+    dbksvd_step(X, start, **_helpers.step_settings())
+    (residual, sq_norms), = seen
+    np.testing.assert_allclose(sq_norms, (residual**2).sum(axis=1), rtol=1e-12)
 
 
 def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
