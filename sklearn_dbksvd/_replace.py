@@ -8,6 +8,7 @@ replace them by the worst-represented signals. Measured on a planted problem
 
 import numpy as np
 
+from . import _numba
 from ._update_positive import nonnegative_directions
 
 # Bytes of one block of atom overlaps ``D[block] @ Dᵀ``: 16 MiB, so the
@@ -52,6 +53,58 @@ def atoms_to_replace(components, usage, *, min_usage, max_coherence):
             loser = np.where(usage[i] < usage[j], i, j)
             rare[loser] = True
     return np.flatnonzero(rare)
+
+
+def near_duplicates(gram, usage, max_coherence):
+    """The less used atom of each pair with ``|G_ij| > max_coherence`` (sorted).
+
+    Pairs ``j > i`` of the Gram matrix ``G`` only; on a tie of usage the later
+    atom. The threshold is compared in ``G``'s dtype.
+
+    Parameters
+    ----------
+    gram : ndarray of shape (n_components, n_components)
+        ``D Dᵀ`` of unit-norm atoms, on the host.
+    usage : ndarray of shape (n_components,)
+        Number of samples using each atom.
+    max_coherence : float
+        Largest ``|cos|`` two atoms may have.
+
+    Returns
+    -------
+    ndarray of int
+        Sorted atom indices.
+    """
+    gram = np.asarray(gram)
+    threshold = gram.dtype.type(max_coherence)
+    losers = np.zeros(len(gram), dtype=bool)
+    if _numba.use_numba():
+        _near_duplicates_jit(gram, np.asarray(usage), threshold, losers)
+        return np.flatnonzero(losers)
+    step = max(1, _OVERLAP_BLOCK_BYTES // max(1, len(gram) * gram.itemsize))
+    for start in range(0, len(gram), step):
+        block = np.abs(gram[start : start + step, start:])
+        i, j = np.nonzero(block > threshold)
+        i += start
+        j += start
+        upper = j > i
+        i, j = i[upper], j[upper]
+        losers[np.where(usage[i] < usage[j], i, j)] = True
+    return np.flatnonzero(losers)
+
+
+@_numba.jit()
+def _near_duplicates_jit(gram, usage, threshold, losers):  # pragma: no cover
+    """:func:`near_duplicates` in one pass over the upper triangle of ``gram``."""
+    n = gram.shape[0]
+    for i in range(n):
+        row = gram[i]
+        for j in range(i + 1, n):
+            if abs(row[j]) > threshold:
+                if usage[i] < usage[j]:
+                    losers[i] = True
+                else:
+                    losers[j] = True
 
 
 def residual_sq_norms(residual):

@@ -12,7 +12,12 @@ from sklearn.decomposition import sparse_encode
 from . import _backend
 from ._encode import _mp_encode, selections_to_csr
 from ._omp import _omp_encode
-from ._replace import atoms_to_replace, replace_atoms, residual_sq_norms
+from ._replace import (
+    atoms_to_replace,
+    near_duplicates,
+    replace_atoms,
+    residual_sq_norms,
+)
 from ._update import update_dictionary
 from .metrics import _batch_metrics as batch_metrics
 
@@ -251,32 +256,13 @@ def _clear_dictionary(
     if max_coherence >= 1:
         return len(rare), None
     gram = _backend.gram(backend, components)
-    duplicates = _near_duplicates(gram, usage, max_coherence)
+    duplicates = near_duplicates(gram, usage, max_coherence)
     duplicates = duplicates[: len(worst) - len(rare)]
     if len(duplicates) == 0:
         return len(rare), gram
     rows = worst[len(rare) : len(rare) + len(duplicates)]
     components[duplicates] = residual[rows] / norms[rows, None]
     return len(np.union1d(rare, duplicates)), None
-
-
-def _near_duplicates(gram, usage, max_coherence):
-    """The less used atom of each pair with ``|G_ij| > max_coherence`` (sorted).
-
-    On a tie the later atom; pairs ``j > i`` only, one block of rows at a time.
-    """
-    n_components = len(gram)
-    step = max(1, _PASS_BLOCK_BYTES // (n_components * gram.itemsize))
-    losers = np.zeros(n_components, dtype=bool)
-    for start in range(0, n_components, step):
-        block = np.abs(gram[start : start + step, start:])
-        i, j = np.nonzero(block > max_coherence)
-        i += start
-        j += start
-        upper = j > i
-        i, j = i[upper], j[upper]
-        losers[np.where(usage[i] < usage[j], i, j)] = True
-    return np.flatnonzero(losers)
 
 
 def dbksvd_step(

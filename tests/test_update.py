@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _backend, _step
+from sklearn_dbksvd import _backend, _numba, _replace, _step
 from sklearn_dbksvd._step import clear_dictionary, dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
 from tests import _helpers
@@ -202,6 +202,43 @@ def test_step_hands_the_metrics_norms_to_the_replacement(monkeypatch):
     dbksvd_step(X, start, **_helpers.step_settings())
     (residual, sq_norms), = seen
     np.testing.assert_allclose(sq_norms, (residual**2).sum(axis=1), rtol=1e-12)
+
+
+def brute_force_near_duplicates(gram, usage, max_coherence):
+    """Every pair i < j in turn; the less used loses, the later one on a tie."""
+    threshold = gram.dtype.type(max_coherence)
+    losers = set()
+    for i in range(len(gram)):
+        for j in range(i + 1, len(gram)):
+            if abs(gram[i, j]) > threshold:
+                losers.add(i if usage[i] < usage[j] else j)
+    return np.array(sorted(losers), dtype=int)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("seed", range(4))
+def test_near_duplicates_match_brute_force(monkeypatch, dtype, seed):
+    rng = np.random.RandomState(seed)
+    n = 37
+    gram = rng.uniform(-1, 1, (n, n)).astype(dtype)
+    # Entries at the threshold (not above it) and just above, both signs.
+    threshold = dtype(0.99)  # above 0.99 in float32: compared in its dtype
+    gram.flat[rng.choice(n * n, 40)] = threshold
+    gram.flat[rng.choice(n * n, 40)] = -threshold
+    gram.flat[rng.choice(n * n, 20)] = np.nextafter(threshold, dtype(1))
+    gram = np.triu(gram, 1) + np.triu(gram, 1).T + np.eye(n, dtype=dtype)
+    usage = rng.randint(0, 4, n)  # many ties of usage
+    expected = brute_force_near_duplicates(gram, usage, 0.99)
+    assert 0 < len(expected) < n
+    # The NumPy version in several blocks of rows.
+    monkeypatch.setattr(_replace, "_OVERLAP_BLOCK_BYTES", 5 * n * gram.itemsize)
+    for compiled in (True, False):
+        if compiled and _numba.numba is None:
+            continue
+        monkeypatch.setattr(_numba, "USE_NUMBA", compiled)
+        found = _replace.near_duplicates(gram, usage, 0.99)
+        np.testing.assert_array_equal(found, expected)
+        assert len(_replace.near_duplicates(gram, usage, 1.0)) == 0
 
 
 def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
