@@ -65,9 +65,11 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     """Fit loop, sparse coding and scoring shared by the DB-KSVD estimators.
 
     Subclasses implement ``_step(X_batch, components, random_state, replace,
-    scale=1.0)`` returning the new components and a dict of the step's
-    metrics; ``scale`` is the power of two the batch was multiplied by (see
-    ``_fit_loop.batch_scale``), by which penalties on the codes scale too.
+    scale=1.0, gram=None, residual_out=None)`` returning the new components,
+    a dict of the step's metrics and the Gram matrix of the new atoms (or
+    None); ``scale`` is the power of two the batch was multiplied by (see
+    ``_fit_loop.batch_scale``), by which penalties on the codes scale too;
+    ``gram`` and ``residual_out`` are what ``dbksvd_step`` takes.
     """
 
     _parameter_constraints: dict = {

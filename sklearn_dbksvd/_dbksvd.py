@@ -339,7 +339,8 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.callback = callback
 
     def _step(
-        self, X_batch, components, random_state, replace, scale=1.0, gram=None
+        self, X_batch, components, random_state, replace, scale=1.0, gram=None,
+        residual_out=None,
     ):
         n_components, k = self._check_settings(X_batch.shape[1])
         return dbksvd_step(
@@ -363,4 +364,5 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             max_iter=self.transform_max_iter,
             gram=gram,
             return_gram=True,
+            residual_out=residual_out,
         )

@@ -301,6 +301,7 @@ def _mp_encode(
     n_jobs=None,
     backend=None,
     return_residual=False,
+    residual_out=None,
 ):
     """Matching-pursuit codes in selection form (no validation).
 
@@ -326,7 +327,11 @@ def _mp_encode(
     ]
     residual = None
     if return_residual:
-        residual = np.empty((n_samples, dictionary.shape[1]), dtype=gram.dtype)
+        residual = (
+            residual_out
+            if residual_out is not None
+            else np.empty((n_samples, dictionary.shape[1]), dtype=gram.dtype)
+        )
 
     def encode(block):
         return _encode_block(

@@ -133,6 +133,8 @@ class FitState:
         resumed fit recomputes it from the data (it is deterministic).
     gram : array of shape (n_components, n_components) or None
         Gram matrix of ``components`` when the last step had it exactly.
+    residual : ndarray of shape (n_rows, n_features) or None
+        Host buffer the steps write their batch's residual into.
     """
 
     random_state: np.random.RandomState
@@ -146,6 +148,8 @@ class FitState:
     # the next step's encoder (one ``D Dᵀ`` per step); never checkpointed: a
     # resumed fit computes it again, to the same bits.
     gram: object = None
+    # The steps' residual buffer (see ``residual_buffer``); never checkpointed.
+    residual: np.ndarray = None
 
 
 @dataclass
@@ -233,47 +237,75 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     verbose = model.verbose if verbose is None else verbose
     order = None
     _ensure_mean(model, X, state)
-    with ProgressReporter(
-        plan.n_steps, verbose, initial=state.step, samples_seen=seen
-    ) as progress:
-        while not state.done and state.step < plan.n_steps:
-            if state.components is None:
-                order = initialise(model, X, plan, state, code_init=code_init)
-            else:
-                order = _epoch_order(plan, state, model, order)
-            position = state.step % plan.schedule.n_batches
-            batch = read_batch(X, plan.schedule.rows(order, position))
-            batch = centred(batch, state.mean)
-            scale = batch_scale(batch)
-            tic = time.perf_counter()
-            state.components, info, state.gram = model._step(
-                scaled(batch, scale),
-                state.components,
-                state.random_state,
-                state.step < last_replacing_step,
-                scale=scale,
-                gram=state.gram,
-            )
-            seen += batch.shape[0]
-            info = {
-                "step": state.step,
-                **info,
-                "seconds": time.perf_counter() - tic,
-                "n_samples_seen": seen,
-            }
-            state.history.append(info)
-            progress.update(info)
-            state.step += 1
-            stop = model.callback is not None and model.callback(info) is True
-            state.done = (
-                stop
-                or stopper.should_stop(info["relative_error"])
-                or state.step >= plan.n_steps
-            )
-            if on_step is not None:
-                on_step(state)
-    state.gram = None  # an (m, m) array: not kept past the fit
+    try:
+        with ProgressReporter(
+            plan.n_steps, verbose, initial=state.step, samples_seen=seen
+        ) as progress:
+            while not state.done and state.step < plan.n_steps:
+                if state.components is None:
+                    order = initialise(model, X, plan, state, code_init=code_init)
+                else:
+                    order = _epoch_order(plan, state, model, order)
+                position = state.step % plan.schedule.n_batches
+                batch = read_batch(X, plan.schedule.rows(order, position))
+                batch = centred(batch, state.mean)
+                scale = batch_scale(batch)
+                tic = time.perf_counter()
+                state.components, info, state.gram = model._step(
+                    scaled(batch, scale),
+                    state.components,
+                    state.random_state,
+                    state.step < last_replacing_step,
+                    scale=scale,
+                    gram=state.gram,
+                    residual_out=residual_buffer(
+                        state, batch.shape, state.components.dtype
+                    ),
+                )
+                seen += batch.shape[0]
+                # Not alive while the next batch is read (the residual buffer is).
+                del batch
+                info = {
+                    "step": state.step,
+                    **info,
+                    "seconds": time.perf_counter() - tic,
+                    "n_samples_seen": seen,
+                }
+                state.history.append(info)
+                progress.update(info)
+                state.step += 1
+                stop = model.callback is not None and model.callback(info) is True
+                state.done = (
+                    stop
+                    or stopper.should_stop(info["relative_error"])
+                    or state.step >= plan.n_steps
+                )
+                if on_step is not None:
+                    on_step(state)
+    finally:
+        # An (m, m) array and one of the batch's size: not kept past the fit,
+        # however it ends.
+        state.gram = state.residual = None
     return state
+
+
+def residual_buffer(state, shape, dtype):
+    """A C-ordered host array of ``shape`` for the step's residual, reused.
+
+    The leading rows of one buffer per fit, so that steps allocate (and fault
+    in) no array of the batch's size each: the batches of a schedule differ
+    by a row or so. The buffer is replaced by a larger one when a batch
+    outgrows it.
+    """
+    buffer = state.residual
+    if (
+        buffer is None
+        or buffer.shape[0] < shape[0]
+        or buffer.shape[1:] != tuple(shape[1:])
+        or buffer.dtype != dtype
+    ):
+        buffer = state.residual = np.empty(shape, dtype=dtype)
+    return buffer[: shape[0]]
 
 
 def fitted_mean(mean, components):

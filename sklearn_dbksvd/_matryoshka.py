@@ -573,10 +573,11 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         return nested_levels(sizes, n_nonzero_coefs)
 
     def _step(
-        self, X_batch, components, random_state, replace, scale=1.0, gram=None
+        self, X_batch, components, random_state, replace, scale=1.0, gram=None,
+        residual_out=None,
     ):
         # Levels encode with Gram matrices of their own groups: no full one
-        # to take or to hand on.
+        # to take or to hand on; their residuals are their own arrays too.
         n_components, k = self._check_settings(X_batch.shape[1])
         components, info, _ = matryoshka_step(
             X_batch,

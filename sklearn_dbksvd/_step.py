@@ -1,8 +1,9 @@
 """One DB-KSVD step on a batch: encode, refit atoms, clear the dictionary.
 
 Memory: besides the batch, a step holds one dense array of the batch's shape
-(the residual), the codes in sparse form and the Gram matrix; correlations
-exist one block of samples at a time (see ``_encode._BLOCK_BYTES``).
+(the residual; a fit hands every step the same one), the codes in sparse
+form and the Gram matrix; correlations exist one block of samples at a time
+(see ``_encode._BLOCK_BYTES``).
 """
 
 import numpy as np
@@ -102,7 +103,7 @@ def encode_batch(
     return selections_to_csr(indices, values, components.shape[0])
 
 
-def batch_residual(X, components, codes):
+def batch_residual(X, components, codes, out=None):
     """``X - codes @ components`` on the host, block by block.
 
     Parameters
@@ -113,6 +114,9 @@ def batch_residual(X, components, codes):
         Atoms.
     codes : sparse matrix of shape (n_samples, n_components)
         Codes.
+    out : ndarray of shape (n_samples, n_features), default=None
+        Where to write the residual (C-ordered, in the dtype of
+        ``components``); a new array if None.
 
     Returns
     -------
@@ -121,7 +125,9 @@ def batch_residual(X, components, codes):
     """
     codes = sp.csr_matrix(codes)
     n_samples, n_features = X.shape
-    residual = np.empty((n_samples, n_features), dtype=components.dtype)
+    residual = out
+    if residual is None:
+        residual = np.empty((n_samples, n_features), dtype=components.dtype)
     for block in _row_blocks(n_samples, n_features, components.itemsize):
         residual[block] = _backend.to_numpy(X[block, :])
         residual[block] -= codes[block] @ components
@@ -265,6 +271,21 @@ def _clear_dictionary(
     return len(np.union1d(rare, duplicates)), None
 
 
+def _residual_buffer(residual_out, X, dtype):
+    """``residual_out`` if the step can write the residual of ``X`` into it."""
+    if residual_out is None:
+        return None
+    if isinstance(X, np.ndarray) and np.may_share_memory(residual_out, X):
+        raise ValueError("residual_out shares memory with the batch X.")
+    fits = (
+        residual_out.shape == X.shape
+        and residual_out.dtype == dtype
+        and residual_out.flags.c_contiguous
+        and residual_out.flags.writeable
+    )
+    return residual_out if fits else None
+
+
 def dbksvd_step(
     X,
     components,
@@ -288,6 +309,7 @@ def dbksvd_step(
     max_iter=1000,
     gram=None,
     return_gram=False,
+    residual_out=None,
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -338,6 +360,13 @@ def dbksvd_step(
         Also return the Gram matrix of the new atoms when the step had it
         exactly (its coherence check computes it), else None: passed to the
         next step as ``gram``, it spares that step computing ``D Dᵀ`` again.
+    residual_out : ndarray, default=None
+        Host array the step writes the batch's residual into (it holds the
+        residual after the atom update when the step returns), so that a fit
+        handing the same one to every step allocates no array of the batch's
+        size per step. Used when it is C-ordered, of the batch's shape and of
+        ``components``' dtype; otherwise the step allocates its own. It must
+        not share memory with ``X``.
 
     Returns
     -------
@@ -353,6 +382,7 @@ def dbksvd_step(
     if codes is not None:
         gram = None
     components = _backend.to_numpy(components).copy()
+    buffer = _residual_buffer(residual_out, X, components.dtype)
     residual = None
     if codes is None and fit_algorithm == "mp":
         if gram is None:
@@ -368,6 +398,7 @@ def dbksvd_step(
             n_jobs=n_jobs,
             backend=backend,
             return_residual=True,
+            residual_out=buffer,
         )
         del gram
         codes = selections_to_csr(indices, values, components.shape[0])
@@ -386,6 +417,8 @@ def dbksvd_step(
             gram=gram,
         )
         del gram
+    if residual is None:
+        residual = batch_residual(X, components, codes, out=buffer)
     residual, codes = refit_atoms(
         X,
         components,

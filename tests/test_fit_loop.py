@@ -1,9 +1,10 @@
-"""The fit loop's early stopping."""
+"""The fit loop: early stopping, the state carried between steps."""
 
 import numpy as np
+import pytest
 
-from sklearn_dbksvd import DBKSVDDictionaryLearning
-from sklearn_dbksvd._fit_loop import SmoothedError
+from sklearn_dbksvd import DBKSVDDictionaryLearning, _base, _fit_loop, _step
+from sklearn_dbksvd._fit_loop import FitState, SmoothedError, residual_buffer
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
 
@@ -37,3 +38,82 @@ def test_samples_init_on_small_batches_is_not_stopped_by_its_first_step():
     assert first_error < min(later[:5])  # the effect the stopper must ignore
     assert model.n_steps_ > 12
     assert np.isfinite(model.score(X))
+
+
+def test_residual_buffer_is_one_array_that_grows():
+    state = FitState(np.random.RandomState(0))
+    first = residual_buffer(state, (5, 3), np.float32)
+    assert first.shape == (5, 3) and first.dtype == np.float32
+    shorter = residual_buffer(state, (4, 3), np.float32)
+    assert shorter.shape == (4, 3) and shorter.flags.c_contiguous
+    assert np.shares_memory(shorter, first)
+    longer = residual_buffer(state, (6, 3), np.float32)
+    assert longer.shape == (6, 3) and not np.shares_memory(longer, first)
+    assert residual_buffer(state, (6, 3), np.float64).dtype == np.float64
+    assert residual_buffer(state, (6, 2), np.float64).shape == (6, 2)
+
+
+def _fit_params():
+    # 1001 samples in 5 batches: 201, 200, 200, 200 and 200 rows.
+    X, _, _ = make_sparse_dictionary_problem(
+        1001, 12, 20, 3, noise=0.05, random_state=0
+    )
+    params = dict(
+        n_components=20, n_nonzero_coefs=3, batch_size=250, max_iter=2,
+        max_no_improvement=None, random_state=0,
+    )
+    return X, params
+
+
+def test_fit_steps_share_one_residual_buffer(monkeypatch):
+    X, params = _fit_params()
+    # Reference: every step allocates its own residual.
+    step = DBKSVDDictionaryLearning._step
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            DBKSVDDictionaryLearning,
+            "_step",
+            lambda self, *a, residual_out=None, **kw: step(self, *a, **kw),
+        )
+        expected = DBKSVDDictionaryLearning(**params).fit(X)
+    written, states = [], []
+    mp_encode, run_fit = _step._mp_encode, _base.run_fit
+    monkeypatch.setattr(
+        _step,
+        "_mp_encode",
+        lambda *a, **kw: written.append(kw["residual_out"]) or mp_encode(*a, **kw),
+    )
+    monkeypatch.setattr(
+        _base, "run_fit", lambda *a, **kw: states.append(run_fit(*a, **kw))
+    )
+    model = DBKSVDDictionaryLearning(**params).fit(X)
+    np.testing.assert_array_equal(model.components_, expected.components_)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in model.history_]
+    assert strip == [
+        {k: v for k, v in h.items() if k != "seconds"} for h in expected.history_
+    ]
+    # Every step wrote into the leading rows of the first step's buffer.
+    assert len(written) == model.n_steps_ == 10
+    assert [len(w) for w in written[:5]] == [201, 200, 200, 200, 200]
+    assert all(w.base is written[0].base is not None for w in written)
+    # Dropped when the fit ends, with the Gram matrix.
+    assert states[0].residual is None and states[0].gram is None
+
+
+def test_residual_buffer_dropped_when_a_fit_fails(monkeypatch):
+    X, params = _fit_params()
+    states = []
+
+    def run_fit(model, X, plan, state, **kw):
+        states.append(state)
+        return _fit_loop.run_fit(model, X, plan, state, **kw)
+
+    def callback(info):
+        assert states[0].residual is not None  # held between steps
+        if info["step"] == 2:
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(_base, "run_fit", run_fit)
+    with pytest.raises(RuntimeError, match="stop here"):
+        DBKSVDDictionaryLearning(**params, callback=callback).fit(X)
+    assert states[0].residual is None and states[0].gram is None

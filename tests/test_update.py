@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import orthogonal_mp_gram
 
 from sklearn_dbksvd import _backend, _numba, _replace, _step
-from sklearn_dbksvd._step import clear_dictionary, dbksvd_step
+from sklearn_dbksvd._step import batch_metrics, clear_dictionary, dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
 from tests import _helpers
 from tests.test_encode import textbook_matching_pursuit
@@ -239,6 +239,39 @@ def test_near_duplicates_match_brute_force(monkeypatch, dtype, seed):
         found = _replace.near_duplicates(gram, usage, 0.99)
         np.testing.assert_array_equal(found, expected)
         assert len(_replace.near_duplicates(gram, usage, 1.0)) == 0
+
+
+@pytest.mark.parametrize("fit_algorithm", ["mp", "omp"])
+def test_step_writes_its_residual_into_the_given_buffer(fit_algorithm):
+    X, start = _helpers.planted()
+
+    def step(**kw):
+        settings = _helpers.step_settings(fit_algorithm=fit_algorithm)
+        return dbksvd_step(X, start, return_gram=True, **settings, **kw)
+
+    expected, expected_info, expected_gram = step()
+    assert expected_gram is not None
+    buffer = np.full(X.shape, np.nan)
+    atoms, info, gram = step(residual_out=buffer)
+    np.testing.assert_array_equal(atoms, expected)
+    np.testing.assert_array_equal(gram, expected_gram)
+    assert info == expected_info
+    # It holds the residual the metrics were computed from.
+    assert batch_metrics(X, buffer) == (
+        info["relative_error"], info["variance_explained"]
+    )
+    # Of another shape, dtype or layout it is left alone.
+    for unfit in (
+        np.full((len(X) - 1, X.shape[1]), np.nan),
+        np.full(X.shape, np.nan, dtype=np.float32),
+        np.full(X.shape[::-1], np.nan).T,
+    ):
+        atoms, info, _ = step(residual_out=unfit)
+        np.testing.assert_array_equal(atoms, expected)
+        assert info == expected_info
+        assert np.isnan(unfit).all()
+    with pytest.raises(ValueError, match="shares memory"):
+        step(residual_out=X)
 
 
 def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
