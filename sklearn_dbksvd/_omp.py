@@ -30,6 +30,7 @@ from sklearn.utils._param_validation import Interval, validate_params
 
 from . import _backend, _numba
 from ._encode import (
+    _ARGMAX_GROUP,
     _argmax_key,
     _block_size,
     check_coder_inputs,
@@ -45,15 +46,6 @@ _DEPENDENCE_EPS = 100
 
 def _dependence_threshold(dtype):
     return _DEPENDENCE_EPS * float(np.finfo(dtype).eps)
-
-
-def _argmax_masks(dtype, positive):
-    """Masks of :func:`~sklearn_dbksvd._encode._argmax_key` for ``|c|`` or ``c``."""
-    int_dtype = np.int32 if np.dtype(dtype).itemsize == 4 else np.int64
-    top = np.iinfo(int_dtype).max  # all bits but the sign
-    bits = 8 * np.dtype(dtype).itemsize - 1
-    masks = [-1, top, bits] if positive else [top, 0, 0]
-    return int_dtype, np.array(masks, dtype=int_dtype)
 
 
 @_numba.jit()
@@ -194,7 +186,7 @@ def _update_correlations(alpha, a0, gram, support, coefs, n):  # pragma: no cove
 
 @_numba.jit()
 def _batch_omp_jit(
-    corr, alpha, keys, gram, positive, sq_norms, sq_target, masks, tiny, indices, values
+    corr, alpha, keys, gram, positive, sq_norms, sq_target, tiny, indices, values
 ):  # pragma: no cover
     """Compiled Batch-OMP, one sample at a time.
 
@@ -205,8 +197,7 @@ def _batch_omp_jit(
     """
     n_samples, n_components = corr.shape
     k = indices.shape[1]
-    and_mask, xor_mask, shift = masks[0], masks[1], masks[2]
-    group_max = np.empty((n_components + 255) // 256, keys.dtype)
+    group_max = np.empty((n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP, keys.dtype)
     use_tol = sq_norms.shape[0] > 0
     L = np.zeros((k, k))
     support = np.empty(k, np.intp)
@@ -231,7 +222,7 @@ def _batch_omp_jit(
                     sq_residual -= gamma[r] * rhs[r]
                 if sq_residual <= sq_target[i]:
                     break
-            best = _argmax_key(keys, and_mask, xor_mask, shift, group_max)
+            best = _argmax_key(keys, positive, group_max)
             a = float(alpha[best])
             if n == 0:
                 scale = abs(a)
@@ -353,13 +344,13 @@ def _batch_omp_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=No
     n_samples, n_components = corr.shape
     indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
     values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
-    int_dtype, masks = _argmax_masks(corr.dtype, positive)
+    int_dtype = np.int32 if corr.itemsize == 4 else np.int64
     alpha = np.empty(n_components, dtype=corr.dtype)
     if tol is None:
         sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
     _batch_omp_jit(
         corr, alpha, alpha.view(int_dtype), gram, positive, sq_norms, sq_target,
-        masks, tiny, indices, values,
+        tiny, indices, values,
     )
     return indices, values
 
