@@ -158,9 +158,15 @@ def gram(backend, dictionary):
     return to_numpy(D @ D.T)
 
 
-def correlations(backend, X_block, dictionary_dev):
-    """Host ``X_block @ Dᵀ`` of shape (n_block, n_components), C-ordered."""
+def correlations(backend, X_block, dictionary_dev, out=None):
+    """Host ``X_block @ Dᵀ`` of shape (n_block, n_components), C-ordered.
+
+    ``out`` (C-ordered, of that shape and the dictionary's dtype) receives
+    the product when the backend is NumPy; otherwise a new array is made.
+    """
     if backend.is_numpy:
+        if out is not None and out.dtype == np.result_type(X_block, dictionary_dev):
+            return np.matmul(X_block, dictionary_dev.T, out=out)
         return X_block @ dictionary_dev.T
     corr = backend.asarray(X_block) @ dictionary_dev.T
     return np.ascontiguousarray(to_numpy(corr))

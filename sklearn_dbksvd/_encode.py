@@ -20,7 +20,7 @@ from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_array
 
 from . import _backend, _numba
-from ._parallel import parallel_map
+from ._parallel import ScratchBuffers, parallel_map
 
 # Samples per chunk of the NumPy fallback of matching pursuit: three (chunk,
 # n_components) buffers (correlations, scores, gathered Gram rows) should stay
@@ -287,14 +287,31 @@ def _refit_on_support(indices, values, corr0, gram):
 
 def _encode_block(
     block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs, positive,
-    tol, refit, backend, residual,
+    tol, refit, backend, residual, scratch,
 ):
     """Correlations of one block of samples, matching pursuit, residual."""
-    X_block = None if X is None else X[block, :]
+    with scratch.rows(block.stop - block.start) as out:
+        return _encode_block_into(
+            block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs,
+            positive, tol, refit, backend, residual, out,
+        )
+
+
+def _block_correlations(backend, X_block, cov, block, dictionary_dev, out):
+    """``X_block Dᵀ`` (or the block's columns of ``cov``, transposed) in ``out``."""
     if cov is None:
-        corr = _backend.correlations(backend, X_block, dictionary_dev)
-    else:
-        corr = np.array(cov[:, block].T, dtype=gram.dtype, order="C")
+        return _backend.correlations(backend, X_block, dictionary_dev, out=out)
+    out[...] = cov[:, block].T
+    return out
+
+
+def _encode_block_into(
+    block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs, positive,
+    tol, refit, backend, residual, out,
+):
+    """:func:`_encode_block` with the correlations written into ``out``."""
+    X_block = None if X is None else X[block, :]
+    corr = _block_correlations(backend, X_block, cov, block, dictionary_dev, out)
     corr0 = corr.copy() if refit else None
     sq_norms = None
     if tol is not None:
@@ -358,10 +375,12 @@ def _mp_encode(
             else np.empty((n_samples, dictionary.shape[1]), dtype=gram.dtype)
         )
 
+    scratch = ScratchBuffers((step, gram.shape[0]), gram.dtype)
+
     def encode(block):
         return _encode_block(
             block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs,
-            positive, tol, refit, backend, residual,
+            positive, tol, refit, backend, residual, scratch,
         )
 
     parts = parallel_map(encode, blocks, n_jobs=n_jobs)

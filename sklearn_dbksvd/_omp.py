@@ -32,11 +32,12 @@ from . import _backend, _numba
 from ._encode import (
     _ARGMAX_GROUP,
     _argmax_key,
+    _block_correlations,
     _block_size,
     check_coder_inputs,
     selections_to_csr,
 )
-from ._parallel import parallel_map
+from ._parallel import ScratchBuffers, parallel_map
 
 # An atom whose squared distance to the span of the support is at most this
 # fraction of its squared norm (in units of the dtype's epsilon) is taken as
@@ -388,12 +389,15 @@ def _omp_encode(
         for start in range(0, n_samples, step)
     ]
 
+    scratch = ScratchBuffers((step, gram.shape[0]), gram.dtype)
+
     def encode(block):
+        with scratch.rows(block.stop - block.start) as out:
+            return encode_into(block, out)
+
+    def encode_into(block, out):
         X_block = None if X is None else X[block, :]
-        if cov is None:
-            corr = _backend.correlations(backend, X_block, dictionary_dev)
-        else:
-            corr = np.array(cov[:, block].T, dtype=gram.dtype, order="C")
+        corr = _block_correlations(backend, X_block, cov, block, dictionary_dev, out)
         sq_norms = None
         if tol is not None:
             sq_norms = _backend.sq_norms(backend, X_block)

@@ -1,6 +1,10 @@
 """Thread parallelism shared by the kernels."""
 
+import queue
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
 
 from joblib import effective_n_jobs
 from threadpoolctl import threadpool_limits
@@ -64,3 +68,37 @@ def parallel_map(func, items, *, n_jobs=None):
     items = list(items)
     with WorkerPool(n_jobs, max_workers=len(items)) as pool:
         return pool.map(func, items)
+
+
+class ScratchBuffers:
+    """Arrays of one shape, reused by the blocks of a parallel map.
+
+    A block takes a buffer, works in its first rows and gives it back, so
+    there are only as many buffers as blocks ever ran at once (one per
+    worker). A fresh array per block would pay its page faults and the
+    kernel's zeroing every time: 1 GiB per step at the paper's size.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of a full buffer (the largest block).
+    dtype : dtype
+        Its dtype.
+    """
+
+    def __init__(self, shape, dtype):
+        self._shape = shape
+        self._dtype = dtype
+        self._free = queue.SimpleQueue()
+
+    @contextmanager
+    def rows(self, n_rows):
+        """A C-contiguous ``(n_rows, *shape[1:])`` view of a free buffer."""
+        try:
+            buffer = self._free.get_nowait()
+        except queue.Empty:
+            buffer = np.empty(self._shape, dtype=self._dtype)
+        try:
+            yield buffer[:n_rows]
+        finally:
+            self._free.put(buffer)
