@@ -373,12 +373,12 @@ def _power_step_jit(op, atom, code, new_code):  # pragma: no cover
 
 @_numba.jit()
 def _refit_group_jit(
-    residual, components, atoms, indptr, users, codes, shared, approx, positive,
-    tol, max_steps, max_restarts, new_atoms, new_codes,
+    residual, components, atoms, slots, indptr, users, codes, shared, approx,
+    positive, tol, max_steps, max_restarts, new_atoms, new_codes,
 ):  # pragma: no cover
     """Refit ``atoms`` from the residual snapshot, compiled, without the GIL.
 
-    Writes each atom's new atom to ``new_atoms[a]`` and its new codes to
+    Writes the new ``atoms[a]`` to ``new_atoms[slots[a]]`` and its new codes to
     ``new_codes[indptr[j]:indptr[j + 1]]`` (the layout of ``codes``). The
     residual rows of users that no other atom of the inner batch has
     (``shared`` false) are corrected at once, while the Lanczos passes have
@@ -398,7 +398,7 @@ def _refit_group_jit(
                 op, old_atom, tol, max_steps, max_restarts, stop - start
             )
         atom, code = _finish_pair(atom, code, positive)
-        new_atoms[a] = atom
+        new_atoms[slots[a]] = atom
         new_codes[start:stop] = code
         for p in range(start, stop):
             if not shared[p]:
@@ -482,18 +482,22 @@ def _wide_singular_pair(E, atom, backend):
 
 
 def _balanced_groups(batch, sizes, n_groups):
-    """Split atoms into ``n_groups`` lists with similar total work.
+    """Split atoms into ``n_groups`` tasks with similar total work.
 
     Greedy on decreasing number of users; the split only decides which
-    thread refits which atom, never the result.
+    thread refits which atom, never the result. Each task is
+    ``(slots, atoms)``: the atoms and their positions in ``batch``.
     """
     groups = [[] for _ in range(n_groups)]
     loads = np.zeros(n_groups)
-    for j in batch[np.argsort(-sizes[batch], kind="stable")]:
+    for slot in np.argsort(-sizes[batch], kind="stable"):
         g = int(np.argmin(loads))
-        groups[g].append(j)
-        loads[g] += sizes[j] + 1
-    return [np.array(g, dtype=np.intp) for g in groups if g]
+        groups[g].append(slot)
+        loads[g] += sizes[batch[slot]] + 1
+    return [
+        (np.array(g, dtype=np.intp), batch[np.array(g, dtype=np.intp)])
+        for g in groups if g
+    ]
 
 
 @_numba.jit()
@@ -596,25 +600,22 @@ def update_dictionary(
         col_edges[-1] = n_features
         col_slices = list(zip(col_edges[:-1], col_edges[1:]))
 
-        def refit(group):
-            new_atoms = np.empty((len(group), n_features), dtype=residual.dtype)
+        def refit(task, new_atoms):
+            slots, group = task
             host = ~on_device[group] if compiled else np.zeros(len(group), bool)
             if host.any():
-                host_atoms = np.empty((host.sum(), n_features), dtype=residual.dtype)
                 _refit_group_jit(
-                    residual, components, group[host], indptr, users, codes.data,
-                    shared, dict_update == "approx", positive, tol, _MAX_STEPS,
-                    _MAX_RESTARTS, host_atoms, new_data,
+                    residual, components, group[host], slots[host], indptr, users,
+                    codes.data, shared, dict_update == "approx", positive, tol,
+                    _MAX_STEPS, _MAX_RESTARTS, new_atoms, new_data,
                 )
-                new_atoms[host] = host_atoms
             for a in np.flatnonzero(~host):
                 j = group[a]
                 span = slice(indptr[j], indptr[j + 1])
-                new_atoms[a], new_data[span] = _refit_atom(
+                new_atoms[slots[a]], new_data[span] = _refit_atom(
                     residual, components[j], users[span], codes.data[span],
                     dict_update, positive, backend, positive_dict,
                 )
-            return new_atoms
 
         correct = _correct_residual_jit if compiled else _correct_residual_numpy
         for start in range(0, len(order), update_batch_size):
@@ -628,12 +629,11 @@ def update_dictionary(
             # More groups than threads: the executor hands the next group to
             # whichever thread is free, evening out atoms that need more
             # Lanczos steps than others.
-            groups = _balanced_groups(batch, sizes, 4 * pool.n_workers)
             new_atoms = np.empty_like(old_atoms)
-            position = {j: a for a, j in enumerate(batch)}
-            for group, group_atoms in zip(groups, pool.map(refit, groups)):
-                for a, j in enumerate(group):
-                    new_atoms[position[j]] = group_atoms[a]
+            pool.map(
+                lambda task: refit(task, new_atoms),  # noqa: B023 (run at once)
+                _balanced_groups(batch, sizes, 4 * pool.n_workers),
+            )
             pool.map(
                 lambda cols: correct(
                     residual, batch, indptr, users, codes.data, new_data,
@@ -642,6 +642,9 @@ def update_dictionary(
                 col_slices,
             )
             components[batch] = new_atoms
-            for j in batch:
-                span = slice(indptr[j], indptr[j + 1])
-                codes.data[span] = new_data[span]
+        # Each atom's codes are read (as old codes) only by its own refit and
+        # correction, so the new ones can wait until every atom is done.
+        in_order = np.zeros(len(sizes), dtype=bool)
+        in_order[order] = True
+        refitted = np.repeat(in_order, sizes)
+        codes.data[refitted] = new_data[refitted]
