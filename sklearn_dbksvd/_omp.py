@@ -29,9 +29,8 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
 
 from . import _backend, _numba
+from ._argmax import _ARGMAX_GROUP, _argmax_key
 from ._encode import (
-    _ARGMAX_GROUP,
-    _argmax_key,
     _block_correlations,
     _block_size,
     check_coder_inputs,
