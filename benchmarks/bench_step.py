@@ -18,8 +18,9 @@ Usage::
 
 Random Gaussian data and unit-norm random atoms: the worst case for the
 Lanczos solves (small spectral gaps), fine for timing. A step is timed as in
-a fit: on the atoms the previous step returned, so that it encodes with the
-Gram matrix that step's coherence check computed (one ``D Dᵀ`` per step).
+a fit: on the atoms the previous step returned, encoding with the Gram matrix
+that step's coherence check computed (one ``D Dᵀ`` per step) and writing the
+residual into the fit's one buffer.
 The BLAS kernel that ran the GEMM is printed with the results.
 """
 
@@ -67,19 +68,41 @@ def step_kwargs(k, n_jobs, seed=0):
     )
 
 
-def chained_steps(X, D, k, n_jobs, repeat):
-    """Best time of ``repeat`` steps, each on the atoms the previous returned.
+class FitSteps:
+    """Steps chained as a fit runs them.
 
-    A first, untimed step makes the atoms the chain starts from (and compiles
-    the kernels).
+    Each step encodes with the Gram matrix the previous step's coherence
+    check computed and writes the residual into the fit's one buffer
+    (``dbksvd_step(gram=, return_gram=True, residual_out=)``).
     """
-    from sklearn_dbksvd._step import dbksvd_step
 
-    atoms, _ = dbksvd_step(X, D, **step_kwargs(k, n_jobs))
+    def __init__(self, X, atoms, k, n_jobs):
+        self.X, self.atoms, self.k, self.n_jobs = X, atoms, k, n_jobs
+        self.gram = None
+        self.residual = np.empty_like(X)
+
+    def step(self, seed):
+        from sklearn_dbksvd._step import dbksvd_step
+
+        self.atoms, _, self.gram = dbksvd_step(
+            self.X, self.atoms, **step_kwargs(self.k, self.n_jobs, seed),
+            gram=self.gram, return_gram=True, residual_out=self.residual,
+        )
+        return self.atoms
+
+
+def chained_steps(X, D, k, n_jobs, repeat):
+    """Best time of ``repeat`` steps chained as in a fit (:class:`FitSteps`).
+
+    A first, untimed step makes the atoms and the Gram matrix the chain
+    starts from (and compiles the kernels).
+    """
+    steps = FitSteps(X, D, k, n_jobs)
+    steps.step(0)
     best = np.inf
     for seed in range(1, repeat + 1):
         tic = time.perf_counter()
-        atoms, _ = dbksvd_step(X, atoms, **step_kwargs(k, n_jobs, seed))
+        steps.step(seed)
         best = min(best, time.perf_counter() - tic)
     return best
 
@@ -91,19 +114,18 @@ def cpu_ratio(X, D, k, repeat):
     load; one thread's CPU time moves much less (memory-bound phases still
     feel the neighbours' traffic). Steps are chained as in a fit.
     """
-    from sklearn_dbksvd._step import dbksvd_step
-
     with threadpool_limits(limits=1, user_api="blas"):
         gemm = np.inf
         for _ in range(repeat):
             tic = time.process_time()
             X @ D.T
             gemm = min(gemm, time.process_time() - tic)
-        atoms, _ = dbksvd_step(X, D, **step_kwargs(k, 1))
+        steps = FitSteps(X, D, k, 1)
+        steps.step(0)
         step = np.inf
         for seed in range(1, repeat + 1):
             tic = time.process_time()
-            atoms, _ = dbksvd_step(X, atoms, **step_kwargs(k, 1, seed))
+            steps.step(seed)
             step = min(step, time.process_time() - tic)
     print(f"  GEMM, one thread : {gemm:.2f} CPU s")
     print(f"  step, n_jobs=1   : {step:.2f} CPU s")
