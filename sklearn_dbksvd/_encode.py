@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_array
 
 from . import _backend, _numba
 from ._argmax import _ARGMAX_GROUP, _argmax_key
-from ._parallel import ScratchBuffers, parallel_map
+from ._parallel import ScratchBuffers, map_blocks
 
 # Samples per chunk of the NumPy fallback of matching pursuit: three (chunk,
 # n_components) buffers (correlations, scores, gathered Gram rows) should stay
@@ -217,18 +217,6 @@ def _refit_on_support(indices, values, corr0, gram):
     return indices, np.where(active, coefs, 0).astype(values.dtype, copy=False)
 
 
-def _encode_block(
-    block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs, positive,
-    tol, refit, backend, residual, scratch,
-):
-    """Correlations of one block of samples, matching pursuit, residual."""
-    with scratch.rows(block.stop - block.start) as out:
-        return _encode_block_into(
-            block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs,
-            positive, tol, refit, backend, residual, out,
-        )
-
-
 def _block_correlations(backend, X_block, cov, block, dictionary_dev, out):
     """``X_block Dᵀ`` (or the block's columns of ``cov``, transposed) in ``out``."""
     if cov is None:
@@ -237,13 +225,12 @@ def _block_correlations(backend, X_block, cov, block, dictionary_dev, out):
     return out
 
 
-def _encode_block_into(
-    block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs, positive,
-    tol, refit, backend, residual, out,
+def _pursue_block(
+    block, corr, X, dictionary, dictionary_dev, gram, n_nonzero_coefs, positive,
+    tol, refit, backend, residual,
 ):
-    """:func:`_encode_block` with the correlations written into ``out``."""
+    """Matching pursuit of one block of samples from its correlations, residual."""
     X_block = None if X is None else X[block, :]
-    corr = _block_correlations(backend, X_block, cov, block, dictionary_dev, out)
     corr0 = corr.copy() if refit else None
     sq_norms = None
     if tol is not None:
@@ -307,15 +294,18 @@ def _mp_encode(
             else np.empty((n_samples, dictionary.shape[1]), dtype=gram.dtype)
         )
 
-    scratch = ScratchBuffers((step, gram.shape[0]), gram.dtype)
+    def correlate(block, out):
+        X_block = None if X is None else X[block, :]
+        return _block_correlations(backend, X_block, cov, block, dictionary_dev, out)
 
-    def encode(block):
-        return _encode_block(
-            block, X, cov, dictionary, dictionary_dev, gram, n_nonzero_coefs,
-            positive, tol, refit, backend, residual, scratch,
+    def pursue(block, corr):
+        return _pursue_block(
+            block, corr, X, dictionary, dictionary_dev, gram, n_nonzero_coefs,
+            positive, tol, refit, backend, residual,
         )
 
-    parts = parallel_map(encode, blocks, n_jobs=n_jobs)
+    scratch = ScratchBuffers((step, gram.shape[0]), gram.dtype)
+    parts = map_blocks(correlate, pursue, blocks, scratch, n_jobs=n_jobs)
     if parts:
         indices = np.concatenate([p[0] for p in parts])
         values = np.concatenate([p[1] for p in parts])

@@ -36,7 +36,7 @@ from ._encode import (
     check_coder_inputs,
     selections_to_csr,
 )
-from ._parallel import ScratchBuffers, parallel_map
+from ._parallel import ScratchBuffers, map_blocks
 
 # An atom whose squared distance to the span of the support is at most this
 # fraction of its squared norm (in units of the dtype's epsilon) is taken as
@@ -388,22 +388,20 @@ def _omp_encode(
         for start in range(0, n_samples, step)
     ]
 
-    scratch = ScratchBuffers((step, gram.shape[0]), gram.dtype)
-
-    def encode(block):
-        with scratch.rows(block.stop - block.start) as out:
-            return encode_into(block, out)
-
-    def encode_into(block, out):
+    def correlate(block, out):
         X_block = None if X is None else X[block, :]
-        corr = _block_correlations(backend, X_block, cov, block, dictionary_dev, out)
+        return _block_correlations(backend, X_block, cov, block, dictionary_dev, out)
+
+    def encode(block, corr):
+        X_block = None if X is None else X[block, :]
         sq_norms = None
         if tol is not None:
             sq_norms = _backend.sq_norms(backend, X_block)
             sq_norms = sq_norms.astype(gram.dtype, copy=False)
         return _batch_omp_gram(corr, gram, n_nonzero_coefs, positive, sq_norms, tol)
 
-    parts = parallel_map(encode, blocks, n_jobs=n_jobs)
+    scratch = ScratchBuffers((step, gram.shape[0]), gram.dtype)
+    parts = map_blocks(correlate, encode, blocks, scratch, n_jobs=n_jobs)
     if not parts:
         return (
             np.empty((0, n_nonzero_coefs), dtype=np.intp),

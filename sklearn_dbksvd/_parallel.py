@@ -2,12 +2,11 @@
 
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
-
 from joblib import effective_n_jobs
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 
 class WorkerPool:
@@ -102,3 +101,51 @@ class ScratchBuffers:
             yield buffer[:n_rows]
         finally:
             self._free.put(buffer)
+
+
+def blas_threads():
+    """Threads the BLAS libraries that NumPy calls would use now (the most)."""
+    counts = [
+        info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"
+    ]
+    return max(counts, default=1)
+
+
+def map_blocks(product, finish, blocks, scratch, *, n_jobs=None):
+    """``[finish(b, product(b, out)) for b in blocks]``, in threads.
+
+    ``product(block, out)`` computes the block's BLAS product into ``out``, a
+    buffer of ``scratch`` (or returns another array); ``finish`` uses it.
+    OpenBLAS rounds a product differently with a different number of
+    threads (measured: 3.6 % of the entries of ``X Dᵀ`` at the paper's
+    size, by up to 4e-7), so that results do not depend on ``n_jobs`` every
+    block's product runs with BLAS at one thread, whatever ``n_jobs``: with
+    several workers each runs its own blocks; with one, the products of as
+    many blocks as BLAS has threads run side by side, then ``finish`` takes
+    them in order in the calling thread. A single block keeps BLAS's threads
+    (any ``n_jobs`` gives one worker then).
+    """
+    items = list(blocks)
+
+    def run(block):
+        with scratch.rows(block.stop - block.start) as out:
+            return finish(block, product(block, out))
+
+    with WorkerPool(n_jobs, max_workers=len(items)) as pool:
+        if pool.n_workers > 1 or len(items) <= 1:
+            return pool.map(run, items)
+    width = min(blas_threads(), len(items))
+    if width <= 1:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return [run(block) for block in items]
+    results = []
+    with WorkerPool(width) as products:
+        for start in range(0, len(items), width):
+            group = items[start : start + width]
+            with ExitStack() as buffers:
+                outs = [
+                    buffers.enter_context(scratch.rows(b.stop - b.start)) for b in group
+                ]
+                parts = products.map(lambda pair: product(*pair), zip(group, outs))
+                results.extend(finish(b, part) for b, part in zip(group, parts))
+    return results

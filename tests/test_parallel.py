@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sklearn_dbksvd import _numba
+from threadpoolctl import threadpool_limits
+
+from sklearn_dbksvd import _numba, sparse_encode_mp, sparse_encode_omp
 from sklearn_dbksvd._encode import _matching_pursuit_gram, _mp_encode, selections_to_csr
-from sklearn_dbksvd._parallel import WorkerPool, parallel_map
+from sklearn_dbksvd._parallel import WorkerPool, blas_threads, parallel_map
 from sklearn_dbksvd._step import dbksvd_step
 from sklearn_dbksvd._update import update_dictionary
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
@@ -145,3 +147,21 @@ def test_environment_variable_selects_the_kernels(value, compiled):
         env=env, capture_output=True, text=True, check=True,
     ).stdout
     assert out.strip() == str(compiled)
+
+
+def test_codes_do_not_depend_on_blas_threads_through_n_jobs():
+    # Several blocks of correlations, and products large enough that
+    # OpenBLAS rounds them differently with two threads than with one.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((9000, 64), dtype=np.float32)
+    D = rng.standard_normal((2048, 64), dtype=np.float32)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    if blas_threads() < 2:
+        pytest.skip("BLAS has one thread")
+    threaded = X[:4096] @ D.T
+    with threadpool_limits(limits=1, user_api="blas"):
+        single = X[:4096] @ D.T
+    if np.array_equal(threaded, single):
+        pytest.skip("this BLAS rounds alike with any number of threads")
+    for coder in (sparse_encode_mp, sparse_encode_omp):
+        np.testing.assert_array_equal(coder(X, D, 5, n_jobs=1), coder(X, D, 5, n_jobs=2))
