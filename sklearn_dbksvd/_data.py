@@ -294,12 +294,64 @@ def schedule_for(X, batch_size):
     return BatchSchedule(X.shape[0], batch_size, contiguous=_is_chunked(X))
 
 
-def read_batch(X, rows):
+def reads_into_buffer(X):
+    """Whether :func:`read_batch` can gather the rows of ``X`` into ``out``.
+
+    True for in-memory NumPy arrays of float32 or float64 (validated data);
+    lazy arrays and device arrays are read their own way.
+    """
+    return (
+        isinstance(X, np.ndarray)
+        and not is_lazy_array(X)
+        and X.ndim == 2
+        and X.dtype in _FLOAT_DTYPES
+    )
+
+
+def _take_rows_into(X, rows, out):
+    """``X[rows]`` written into ``out``: the same values, no new array."""
+    rows = np.asarray(rows)
+    if out.shape != (len(rows), X.shape[1]) or out.dtype != X.dtype:
+        raise ValueError(
+            f"out has shape {out.shape} and dtype {out.dtype}; expected "
+            f"{(len(rows), X.shape[1])} and {X.dtype}."
+        )
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be a writeable C-ordered array.")
+    if np.may_share_memory(out, X):
+        raise ValueError("out shares memory with X.")
+    if len(rows) and (rows.min() < 0 or rows.max() >= X.shape[0]):
+        raise IndexError(f"Row indices out of range for {X.shape[0]} rows.")
+    # mode="clip" (the indices are checked above): with the default "raise"
+    # NumPy gathers into a temporary and copies it into ``out``.
+    return np.take(X, rows, axis=0, out=out, mode="clip")
+
+
+def read_batch(X, rows, out=None):
     """Rows of ``X`` as an ndarray, validated when ``X`` is lazy.
 
     In-memory data is validated whole before fitting; lazy data can only be
     validated as it is read.
+
+    Parameters
+    ----------
+    X : array-like or lazy array of shape (n_samples, n_features)
+        The data.
+    rows : ndarray of int or list of slice
+        Rows to read (from ``BatchSchedule.rows``).
+    out : ndarray of shape (n_rows, n_features), default=None
+        C-ordered array of ``X``'s dtype, sharing no memory with ``X``, that
+        the rows are gathered into and that is returned; only when
+        :func:`reads_into_buffer` holds for ``X`` and ``rows`` is an index
+        array. A fit reading every batch into one such array allocates (and
+        faults in) no array of the batch's size per step.
     """
+    if out is not None:
+        if not reads_into_buffer(X) or not isinstance(rows, np.ndarray):
+            raise TypeError(
+                "out is only for in-memory float NumPy data read by row indices."
+            )
+        return _take_rows_into(X, rows, out)
     if is_lazy_array(X):
         return check_batch(read_rows(X, rows), rows)
     if is_device_array(X):

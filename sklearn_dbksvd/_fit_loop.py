@@ -12,7 +12,13 @@ import numpy as np
 from sklearn.utils._array_api import get_namespace
 
 from ._backend import is_device_array, to_namespace_of, to_numpy
-from ._data import is_lazy_array, iter_row_chunks, read_batch, schedule_for
+from ._data import (
+    is_lazy_array,
+    iter_row_chunks,
+    read_batch,
+    reads_into_buffer,
+    schedule_for,
+)
 from ._progress import ProgressReporter
 
 # Batches whose largest magnitude lies in [2**-_SAFE_EXPONENT, 2**_SAFE_EXPONENT]
@@ -21,6 +27,11 @@ from ._progress import ProgressReporter
 # (1e-30 squared is below 1.2e-38), so the step sees the batch times a power
 # of two: exact, and the same atoms, since atoms are unit vectors.
 _SAFE_EXPONENT = 20
+
+# In-memory NumPy batches are gathered, centred and scaled in one host buffer
+# per fit (see ``step_batch``); off, every step makes new arrays as other
+# inputs do. A switch for the tests, which compare both.
+_REUSE_BATCH_BUFFER = True
 
 
 def batch_scale(X):
@@ -135,6 +146,8 @@ class FitState:
         Gram matrix of ``components`` when the last step had it exactly.
     residual : ndarray of shape (n_rows, n_features) or None
         Host buffer the steps write their batch's residual into.
+    batch : ndarray of shape (n_rows, n_features) or None
+        Host buffer the batches of in-memory data are read into.
     """
 
     random_state: np.random.RandomState
@@ -150,6 +163,9 @@ class FitState:
     gram: object = None
     # The steps' residual buffer (see ``residual_buffer``); never checkpointed.
     residual: np.ndarray = None
+    # The buffer in-memory batches are read into (see ``step_batch``); never
+    # checkpointed either.
+    batch: np.ndarray = None
 
 
 @dataclass
@@ -194,11 +210,11 @@ def initialise(model, X, plan, state, *, code_init=None, order=None):
     _ensure_mean(model, X, state)
     order = _epoch_order(plan, state, model, order)
     position = state.step % plan.schedule.n_batches
-    batch = centred(read_batch(X, plan.schedule.rows(order, position)), state.mean)
-    batch = scaled(batch, batch_scale(batch))
+    batch, _ = step_batch(X, plan.schedule.rows(order, position), state)
     state.components = model._initial_components(
         batch, plan.n_components, state.random_state
     )
+    del batch
     if code_init is not None:
         state.components = model._components_from_known_support(
             X, code_init, plan.batch_size, state.components, state.random_state,
@@ -247,12 +263,12 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                 else:
                     order = _epoch_order(plan, state, model, order)
                 position = state.step % plan.schedule.n_batches
-                batch = read_batch(X, plan.schedule.rows(order, position))
-                batch = centred(batch, state.mean)
-                scale = batch_scale(batch)
+                batch, scale = step_batch(
+                    X, plan.schedule.rows(order, position), state
+                )
                 tic = time.perf_counter()
                 state.components, info, state.gram = model._step(
-                    scaled(batch, scale),
+                    batch,
                     state.components,
                     state.random_state,
                     state.step < last_replacing_step,
@@ -263,7 +279,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                     ),
                 )
                 seen += batch.shape[0]
-                # Not alive while the next batch is read (the residual buffer is).
+                # Not alive while the next batch is read (the buffers are).
                 del batch
                 info = {
                     "step": state.step,
@@ -283,10 +299,50 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                 if on_step is not None:
                     on_step(state)
     finally:
-        # An (m, m) array and one of the batch's size: not kept past the fit,
+        # An (m, m) array and two of the batch's size: not kept past the fit,
         # however it ends.
-        state.gram = state.residual = None
+        state.gram = state.residual = state.batch = None
     return state
+
+
+def step_batch(X, rows, state):
+    """Batch ``rows`` of ``X`` as a step sees it: centred, scaled; and the scale.
+
+    In-memory NumPy data is gathered into ``state.batch`` (see
+    :func:`batch_buffer`) and centred and scaled there, in place: the buffer
+    is the fit's own, so ``X`` is never touched, and the values are those of
+    ``scaled(centred(X[rows], mean), scale)`` to the bit. Lazy and device
+    data are read into new arrays, as each step of a ``partial_fit`` is.
+    """
+    if not (
+        _REUSE_BATCH_BUFFER
+        and reads_into_buffer(X)
+        and isinstance(rows, np.ndarray)
+    ):
+        batch = centred(read_batch(X, rows), state.mean)
+        scale = batch_scale(batch)
+        return scaled(batch, scale), scale
+    batch = read_batch(
+        X, rows, out=batch_buffer(state, (len(rows), X.shape[1]), X.dtype)
+    )
+    if state.mean is not None:
+        np.subtract(batch, state.mean.astype(batch.dtype, copy=False), out=batch)
+    scale = batch_scale(batch)
+    if scale != 1.0:
+        np.multiply(batch, scale, out=batch)
+    return batch, scale
+
+
+def _leading_rows(buffer, shape, dtype):
+    """``(buffer, its first shape[0] rows)``; a new buffer if it cannot hold them."""
+    if (
+        buffer is None
+        or buffer.shape[0] < shape[0]
+        or buffer.shape[1:] != tuple(shape[1:])
+        or buffer.dtype != dtype
+    ):
+        buffer = np.empty(shape, dtype=dtype)
+    return buffer, buffer[: shape[0]]
 
 
 def residual_buffer(state, shape, dtype):
@@ -297,15 +353,18 @@ def residual_buffer(state, shape, dtype):
     by a row or so. The buffer is replaced by a larger one when a batch
     outgrows it.
     """
-    buffer = state.residual
-    if (
-        buffer is None
-        or buffer.shape[0] < shape[0]
-        or buffer.shape[1:] != tuple(shape[1:])
-        or buffer.dtype != dtype
-    ):
-        buffer = state.residual = np.empty(shape, dtype=dtype)
-    return buffer[: shape[0]]
+    state.residual, rows = _leading_rows(state.residual, shape, dtype)
+    return rows
+
+
+def batch_buffer(state, shape, dtype):
+    """A C-ordered host array of ``shape`` to read a batch into, reused.
+
+    As :func:`residual_buffer`, in ``state.batch``: a different array, since
+    the step reads the batch while it writes the residual.
+    """
+    state.batch, rows = _leading_rows(state.batch, shape, dtype)
+    return rows
 
 
 def fitted_mean(mean, components):

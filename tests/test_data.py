@@ -9,9 +9,12 @@ from sklearn_dbksvd import DBKSVDDictionaryLearning
 from sklearn_dbksvd._data import (
     BatchSchedule,
     RowConcatenation,
+    _take_rows_into,
     check_batch,
     is_lazy_array,
+    read_batch,
     read_rows,
+    reads_into_buffer,
 )
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
@@ -216,3 +219,41 @@ def test_check_batch_and_read_rows(X):
     with pytest.raises(ValueError, match=r"row 52"):
         check_batch(bad, [slice(0, 2), slice(50, 58)])
     assert_array_equal(read_rows(X, [slice(0, 2), slice(5, 6)]), X[[0, 1, 5]])
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_gathered_into_a_buffer_are_those_of_fancy_indexing(
+    X, tmp_path, order, dtype
+):
+    data = np.asarray(X, dtype=dtype, order=order)
+    np.save(tmp_path / "data.npy", data)
+    mapped = np.load(tmp_path / "data.npy", mmap_mode="r")
+    rows = np.sort(np.random.RandomState(0).permutation(len(X))[:300])
+    for source in (data, mapped):
+        out = np.full((len(rows), X.shape[1]), np.nan, dtype=dtype)
+        assert _take_rows_into(source, rows, out) is out
+        assert out.tobytes() == np.ascontiguousarray(source[rows]).tobytes()
+    # In-memory data only: a memmap is lazy and read its own way.
+    assert reads_into_buffer(data) and not reads_into_buffer(mapped)
+    out = np.empty((len(rows), X.shape[1]), dtype=dtype)
+    assert read_batch(data, rows, out=out) is out
+    assert_array_equal(out, data[rows])
+    with pytest.raises(TypeError, match="in-memory"):
+        read_batch(mapped, rows, out=out)
+    with pytest.raises(TypeError, match="in-memory"):
+        read_batch(data, [slice(0, 300)], out=out)
+
+
+def test_gathering_into_a_bad_buffer_is_refused(X):
+    rows = np.arange(5)
+    with pytest.raises(ValueError, match="shape"):
+        _take_rows_into(X, rows, np.empty((4, 12), dtype=np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        _take_rows_into(X, rows, np.empty((5, 12)))
+    with pytest.raises(ValueError, match="C-ordered"):
+        _take_rows_into(X, rows, np.empty((5, 12), dtype=np.float32, order="F"))
+    with pytest.raises(ValueError, match="shares memory"):
+        _take_rows_into(X, rows, X[-5:])
+    with pytest.raises(IndexError, match="out of range"):
+        _take_rows_into(X, np.array([0, len(X)]), np.empty((2, 12), np.float32))

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from sklearn_dbksvd import DBKSVDDictionaryLearning, _base, _fit_loop, _step
-from sklearn_dbksvd._fit_loop import FitState, SmoothedError, residual_buffer
+from sklearn_dbksvd._fit_loop import (
+    FitState,
+    SmoothedError,
+    batch_buffer,
+    residual_buffer,
+)
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
 
@@ -98,6 +103,7 @@ def test_fit_steps_share_one_residual_buffer(monkeypatch):
     assert all(w.base is written[0].base is not None for w in written)
     # Dropped when the fit ends, with the Gram matrix.
     assert states[0].residual is None and states[0].gram is None
+    assert states[0].batch is None
 
 
 def test_residual_buffer_dropped_when_a_fit_fails(monkeypatch):
@@ -110,6 +116,7 @@ def test_residual_buffer_dropped_when_a_fit_fails(monkeypatch):
 
     def callback(info):
         assert states[0].residual is not None  # held between steps
+        assert states[0].batch is not None
         if info["step"] == 2:
             raise RuntimeError("stop here")
 
@@ -117,3 +124,81 @@ def test_residual_buffer_dropped_when_a_fit_fails(monkeypatch):
     with pytest.raises(RuntimeError, match="stop here"):
         DBKSVDDictionaryLearning(**params, callback=callback).fit(X)
     assert states[0].residual is None and states[0].gram is None
+    assert states[0].batch is None
+
+
+def _strip_seconds(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("with_mean", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 2.0**30])
+def test_batches_read_into_one_buffer_give_the_same_fit(
+    monkeypatch, dtype, order, with_mean, scale
+):
+    X, params = _fit_params()
+    # Off the origin, so that centring changes the batches; scaled by 2**30,
+    # every batch is out of range and scaled by the fit.
+    X = np.asarray((X + 3.0) * scale, dtype=dtype, order=order)
+    original = X.copy(order="A")
+    params = dict(params, with_mean=with_mean)
+    with monkeypatch.context() as patch:
+        patch.setattr(_fit_loop, "_REUSE_BATCH_BUFFER", False)
+        expected = DBKSVDDictionaryLearning(**params).fit(X)
+    batches, states = [], []
+    step, run_fit = DBKSVDDictionaryLearning._step, _base.run_fit
+
+    def recording_step(self, X_batch, *a, **kw):
+        batches.append(X_batch)
+        return step(self, X_batch, *a, **kw)
+
+    monkeypatch.setattr(DBKSVDDictionaryLearning, "_step", recording_step)
+    monkeypatch.setattr(
+        _base, "run_fit", lambda *a, **kw: states.append(a[3]) or run_fit(*a, **kw)
+    )
+    model = DBKSVDDictionaryLearning(**params).fit(X)
+    assert model.components_.dtype == dtype
+    assert model.components_.tobytes() == expected.components_.tobytes()
+    assert _strip_seconds(model.history_) == _strip_seconds(expected.history_)
+    assert X.tobytes(order="A") == original.tobytes(order="A")  # never modified
+    assert X.flags.f_contiguous == (order == "F")
+    # Every step read the leading rows of one buffer, the fit's own.
+    assert len(batches) == model.n_steps_ == 10
+    base = batches[0].base
+    assert base is not None and all(b.base is base for b in batches)
+    assert all(b.flags.c_contiguous for b in batches)
+    assert not np.shares_memory(base, X)
+    # Dropped when the fit ends.
+    assert states[0].batch is None
+
+
+def test_lazy_batches_are_read_into_new_arrays(monkeypatch, tmp_path):
+    X, params = _fit_params()
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    batches, states = [], []
+    step, run_fit = DBKSVDDictionaryLearning._step, _base.run_fit
+
+    def recording_step(self, X_batch, *a, **kw):
+        assert states[0].batch is None  # no batch buffer for lazy data
+        batches.append(X_batch)
+        return step(self, X_batch, *a, **kw)
+
+    monkeypatch.setattr(DBKSVDDictionaryLearning, "_step", recording_step)
+    monkeypatch.setattr(
+        _base, "run_fit", lambda *a, **kw: states.append(a[3]) or run_fit(*a, **kw)
+    )
+    DBKSVDDictionaryLearning(**params).fit(mapped)
+    assert len(batches) == 10
+    assert not any(np.shares_memory(batches[0], b) for b in batches[1:])
+
+
+def test_batch_buffer_is_apart_from_the_residual_buffer():
+    state = FitState(np.random.RandomState(0))
+    batch = batch_buffer(state, (5, 3), np.float32)
+    residual = residual_buffer(state, (5, 3), np.float32)
+    assert not np.shares_memory(batch, residual)
+    assert batch_buffer(state, (4, 3), np.float32).base is state.batch
+    assert np.shares_memory(batch_buffer(state, (4, 3), np.float32), batch)
