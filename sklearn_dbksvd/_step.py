@@ -230,8 +230,10 @@ def _clear_dictionary(
     caught too), and the less used atom of each near-duplicate pair takes the
     next worst sample. The Gram matrix is returned when no duplicate was
     replaced: it is then exactly that of the final atoms. With
-    ``positive_dict`` rare atoms and duplicates (found by blocks of overlaps)
-    are replaced together by ``_replace.replace_atoms``.
+    ``positive_dict`` rare atoms and the duplicates among the atoms before
+    replacement are replaced together by ``_replace.replace_atoms`` (new
+    atoms are nonnegative parts, not the residuals themselves); the Gram
+    matrix of that check is returned when no atom was replaced.
     """
     n_samples, n_components = codes.shape
     usage = np.diff(codes.indptr)
@@ -242,15 +244,20 @@ def _clear_dictionary(
         sq_norms = residual_sq_norms(residual)
     if positive_dict:
         atoms = atoms_to_replace(
-            components, usage, min_usage=min_usage * mean_usage,
-            max_coherence=max_coherence,
+            components, usage, min_usage=min_usage * mean_usage, max_coherence=1.0
         )
+        gram = None
+        if max_coherence < 1:
+            # One Gram matrix for the check and, when no atom changes, for
+            # the next step's encoder, as on the signed path.
+            gram = _backend.gram(backend, components)
+            atoms = np.union1d(atoms, near_duplicates(gram, usage, max_coherence))
         replaced = replace_atoms(
             components, atoms, residual,
             positive_dict=positive_dict, positive_code=positive_code,
             sq_norms=sq_norms,
         )
-        return len(replaced), None
+        return len(replaced), (gram if len(replaced) == 0 else None)
     rare = atoms_to_replace(
         components, usage, min_usage=min_usage * mean_usage, max_coherence=1.0
     )

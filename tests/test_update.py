@@ -327,3 +327,201 @@ def test_fit_computes_one_gram_matrix_per_step(monkeypatch):
     )
     assert len(calls) < 2 * model.n_steps_
     np.testing.assert_array_equal(model.components_, expected.components_)
+
+
+def _positive_problem(seed, n_samples=200, n_features=10, n_components=16):
+    """Nonnegative atoms with planted near-duplicate pairs, tied usage, rare atoms."""
+    rng = np.random.RandomState(seed)
+    atoms = np.abs(rng.randn(n_components, n_features))
+    # Near-duplicates: 1 of 0, 3 of 2 (and 5 of 3, a chain), 7 of 6 to 1e-3.
+    for a, b in [(0, 1), (2, 3), (3, 5), (6, 7)]:
+        atoms[b] = atoms[a] + 1e-3 * np.abs(rng.randn(n_features))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    codes = (rng.uniform(size=(n_samples, n_components)) < 0.2).astype(float)
+    codes[:, 8] = 0  # unused
+    codes[3:, 9] = 0  # rare
+    codes[:, 2] = codes[:, 3]  # a near-duplicate pair with tied usage
+    residual = rng.randn(n_samples, n_features) * rng.uniform(0.5, 2, (n_samples, 1))
+    return atoms, sp.csc_matrix(codes), residual
+
+
+def _replaced_by_block_overlaps(
+    atoms, codes, residual, settings, positive_code, sq_norms=None
+):
+    """The positive_dict replacement as it was: block overlaps, then new atoms."""
+    usage = np.diff(codes.indptr)
+    mean_usage = codes.shape[0] * settings["n_nonzero_coefs"] / codes.shape[1]
+    chosen = _replace.atoms_to_replace(
+        atoms, usage, min_usage=settings["min_usage"] * mean_usage,
+        max_coherence=settings["max_coherence"],
+    )
+    return _replace.replace_atoms(
+        atoms, chosen, residual, positive_dict=True, positive_code=positive_code,
+        sq_norms=sq_norms,
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("positive_code", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_positive_dict_replaces_the_atoms_of_block_overlaps(
+    monkeypatch, seed, positive_code, dtype
+):
+    atoms, codes, residual = _positive_problem(seed)
+    atoms, residual = atoms.astype(dtype), residual.astype(dtype)
+    # Overlaps in several blocks of rows, as at a large dictionary.
+    monkeypatch.setattr(_replace, "_OVERLAP_BLOCK_BYTES", 5 * 16 * atoms.itemsize)
+    for max_coherence in (0.99, 0.9, 0.5, 1.0):
+        settings = dict(n_nonzero_coefs=3, min_usage=0.1, max_coherence=max_coherence)
+        expected = atoms.copy()
+        replaced = _replaced_by_block_overlaps(
+            expected, codes, residual, settings, positive_code
+        )
+        assert {8, 9} <= set(replaced)
+        if max_coherence == 0.99:  # one of each planted pair; 3 on the tie
+            assert 3 in replaced
+            assert all({a, b} & set(replaced) for a, b in [(0, 1), (3, 5), (6, 7)])
+        for compiled in (True, False):
+            if compiled and _numba.numba is None:
+                continue
+            monkeypatch.setattr(_numba, "USE_NUMBA", compiled)
+            found = atoms.copy()
+            n = clear_dictionary(
+                found, codes, residual, positive_dict=True,
+                positive_code=positive_code, **settings,
+            )
+            assert n == len(replaced)
+            np.testing.assert_array_equal(found, expected)
+
+
+def test_positive_dict_returns_the_gram_matrix_only_when_no_atom_changes():
+    atoms, codes, residual = _positive_problem(0)
+    settings = dict(
+        n_nonzero_coefs=3, max_coherence=0.99, positive_dict=True,
+        positive_code=False, backend=_backend.ArrayBackend(np),
+    )
+    n, gram = _step._clear_dictionary(
+        atoms.copy(), codes, residual, min_usage=0.1, **settings
+    )
+    assert n > 0 and gram is None
+    # Without duplicates and with every atom used enough: nothing changes.
+    distinct = np.abs(np.linalg.qr(np.random.RandomState(0).randn(16, 16))[0])
+    distinct /= np.linalg.norm(distinct, axis=1, keepdims=True)
+    codes = sp.csc_matrix(np.ones((200, 16)))
+    kept = distinct.copy()
+    n, gram = _step._clear_dictionary(kept, codes, residual, min_usage=0.1, **settings)
+    assert n == 0
+    np.testing.assert_array_equal(kept, distinct)
+    np.testing.assert_array_equal(gram, distinct @ distinct.T)
+
+
+def test_positive_dict_gram_matrix_once_per_step(monkeypatch):
+    calls = []
+    gram = _backend.gram
+    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
+    X, start = planted()
+    start = np.abs(start)
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    settings = dict(positive_dict=True, replace_coherence=0.999)
+    first, info, first_gram = dbksvd_step(
+        X, start, return_gram=True, **_helpers.step_settings(**settings)
+    )
+    assert info["n_replaced"] == 0 and len(calls) == 2  # encoder's and check's
+    np.testing.assert_allclose(first_gram, first @ first.T, rtol=1e-12, atol=1e-12)
+    assert first.min() >= 0
+    calls.clear()
+    second, info = dbksvd_step(
+        X, first, gram=first_gram, **_helpers.step_settings(**settings)
+    )
+    assert len(calls) == 1  # the coherence check's; the encoder took first_gram
+    calls.clear()
+    fresh, fresh_info = dbksvd_step(
+        X, first.copy(), **_helpers.step_settings(**settings)
+    )
+    assert len(calls) == 2
+    np.testing.assert_array_equal(second, fresh)
+    assert info == fresh_info
+
+
+def test_positive_dict_fit_computes_one_gram_matrix_per_step(monkeypatch):
+    from sklearn_dbksvd import DBKSVDDictionaryLearning
+
+    X, _ = planted()
+    params = dict(
+        n_components=20,
+        n_nonzero_coefs=3,
+        batch_size=100,
+        max_iter=3,
+        max_no_improvement=None,
+        positive_dict=True,
+        replace_coherence=0.999,
+        random_state=0,
+    )
+    step = DBKSVDDictionaryLearning._step
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            DBKSVDDictionaryLearning,
+            "_step",
+            lambda self, *a, gram=None, **kw: step(self, *a, **kw),
+        )
+        expected = DBKSVDDictionaryLearning(**params).fit(X)
+    calls, given = [], []
+    gram = _backend.gram
+    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
+
+    def recording_step(self, *a, gram=None, **kw):
+        given.append(gram is not None)
+        return step(self, *a, gram=gram, **kw)
+
+    monkeypatch.setattr(DBKSVDDictionaryLearning, "_step", recording_step)
+    model = DBKSVDDictionaryLearning(**params).fit(X)
+    # A step hands its matrix on when it checked coherence (the first 80 %
+    # of the steps) and replaced no atom; then the next step computes none.
+    checks = [step < 0.8 * model.n_steps_ for step in range(model.n_steps_)]
+    handed_on = [
+        check and h["n_replaced"] == 0
+        for check, h in zip(checks, model.history_, strict=True)
+    ]
+    assert given == [False] + handed_on[:-1]
+    assert sum(given) >= model.n_steps_ // 2
+    assert len(calls) == sum(checks) + given.count(False)
+    np.testing.assert_array_equal(model.components_, expected.components_)
+
+
+def test_positive_dict_steps_replace_as_with_block_overlaps(monkeypatch):
+    X, start = planted()
+    start = np.abs(start)
+    start[1] = start[0]  # duplicates
+    start[5] = start[4] + 1e-4
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    settings = dict(positive_dict=True, replace_min_usage=0.5)
+
+    def run(n_steps=3):
+        atoms, infos, gram = start.copy(), [], None
+        random_state = np.random.RandomState(7)
+        for _ in range(n_steps):
+            atoms, info, gram = dbksvd_step(
+                X, atoms, gram=gram, return_gram=True,
+                **_helpers.step_settings(**settings, random_state=random_state),
+            )
+            infos.append(info)
+        return atoms, infos
+
+    new_atoms, new_infos = run()
+    assert new_infos[0]["n_replaced"] >= 2
+
+    def by_block_overlaps(components, codes, residual, **kw):
+        settings = dict(
+            n_nonzero_coefs=kw["n_nonzero_coefs"], min_usage=kw["min_usage"],
+            max_coherence=kw["max_coherence"],
+        )
+        replaced = _replaced_by_block_overlaps(
+            components, codes, residual, settings, kw["positive_code"],
+            kw["sq_norms"],
+        )
+        return len(replaced), None
+
+    monkeypatch.setattr(_step, "_clear_dictionary", by_block_overlaps)
+    old_atoms, old_infos = run()
+    np.testing.assert_array_equal(new_atoms, old_atoms)
+    assert new_infos == old_infos
