@@ -185,11 +185,16 @@ def breakdown(X, D, k, n_jobs, repeat):
         lambda: _matching_pursuit_gram(corr.copy(), G, k, False), repeat
     )
     times["matching pursuit"] = t_mp * len(X) / corr.shape[0]
+    # The residual goes into one buffer, as in a fit (a fresh one would time
+    # its page faults too).
+    out = np.empty_like(X)
     times["encode + residual (all)"], (idx, val, R) = best_time(
-        lambda: _mp_encode(X, D, k, gram=G, n_jobs=n_jobs, return_residual=True),
+        lambda: _mp_encode(
+            X, D, k, gram=G, n_jobs=n_jobs, return_residual=True, residual_out=out
+        ),
         repeat,
     )
-    out = np.empty_like(R)
+    R = R.copy()
 
     def residual_only():
         for b in blocks:
