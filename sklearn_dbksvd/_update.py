@@ -17,6 +17,7 @@ parallel; without numba the same Lanczos code runs on a gathered ``E``.
 """
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import _backend, _numba
 from ._parallel import WorkerPool
@@ -593,7 +594,9 @@ def update_dictionary(
     new_data = np.empty_like(codes.data)
     shared = np.ones(len(codes.data), dtype=bool)
     counts = np.zeros(residual.shape[0], dtype=np.int32)
-    with WorkerPool(n_jobs) as pool:
+    # BLAS at one thread even with one worker: the NumPy refits' products
+    # (positive_dict, the fallback) then round alike whatever n_jobs.
+    with WorkerPool(n_jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
         # Feature slices for the correction, multiples of 16 floats (a cache
         # line) so that threads never write to the same line.
         col_edges = np.linspace(0, n_features // 16, pool.n_workers + 1).astype(int) * 16
