@@ -274,22 +274,55 @@ def test_step_writes_its_residual_into_the_given_buffer(fit_algorithm):
         step(residual_out=X)
 
 
-def test_gram_matrix_once_per_step_and_same_steps(monkeypatch):
+def count_gram_calls(monkeypatch):
+    """A list that grows by one at every ``_backend.gram`` call."""
     calls = []
     gram = _backend.gram
     monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
+    return calls
+
+
+def fit_computing_every_gram(params, monkeypatch, X):
+    """The reference fit: every step computes its own Gram matrix."""
+    from sklearn_dbksvd import DBKSVDDictionaryLearning
+
+    step = DBKSVDDictionaryLearning._step
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            DBKSVDDictionaryLearning,
+            "_step",
+            lambda self, *a, gram=None, **kw: step(self, *a, **kw),
+        )
+        return DBKSVDDictionaryLearning(**params).fit(X)
+
+
+@pytest.mark.parametrize(
+    "settings", [{}, dict(positive_dict=True, replace_coherence=0.999)]
+)
+def test_gram_matrix_once_per_step_and_same_steps(monkeypatch, settings):
+    calls = count_gram_calls(monkeypatch)
     X, start = planted()
-    first, _, first_gram = dbksvd_step(
-        X, start, return_gram=True, **_helpers.step_settings()
+    if settings:
+        start = np.abs(start)
+        start /= np.linalg.norm(start, axis=1, keepdims=True)
+    first, info, first_gram = dbksvd_step(
+        X, start, return_gram=True, **_helpers.step_settings(**settings)
     )
     assert first_gram is not None
+    assert len(calls) == 2  # the encoder's and the coherence check's
     np.testing.assert_allclose(first_gram, first @ first.T, rtol=1e-12, atol=1e-12)
+    if settings:
+        assert info["n_replaced"] == 0 and first.min() >= 0
     calls.clear()
-    second, info = dbksvd_step(X, first, gram=first_gram, **_helpers.step_settings())
+    second, info = dbksvd_step(
+        X, first, gram=first_gram, **_helpers.step_settings(**settings)
+    )
     assert len(calls) == 1  # the coherence check's; the encoder took first_gram
     # The same step computing its own Gram matrix gives the same atoms.
     calls.clear()
-    fresh, fresh_info = dbksvd_step(X, first.copy(), **_helpers.step_settings())
+    fresh, fresh_info = dbksvd_step(
+        X, first.copy(), **_helpers.step_settings(**settings)
+    )
     assert len(calls) == 2
     np.testing.assert_array_equal(second, fresh)
     assert info == fresh_info
@@ -307,18 +340,8 @@ def test_fit_computes_one_gram_matrix_per_step(monkeypatch):
         max_no_improvement=None,
         random_state=0,
     )
-    # Reference: every step computes its own Gram matrix.
-    step = DBKSVDDictionaryLearning._step
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            DBKSVDDictionaryLearning,
-            "_step",
-            lambda self, *a, gram=None, **kw: step(self, *a, **kw),
-        )
-        expected = DBKSVDDictionaryLearning(**params).fit(X)
-    calls = []
-    gram = _backend.gram
-    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
+    expected = fit_computing_every_gram(params, monkeypatch, X)
+    calls = count_gram_calls(monkeypatch)
     model = DBKSVDDictionaryLearning(**params).fit(X)
     # Without duplicates to replace, every step but the first reuses the
     # previous step's matrix, and the atoms are those of separate steps.
@@ -415,34 +438,6 @@ def test_positive_dict_returns_the_gram_matrix_only_when_no_atom_changes():
     np.testing.assert_array_equal(gram, distinct @ distinct.T)
 
 
-def test_positive_dict_gram_matrix_once_per_step(monkeypatch):
-    calls = []
-    gram = _backend.gram
-    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
-    X, start = planted()
-    start = np.abs(start)
-    start /= np.linalg.norm(start, axis=1, keepdims=True)
-    settings = dict(positive_dict=True, replace_coherence=0.999)
-    first, info, first_gram = dbksvd_step(
-        X, start, return_gram=True, **_helpers.step_settings(**settings)
-    )
-    assert info["n_replaced"] == 0 and len(calls) == 2  # encoder's and check's
-    np.testing.assert_allclose(first_gram, first @ first.T, rtol=1e-12, atol=1e-12)
-    assert first.min() >= 0
-    calls.clear()
-    second, info = dbksvd_step(
-        X, first, gram=first_gram, **_helpers.step_settings(**settings)
-    )
-    assert len(calls) == 1  # the coherence check's; the encoder took first_gram
-    calls.clear()
-    fresh, fresh_info = dbksvd_step(
-        X, first.copy(), **_helpers.step_settings(**settings)
-    )
-    assert len(calls) == 2
-    np.testing.assert_array_equal(second, fresh)
-    assert info == fresh_info
-
-
 def test_positive_dict_fit_computes_one_gram_matrix_per_step(monkeypatch):
     from sklearn_dbksvd import DBKSVDDictionaryLearning
 
@@ -457,17 +452,9 @@ def test_positive_dict_fit_computes_one_gram_matrix_per_step(monkeypatch):
         replace_coherence=0.999,
         random_state=0,
     )
+    expected = fit_computing_every_gram(params, monkeypatch, X)
+    calls, given = count_gram_calls(monkeypatch), []
     step = DBKSVDDictionaryLearning._step
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            DBKSVDDictionaryLearning,
-            "_step",
-            lambda self, *a, gram=None, **kw: step(self, *a, **kw),
-        )
-        expected = DBKSVDDictionaryLearning(**params).fit(X)
-    calls, given = [], []
-    gram = _backend.gram
-    monkeypatch.setattr(_backend, "gram", lambda *a: calls.append(1) or gram(*a))
 
     def recording_step(self, *a, gram=None, **kw):
         given.append(gram is not None)
