@@ -104,7 +104,8 @@ def _matching_pursuit_jit(
     """
     n_samples, n_components = corr.shape
     n_nonzero_coefs = indices.shape[1]
-    group_max = np.empty((n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP, keys.dtype)
+    n_groups = (n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP
+    group_max = np.empty(n_groups, keys.dtype)
     use_tol = sq_norms.shape[0] > 0
     for i in range(n_samples):
         c = corr[i]

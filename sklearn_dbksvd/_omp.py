@@ -197,7 +197,8 @@ def _batch_omp_jit(
     """
     n_samples, n_components = corr.shape
     k = indices.shape[1]
-    group_max = np.empty((n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP, keys.dtype)
+    n_groups = (n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP
+    group_max = np.empty(n_groups, keys.dtype)
     use_tol = sq_norms.shape[0] > 0
     L = np.zeros((k, k))
     support = np.empty(k, np.intp)

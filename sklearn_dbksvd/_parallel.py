@@ -146,6 +146,9 @@ def map_blocks(product, finish, blocks, scratch, *, n_jobs=None):
                 outs = [
                     buffers.enter_context(scratch.rows(b.stop - b.start)) for b in group
                 ]
-                parts = products.map(lambda pair: product(*pair), zip(group, outs))
-                results.extend(finish(b, part) for b, part in zip(group, parts))
+                pairs = zip(group, outs, strict=True)
+                parts = products.map(lambda pair: product(*pair), pairs)
+                results.extend(
+                    finish(b, part) for b, part in zip(group, parts, strict=True)
+                )
     return results

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from threadpoolctl import threadpool_limits
 
 from sklearn_dbksvd import _numba, sparse_encode_mp, sparse_encode_omp
@@ -164,4 +163,5 @@ def test_codes_do_not_depend_on_blas_threads_through_n_jobs():
     if np.array_equal(threaded, single):
         pytest.skip("this BLAS rounds alike with any number of threads")
     for coder in (sparse_encode_mp, sparse_encode_omp):
-        np.testing.assert_array_equal(coder(X, D, 5, n_jobs=1), coder(X, D, 5, n_jobs=2))
+        one, two = coder(X, D, 5, n_jobs=1), coder(X, D, 5, n_jobs=2)
+        np.testing.assert_array_equal(one, two)
