@@ -162,7 +162,6 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None,
         selection with coefficient ``a`` lowers ``‖r‖²`` by exactly ``a²``, so
         the residual norm is tracked without touching the residual.
 
-
     Returns
     -------
     indices : ndarray of shape (n_samples, n_nonzero_coefs)

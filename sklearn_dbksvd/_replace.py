@@ -11,48 +11,18 @@ import numpy as np
 from . import _numba
 from ._update_positive import nonnegative_directions
 
-# Bytes of one block of atom overlaps ``D[block] @ Dᵀ``: 16 MiB, so the
-# coherence check never holds the (n_components, n_components) matrix (1 GiB
-# in float32 at 16384 atoms) nor its temporaries.
+# Bytes of one block of rows of the Gram matrix in the NumPy near-duplicate
+# search: 16 MiB, so its temporaries never take the (n_components,
+# n_components) size (1 GiB in float32 at 16384 atoms).
 _OVERLAP_BLOCK_BYTES = 2**24
 
 
-def atoms_to_replace(components, usage, *, min_usage, max_coherence):
-    """Indices of atoms that are unused, rarely used or near-duplicates.
+def rare_atoms(usage, min_usage):
+    """Sorted indices of the atoms used by fewer than ``min_usage`` samples.
 
-    Parameters
-    ----------
-    components : ndarray of shape (n_components, n_features)
-        Unit-norm atoms.
-    usage : ndarray of shape (n_components,)
-        Number of samples using each atom.
-    min_usage : float
-        Atoms used by fewer samples are replaced (unused atoms always are).
-    max_coherence : float
-        Of two atoms with ``|⟨d_i, d_j⟩| > max_coherence`` the less used one is
-        replaced (on a tie, the later one).
-
-    Returns
-    -------
-    ndarray of int
-        Sorted atom indices.
+    Unused atoms always count, whatever ``min_usage``.
     """
-    rare = (usage < min_usage) | (usage == 0)
-    if max_coherence < 1:
-        n_components = len(components)
-        step = max(1, _OVERLAP_BLOCK_BYTES // (n_components * components.itemsize))
-        for start in range(0, n_components, step):
-            # Pairs (i, j > i) only: the blocks left of the diagonal were
-            # seen from the other side, which halves the products.
-            overlap = components[start : start + step] @ components[start:].T
-            i, j = np.nonzero(np.abs(overlap, out=overlap) > max_coherence)
-            i += start
-            j += start
-            upper = j > i
-            i, j = i[upper], j[upper]
-            loser = np.where(usage[i] < usage[j], i, j)
-            rare[loser] = True
-    return np.flatnonzero(rare)
+    return np.flatnonzero((usage < min_usage) | (usage == 0))
 
 
 def near_duplicates(gram, usage, max_coherence):

@@ -14,8 +14,8 @@ from . import _backend
 from ._encode import _mp_encode, selections_to_csr
 from ._omp import _omp_encode
 from ._replace import (
-    atoms_to_replace,
     near_duplicates,
+    rare_atoms,
     replace_atoms,
     residual_sq_norms,
 )
@@ -243,9 +243,7 @@ def _clear_dictionary(
     if sq_norms is None:
         sq_norms = residual_sq_norms(residual)
     if positive_dict:
-        atoms = atoms_to_replace(
-            components, usage, min_usage=min_usage * mean_usage, max_coherence=1.0
-        )
+        atoms = rare_atoms(usage, min_usage * mean_usage)
         gram = None
         if max_coherence < 1:
             # One Gram matrix for the check and, when no atom changes, for
@@ -258,9 +256,7 @@ def _clear_dictionary(
             sq_norms=sq_norms,
         )
         return len(replaced), (gram if len(replaced) == 0 else None)
-    rare = atoms_to_replace(
-        components, usage, min_usage=min_usage * mean_usage, max_coherence=1.0
-    )
+    rare = rare_atoms(usage, min_usage * mean_usage)
     # Worst-fitted samples first, as in ``replace_atoms``; one per new atom.
     norms = np.sqrt(sq_norms)
     worst = np.argsort(norms, kind="stable")[::-1][: np.count_nonzero(norms > 0)]

@@ -282,6 +282,14 @@ def count_gram_calls(monkeypatch):
     return calls
 
 
+def gram_fit_params(**overrides):
+    """A short fit on ``planted()`` data whose steps hand on their Gram matrix."""
+    return dict(
+        n_components=20, n_nonzero_coefs=3, batch_size=100, max_iter=3,
+        max_no_improvement=None, random_state=0, **overrides,
+    )
+
+
 def fit_computing_every_gram(params, monkeypatch, X):
     """The reference fit: every step computes its own Gram matrix."""
     from sklearn_dbksvd import DBKSVDDictionaryLearning
@@ -332,14 +340,7 @@ def test_fit_computes_one_gram_matrix_per_step(monkeypatch):
     from sklearn_dbksvd import DBKSVDDictionaryLearning
 
     X, _ = planted()
-    params = dict(
-        n_components=20,
-        n_nonzero_coefs=3,
-        batch_size=100,
-        max_iter=3,
-        max_no_improvement=None,
-        random_state=0,
-    )
+    params = gram_fit_params()
     expected = fit_computing_every_gram(params, monkeypatch, X)
     calls = count_gram_calls(monkeypatch)
     model = DBKSVDDictionaryLearning(**params).fit(X)
@@ -368,16 +369,34 @@ def _positive_problem(seed, n_samples=200, n_features=10, n_components=16):
     return atoms, sp.csc_matrix(codes), residual
 
 
+def _block_overlap_losers(atoms, usage, max_coherence, block_rows):
+    """The less used atom of each near-duplicate pair, from overlaps by blocks."""
+    losers = np.zeros(len(atoms), dtype=bool)
+    for start in range(0, len(atoms), block_rows):
+        overlap = atoms[start : start + block_rows] @ atoms[start:].T
+        i, j = np.nonzero(np.abs(overlap) > max_coherence)
+        i, j = i + start, j + start
+        upper = j > i
+        i, j = i[upper], j[upper]
+        losers[np.where(usage[i] < usage[j], i, j)] = True
+    return losers
+
+
 def _replaced_by_block_overlaps(
-    atoms, codes, residual, settings, positive_code, sq_norms=None
+    atoms, codes, residual, settings, positive_code, sq_norms=None, block_rows=5
 ):
-    """The positive_dict replacement as it was: block overlaps, then new atoms."""
+    """The positive_dict replacement as it was: block overlaps, then new atoms.
+
+    Several blocks of rows by default, as at a large dictionary.
+    """
     usage = np.diff(codes.indptr)
     mean_usage = codes.shape[0] * settings["n_nonzero_coefs"] / codes.shape[1]
-    chosen = _replace.atoms_to_replace(
-        atoms, usage, min_usage=settings["min_usage"] * mean_usage,
-        max_coherence=settings["max_coherence"],
-    )
+    chosen = (usage < settings["min_usage"] * mean_usage) | (usage == 0)
+    if settings["max_coherence"] < 1:
+        chosen |= _block_overlap_losers(
+            atoms, usage, settings["max_coherence"], block_rows
+        )
+    chosen = np.flatnonzero(chosen)
     return _replace.replace_atoms(
         atoms, chosen, residual, positive_dict=True, positive_code=positive_code,
         sq_norms=sq_norms,
@@ -392,8 +411,6 @@ def test_positive_dict_replaces_the_atoms_of_block_overlaps(
 ):
     atoms, codes, residual = _positive_problem(seed)
     atoms, residual = atoms.astype(dtype), residual.astype(dtype)
-    # Overlaps in several blocks of rows, as at a large dictionary.
-    monkeypatch.setattr(_replace, "_OVERLAP_BLOCK_BYTES", 5 * 16 * atoms.itemsize)
     for max_coherence in (0.99, 0.9, 0.5, 1.0):
         settings = dict(n_nonzero_coefs=3, min_usage=0.1, max_coherence=max_coherence)
         expected = atoms.copy()
@@ -442,16 +459,7 @@ def test_positive_dict_fit_computes_one_gram_matrix_per_step(monkeypatch):
     from sklearn_dbksvd import DBKSVDDictionaryLearning
 
     X, _ = planted()
-    params = dict(
-        n_components=20,
-        n_nonzero_coefs=3,
-        batch_size=100,
-        max_iter=3,
-        max_no_improvement=None,
-        positive_dict=True,
-        replace_coherence=0.999,
-        random_state=0,
-    )
+    params = gram_fit_params(positive_dict=True, replace_coherence=0.999)
     expected = fit_computing_every_gram(params, monkeypatch, X)
     calls, given = count_gram_calls(monkeypatch), []
     step = DBKSVDDictionaryLearning._step
