@@ -485,9 +485,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             gram = self._transform_gram(dtype)
             if is_dask_array(X):
                 return dask_map_encode(self, X, gram, dtype, self.sparse_output)
-            n_components = self.components_.shape[0]
-            rows = chunk_rows(X.shape[1], n_components, dtype.itemsize)
-            parts = [self._encode(chunk, gram) for _, chunk in iter_row_chunks(X, rows)]
+            parts = [code for _, code in self._iter_codes(X, dtype, gram)]
             return stack_codes(parts, self._n_features_out, dtype, self.sparse_output)
         X = self._validate_data_where_it_lives(X, reset=False)
         if is_device_array(X):
@@ -495,6 +493,47 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             code = self._encode(X)
             return code if sp.issparse(code) else to_namespace_of(X, code)
         return self._encode(X)
+
+    def iter_transform(self, X, *, chunk_size=None):
+        """Codes of ``X`` chunk by chunk, the Gram matrix computed once.
+
+        The one streaming encode: ``transform`` of a memory-mapped or chunked
+        input, ``dbksvd encode``, the report, the dashboard and
+        ``evaluate_dictionary`` all read their codes from here.
+
+        Parameters
+        ----------
+        X : array-like, np.memmap, h5py.Dataset or zarr.Array of shape \
+                (n_samples, n_features)
+            Data, read ``chunk_size`` rows at a time.
+        chunk_size : int, default=None
+            Rows per chunk; None keeps each chunk's data and codes within a
+            few tens of megabytes.
+
+        Yields
+        ------
+        rows : slice
+            The rows of ``X`` that the chunk covers.
+        code : ndarray or scipy.sparse.csr_matrix of shape (n_rows, \
+                n_features_out)
+            Their codes, as ``transform`` returns them (CSR when
+            ``sparse_output=True``; split into signs with ``split_sign``).
+        """
+        check_is_fitted(self)
+        if is_lazy_array(X):
+            dtype = check_lazy_array(X)
+        else:
+            X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
+            dtype = X.dtype
+        _check_n_features(self, X, reset=False)
+        _check_feature_names(self, X, reset=False)
+        yield from self._iter_codes(X, dtype, self._transform_gram(dtype), chunk_size)
+
+    def _iter_codes(self, X, dtype, gram, chunk_size=None):
+        if chunk_size is None:
+            chunk_size = chunk_rows(X.shape[1], self.components_.shape[0], dtype.itemsize)
+        for rows, chunk in iter_row_chunks(X, chunk_size):
+            yield rows, self._encode(chunk, gram)
 
     def _transform_gram(self, dtype):
         """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None."""
@@ -589,6 +628,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         )
         # scikit-learn's coders may return float64 for float32 input.
         code = code.astype(host_dtype(X), copy=False)
+        if self.positive_code:
+            # LARS with positive=True can end a path at -1e-17.
+            np.maximum(code, 0, out=code)
         return sp.csr_matrix(code) if self.sparse_output else code
 
     def inverse_transform(self, X):
