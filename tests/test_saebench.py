@@ -80,7 +80,9 @@ def test_a_pursuit_on_rounded_weights_would_differ(fitted, data):
     # directly in bfloat16 (rounded weights) selects other atoms.
     from sklearn_dbksvd.interop import to_torch
 
-    rounded = to_torch(fitted, dtype=torch.bfloat16, split_sign=not fitted.positive_code)
+    rounded = to_torch(
+        fitted, dtype=torch.bfloat16, split_sign=not fitted.positive_code
+    )
     latents = rounded.encode(torch.from_numpy(data)).float().numpy()
     assert ((latents != 0) != (_latents(fitted, data) != 0)).any()
 
