@@ -394,6 +394,45 @@ def _run_core(sae, name, output, options, device, llm_dtype):
         raise SAEBenchError(errors[-1] if errors else "core: no result")
 
 
+@contextlib.contextmanager
+def _absorption_artifacts(directory):
+    """Absorption's probes and caches in ``directory``, not in site-packages.
+
+    SAEBench 0.6 keeps the first-letter probes of a model under its own
+    installation directory, keyed by ``model.cfg.model_name`` only: a later
+    run on another model of that name (any model built from a config is
+    "custom") would reuse them. Here each run trains its own.
+    """
+    import functools
+
+    from sae_bench.evals.absorption import feature_absorption, k_sparse_probing
+    from sae_bench.evals.absorption import main as absorption
+
+    directory = Path(directory)
+    sparse = directory / k_sparse_probing.SPARSE_PROBING_EXPERIMENT_NAME
+    originals = {
+        "run_k_sparse_probing_experiment": absorption.run_k_sparse_probing_experiment,
+        "run_feature_absortion_experiment": absorption.run_feature_absortion_experiment,
+    }
+    absorption.run_k_sparse_probing_experiment = functools.partial(
+        originals["run_k_sparse_probing_experiment"],
+        experiment_dir=sparse,
+        probes_dir=directory / "probes",
+    )
+    absorption.run_feature_absortion_experiment = functools.partial(
+        originals["run_feature_absortion_experiment"],
+        experiment_dir=directory
+        / feature_absorption.FEATURE_ABSORPTION_EXPERIMENT_NAME,
+        sparse_probing_experiment_dir=sparse,
+        probes_dir=directory / "probes",
+    )
+    try:
+        yield
+    finally:
+        for key, value in originals.items():
+            setattr(absorption, key, value)
+
+
 def _run_eval(eval_name, sae, name, output, options, device, llm_dtype, api_key):
     if eval_name == "core":
         return _run_core(sae, name, output, options, device, llm_dtype)
@@ -405,11 +444,18 @@ def _run_eval(eval_name, sae, name, output, options, device, llm_dtype, api_key)
         kwargs["api_key"] = api_key
     import torch
 
+    output.mkdir(parents=True, exist_ok=True)
     grad = torch.is_grad_enabled()
+    artifacts = (
+        _absorption_artifacts(output.parent / "artifacts")
+        if eval_name == "absorption"
+        else contextlib.nullcontext()
+    )
     try:
-        results = module.run_eval(
-            config, [(name, sae)], device, output_path=str(output), **kwargs
-        )
+        with artifacts:
+            results = module.run_eval(
+                config, [(name, sae)], device, output_path=str(output), **kwargs
+            )
     finally:
         # absorption turns gradients on for the whole process.
         torch.set_grad_enabled(grad)
