@@ -2,13 +2,12 @@
 
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .._data import RowConcatenation, check_lazy_array
+from ..persistence import atomic_file
 
 _HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}
 _DICTIONARY_FORMAT = 1
@@ -166,39 +165,16 @@ def check_output(path, force):
         raise UserError(f"{path.parent}: no such directory for the output.")
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_write(path, force=True):
-    """Write ``path`` through a temporary file renamed over it at the end.
+    """Write ``path`` through :func:`sklearn_dbksvd.persistence.atomic_file`.
 
-    The temporary file lives in the same directory, so ``os.replace`` is an
-    atomic rename: readers see the old file or the complete new one, never a
-    half-written one, even if the process is killed.
-
-    Yields
-    ------
-    file : binary file object
+    Checks the output first (:func:`check_output`), then yields a binary
+    file object; readers see the old file or the complete new one.
     """
-    path = Path(path)
     check_output(path, force)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        # mkstemp makes the file private (0600); give it the usual mode.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, overwrite=True) as file:
+        yield file
 
 
 def save_npz_atomic(path, force=True, **arrays):
