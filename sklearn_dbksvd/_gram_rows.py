@@ -17,7 +17,7 @@ import threading
 from numbers import Integral, Real
 
 import numpy as np
-from joblib import effective_n_jobs
+from joblib import cpu_count, effective_n_jobs
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from . import _backend
@@ -221,7 +221,9 @@ def plan_gram(
         return _backend.gram(backend, dictionary)
     row_bytes = n_components * itemsize
     budget_rows = int(budget // row_bytes)
-    n_workers = max(1, effective_n_jobs(n_jobs))
+    # The split depends on the machine, never on ``n_jobs`` (which rows are
+    # cached decides how each row was rounded): a table for every core.
+    n_workers = max(1, effective_n_jobs(n_jobs), cpu_count())
     table_rows = max(
         min_table_rows, int(_TABLE_FRACTION * budget_rows) // n_workers
     )
