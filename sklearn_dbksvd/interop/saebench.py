@@ -465,12 +465,6 @@ def _run_eval(eval_name, sae, name, output, options, device, llm_dtype, api_key)
         )
 
 
-def _fsync_replace(source, target):
-    with open(source, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(source, target)
-
-
 def run_saebench(
     estimator,
     model,
@@ -545,6 +539,8 @@ def run_saebench(
     import shutil
     import tempfile
 
+    from ..persistence import write_atomic
+
     import_saebench()
     unknown = [item for item in evals if item not in EVALS]
     if unknown or not evals:
@@ -598,7 +594,7 @@ def run_saebench(
                 with open(written, encoding="utf-8") as file:
                     results[item] = json.load(file)
                 targets[item].parent.mkdir(exist_ok=True)
-                _fsync_replace(written, targets[item])
+                write_atomic(targets[item], written.read_bytes(), overwrite=force)
             finally:
                 # Only what SAEBench wrote in this run: its caches.
                 shutil.rmtree(work, ignore_errors=True)
