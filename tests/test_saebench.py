@@ -560,3 +560,72 @@ def test_sparse_probing_runs_our_codes(
     assert len(values) == 4 and np.isfinite(values).all()
     assert ours["sae_top_1_test_accuracy"] > other["sae_top_1_test_accuracy"]
     assert ours["sae_top_1_test_accuracy"] > 0.8
+
+
+class _StubLLM:
+    """SAEBench's OpenAI client, answering locally (no network, no key)."""
+
+    requests = []
+
+    def __init__(self, api_key=None, **kwargs):
+        self.chat = self
+        self.completions = self
+
+    def create(self, *, messages, **kwargs):
+        from types import SimpleNamespace
+
+        prompt = messages[-1]["content"]
+        _StubLLM.requests.append(prompt)
+        # An explanation for the generation prompt, sequence numbers for the
+        # scoring one ("which of these sequences activate the latent?").
+        answer = (
+            "1, 2"
+            if prompt.startswith("Here is the explanation")
+            else "This neuron activates on words."
+        )
+        message = SimpleNamespace(content=answer)
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+
+@SAEBENCH
+def test_autointerp_runs_our_codes_with_a_local_llm(
+    tiny, dictionaries, encode_calls, tmp_path, monkeypatch
+):
+    import json
+
+    from sae_bench.evals.autointerp import main as autointerp
+
+    from sklearn_dbksvd.interop.saebench import run_saebench
+
+    model, _, _ = tiny
+    fitted, _ = dictionaries
+    # SAEBench reads 5 characters per token it needs: texts of words, each
+    # followed by its initial twice (3.3 characters per token).
+    rng = np.random.RandomState(3)
+    dataset = tmp_path / "texts"
+    dataset.mkdir()
+    with open(dataset / "train.jsonl", "w", encoding="utf-8") as file:
+        for _ in range(100):
+            words = rng.choice(_words(), size=30)
+            text = " ".join(f"{word} {word[0]} {word[0]}" for word in words)
+            file.write(json.dumps({"text": text}) + "\n")
+    monkeypatch.setattr(autointerp, "OpenAI", _StubLLM)
+    _StubLLM.requests.clear()
+    options = {
+        "autointerp": {
+            "dataset_name": str(dataset),
+            "n_latents": 3,
+            "total_tokens": 2000,
+            "llm_context_size": 32,
+            "llm_batch_size": 16,
+            "dead_latent_threshold": 5,
+        }
+    }
+    results = run_saebench(
+        fitted, model, tmp_path / "out", evals=["autointerp"], options=options,
+        api_key="local",
+    )
+    _assert_codes_are_transform(encode_calls, fitted)
+    assert _StubLLM.requests
+    metrics = results["autointerp"]["eval_result_metrics"]["autointerp"]
+    assert 0 <= metrics["autointerp_score"] <= 1
