@@ -350,7 +350,9 @@ def encode_calls(monkeypatch):
 
     def encode(self, x):
         codes = original(self, x)
-        calls.append((x.detach().float().reshape(-1, x.shape[-1]), codes))
+        # Copies: SAEBench may edit the activations in place afterwards.
+        x = x.detach().float().reshape(-1, x.shape[-1]).clone()
+        calls.append((x, codes.clone()))
         return codes
 
     monkeypatch.setattr(MatchingPursuitEncoder, "encode", encode)
@@ -629,3 +631,89 @@ def test_autointerp_runs_our_codes_with_a_local_llm(
     assert _StubLLM.requests
     metrics = results["autointerp"]["eval_result_metrics"]["autointerp"]
     assert 0 <= metrics["autointerp_score"] <= 1
+
+
+@pytest.fixture
+def local_bias_in_bios(monkeypatch):
+    """SAEBench's ``LabHC/bias_in_bios`` replaced by local texts.
+
+    A profession is written with the words of 3 first letters of its own, a
+    gender with those of 3 others: two concepts the tiny model's first-letter
+    features carry, one of which SCR makes spuriously correlated.
+    """
+    import datasets
+    from sae_bench.evals.scr_and_tpp import dataset_creation
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    rng = np.random.RandomState(4)
+    words = np.array(_words())
+    initials = np.array([word[0] for word in words])
+    professions = [0, 1, 2, 6, 9, 13, 21]  # class set 1, nurse, professor
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def group(start):
+        return words[np.isin(initials, list(letters[start : start + 3]))]
+
+    def split(n):
+        rows = {"hard_text": [], "profession": [], "gender": []}
+        for p, profession in enumerate(professions):
+            for gender in (0, 1):
+                for _ in range(n):
+                    # Professions: a-c, d-f, ..., s-u; genders: v-x, y-z.
+                    text = np.concatenate(
+                        [
+                            rng.choice(group(3 * p), 10),
+                            rng.choice(group(21 + 3 * gender), 6),
+                        ]
+                    )
+                    rng.shuffle(text)
+                    rows["hard_text"].append(" ".join(text))
+                    rows["profession"].append(profession)
+                    rows["gender"].append(gender)
+        return datasets.Dataset.from_dict(rows)
+
+    local = datasets.DatasetDict({"train": split(50), "test": split(25)})
+
+    def load_dataset(name, *args, **kwargs):
+        assert name == "LabHC/bias_in_bios", name
+        return local
+
+    monkeypatch.setattr(dataset_utils, "load_dataset", load_dataset)
+    monkeypatch.setattr(dataset_creation, "load_dataset", load_dataset)
+
+
+@SAEBENCH
+def test_scr_and_tpp_run_our_codes(
+    tiny, dictionaries, encode_calls, local_bias_in_bios, tmp_path
+):
+    from sklearn_dbksvd.interop.saebench import run_saebench
+
+    model, _, _ = tiny
+    fitted, _ = dictionaries
+    settings = {
+        "dataset_names": ["LabHC/bias_in_bios_class_set1"],
+        "column1_vals_lookup": {
+            "LabHC/bias_in_bios_class_set1": [("professor", "nurse")]
+        },
+        "train_set_size": 80,
+        "test_set_size": 40,
+        "context_length": 20,
+        "probe_epochs": 3,
+        "llm_batch_size": 16,
+        "sae_batch_size": 32,
+        "n_values": [2, 5],
+    }
+    results = run_saebench(
+        fitted, model, tmp_path, evals=["scr", "tpp"],
+        options={"scr": settings, "tpp": settings},
+    )
+    _assert_codes_are_transform(encode_calls, fitted)
+    for item in ("scr", "tpp"):
+        metrics = results[item]["eval_result_metrics"]
+        values = [
+            value
+            for category in metrics.values()
+            for value in category.values()
+            if value is not None
+        ]
+        assert values and np.isfinite(values).all(), item
