@@ -68,13 +68,20 @@ class Latents:
 
     def order(self):
         """Latents atom by atom: ``0+, 0-, 1+, 1-, ...``."""
+        return [self.at(position) for position in range(self.n_latents)]
+
+    def position(self, latent):
+        """Where ``latent`` comes in :meth:`order`."""
         if not self.signed:
-            return list(range(self.n_atoms))
-        return [
-            latent
-            for atom in range(self.n_atoms)
-            for latent in (atom, atom + self.n_atoms)
-        ]
+            return latent
+        return 2 * self.atom(latent) + (latent >= self.n_atoms)
+
+    def at(self, position):
+        """The latent at ``position`` of :meth:`order`."""
+        if not self.signed:
+            return position
+        atom, negative = divmod(position, 2)
+        return atom + negative * self.n_atoms
 
     def directions(self, components):
         """The decoder direction of every latent: ``[D; -D]`` or ``D``."""
