@@ -2,9 +2,6 @@
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_is_fitted
 
 from ..._data import check_lazy_array, chunk_rows, read_rows
+from ...persistence import atomic_directory
 from .._latents import MINUS, Latents
 from . import _effects, _render
 from ._stats import TOKEN_FIELDS, AtomStatistics
@@ -281,62 +279,6 @@ def check_output(output, overwrite):
         raise FileNotFoundError(f"{output.parent}: no such directory for the output.")
 
 
-def _fsync_tree(root):
-    """Flush every file of ``root`` and the directories themselves to disk."""
-    for directory, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _site_directory(output, overwrite):
-    """A temporary directory next to ``output``, renamed onto it at the end.
-
-    The marker is written last, so only a complete site is ever marked. The
-    existing ``output`` is checked again just before it is replaced (a build
-    can take long).
-    """
-    output = Path(output)
-    check_output(output, overwrite)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
-        yield tmp
-        (tmp / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private
-        _fsync_tree(tmp)
-        check_output(output, overwrite)
-        if output.exists():
-            # Directories cannot be renamed over non-empty ones: move the old
-            # site aside first, then drop it.
-            old = Path(
-                tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old.")
-            )
-            os.replace(output, old / "site")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-        _fsync_directory(output.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def build_site(
     estimator,
     X,
@@ -437,7 +379,9 @@ def build_site(
     title = title or f"Dictionary of {n_atoms} atoms"
     meta = {"title": title, "norm": effects["norm"] if effects else "none"}
     index_rows = []
-    with _site_directory(output, overwrite) as site:
+    # Built aside, fsynced and renamed into place; an existing directory is
+    # replaced only when it holds the marker (checked again at the end).
+    with atomic_directory(output, overwrite=overwrite, marker=MARKER) as site:
         (site / "latents").mkdir()
         for name in _ASSETS:
             data = resources.files(__package__).joinpath("static", name).read_bytes()
@@ -534,4 +478,6 @@ def build_site(
         )
         (site / "index.html").write_text(index, encoding="utf-8")
         (site / "latents.json").write_text(json.dumps(index_rows), encoding="utf-8")
+        # Last: only a complete site is ever marked as the dashboard's.
+        (site / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
     return output
