@@ -25,7 +25,7 @@ latent ``i``) and ``i-`` (its negative codes, latent ``m + i``, along
     is ever replaced (``overwrite=True``, ``--force``).
 
 Memory is bounded by the dictionary, not by the harvest: only the CSR codes
-of two chunks exist at a time, and per latent only ``n_top + n_samples``
+of three chunks exist at a time, and per latent only ``n_top + n_samples``
 examples and a histogram of fixed size are kept.
 """
 

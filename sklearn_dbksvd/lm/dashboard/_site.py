@@ -65,7 +65,7 @@ def stream_statistics(
     :class:`~sklearn_dbksvd.lm._latents.Latents`). Each chunk is counted
     once the next one is encoded, with ``window`` rows of codes of its
     neighbours on each side, so that the contexts of examples near a chunk
-    boundary are complete; only the CSR codes of two chunks exist at a time.
+    boundary are complete; only the CSR codes of three chunks exist at a time.
 
     Returns
     -------
