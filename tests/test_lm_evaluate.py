@@ -360,3 +360,30 @@ def test_cli_evaluate_reads_the_provenance(tmp_path, model, tokenizer, capsys):
     assert err[0].startswith("dbksvd evaluate: warning: the dictionary was fitted on")
     assert "context_size=24" in err[1] and "16" in err[1]
     assert err[-1].startswith("evaluate: done: ")
+
+
+class _ReluCoder:
+    """Not a DB-KSVD estimator: nonnegative codes on the unit vectors."""
+
+    components_ = np.eye(32, dtype=np.float32)
+
+    def transform(self, X):
+        return np.maximum(np.asarray(X, dtype=np.float32), 0)
+
+    def inverse_transform(self, codes):
+        return np.asarray(codes) @ self.components_
+
+
+def test_any_transformer_counts_its_code_columns(tmp_path, model, tokenizer):
+    # Its codes are its latents, as they are (an SAE's ReLU latents).
+    results = evaluate_dictionary(
+        _ReluCoder(), model, tokenizer, TEXTS, layer=1, context_size=24
+    )
+    X = load_activations(
+        harvest_activations(
+            model, tokenizer, TEXTS, layer=1, context_size=24, output=tmp_path / "a"
+        )
+    )[:]
+    np.testing.assert_allclose(results["feature_density"], (X > 0).mean(0))
+    assert results["sparsity"]["l0"] == pytest.approx((X > 0).sum(1).mean())
+    assert results["config"]["n_latents"] == 32
