@@ -172,9 +172,8 @@ def build_dashboard(
             what=f"the harvest {acts_dir}",
             allow_other_layer=allow_other_layer,
         )
-    warn_if_different(
-        provenance, "model_name", settings.get("model_name"), what="the harvest"
-    )
+    for key in ("model_name", "model_fingerprint"):
+        warn_if_different(provenance, key, settings.get(key), what="the harvest")
     X = _store.load_activations(acts_dir)
     tokens = _TokenRows(_store._shards(acts_dir, manifest, "tokens"))
     documents = _store.load_documents(acts_dir)
