@@ -393,3 +393,163 @@ def test_damaged_dictionary_is_one_line_in_the_cli(kind, good_file, data, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], result.stderr
     assert not (tmp_path / "codes.npz").exists()
+
+
+# ----------------------------------------------------------------------
+# Checkpoints and inputs of dbksvd fit
+# ----------------------------------------------------------------------
+def _fit_argv(data_path, checkpoint, output, steps=3):
+    argv = ["fit", data_path, "-m", 24, "-k", 3, "--batch-size", 200, "--seed", 1]
+    argv += ["--steps", steps, "-q", "--checkpoint", checkpoint, "-o", output]
+    return [str(arg) for arg in argv]
+
+
+def _run(argv):
+    return subprocess.run(
+        [sys.executable, "-m", "sklearn_dbksvd", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _one_line_error(result, fragment):
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_resume_on_changed_contents_is_refused(data, tmp_path):
+    from sklearn_dbksvd.cli import main
+
+    path, checkpoint = tmp_path / "X.npy", tmp_path / "ckpt"
+    np.save(path, data)
+    assert main(_fit_argv(path, checkpoint, tmp_path / "a.npz")) == 0
+    # Same path, shape and dtype; other rows.
+    np.save(path, data[::-1].copy())
+    result = _run(_fit_argv(path, checkpoint, tmp_path / "b.npz"))
+    _one_line_error(result, "made on other contents of")
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_fingerprint_sees_a_change_inside_a_large_file(tmp_path):
+    from sklearn_dbksvd.persistence import fingerprint_path
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(5 << 20))
+    before = fingerprint_path(path)
+    stat = path.stat()
+    with open(path, "r+b") as file:  # one byte, in a sampled block
+        file.seek(path.stat().st_size - 10)
+        file.write(b"\x01")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime
+    assert fingerprint_path(path) != before
+    # A directory: any shard rewritten, added or removed.
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.save(shards / "0.npy", np.ones((4, 3)))
+    first = fingerprint_path(shards)
+    np.save(shards / "1.npy", np.ones((4, 3)))
+    assert fingerprint_path(shards) != first
+    (shards / ".dbksvd.lock").write_text("{}")  # hidden files do not count
+    second = fingerprint_path(shards)
+    assert fingerprint_path(shards) == second
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bit_flipped", "empty"])
+def test_damaged_checkpoint_is_one_line(kind, data, tmp_path):
+    from sklearn_dbksvd.cli import main
+    from sklearn_dbksvd.cli._resume import CHECKPOINT_NAME
+
+    path, checkpoint = tmp_path / "X.npy", tmp_path / "ckpt"
+    np.save(path, data)
+    assert main(_fit_argv(path, checkpoint, tmp_path / "a.npz")) == 0
+    file = checkpoint / CHECKPOINT_NAME
+    raw = bytearray(file.read_bytes())
+    if kind == "truncated":
+        raw = raw[: len(raw) // 3]
+    elif kind == "bit_flipped":
+        raw[raw.index(b"components.npy") + 300] ^= 0x01
+    else:
+        raw = b""
+    file.write_bytes(bytes(raw))
+    result = _run(_fit_argv(path, checkpoint, tmp_path / "b.npz"))
+    _one_line_error(result, str(file))
+
+
+def test_checkpoint_in_use_is_refused_and_stale_lock_taken_over(data, tmp_path):
+    import socket
+
+    path, checkpoint = tmp_path / "X.npy", tmp_path / "ckpt"
+    np.save(path, data)
+    checkpoint.mkdir()
+    lock = checkpoint / ".dbksvd.lock"
+    # A live process of this host (this test) holds it.
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    result = _run(_fit_argv(path, checkpoint, tmp_path / "a.npz"))
+    _one_line_error(result, "is in use by process")
+    assert not (tmp_path / "a.npz").exists()
+    # A killed run's lock.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    lock.write_text(json.dumps({"pid": child.pid, "host": socket.gethostname()}))
+    result = _run(_fit_argv(path, checkpoint, tmp_path / "a.npz"))
+    assert result.returncode == 0, result.stderr
+    assert "no longer running" in result.stderr
+    assert not lock.exists()
+
+
+def test_format_1_checkpoint_resumes(data, tmp_path, monkeypatch):
+    import sklearn_dbksvd.cli._resume as resume
+    from sklearn_dbksvd.cli import main
+
+    path = tmp_path / "X.npy"
+    np.save(path, data)
+    assert main(_fit_argv(path, tmp_path / "ref", tmp_path / "ref.npz", 5)) == 0
+    # A run stopped after its third step, as by kill -9.
+    save = resume.save_checkpoint
+
+    def save_then_stop(file, state, config):
+        save(file, state, config)
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume, "save_checkpoint", save_then_stop)
+    checkpoint = tmp_path / "ckpt"
+    argv = _fit_argv(path, checkpoint, tmp_path / "b.npz", 5)
+    assert main(argv) == 130
+    monkeypatch.setattr(resume, "save_checkpoint", save)
+    # Rewrite the checkpoint as the earlier version wrote it.
+    file = checkpoint / resume.CHECKPOINT_NAME
+    with np.load(file) as archive:
+        members = {name: archive[name] for name in archive.files}
+    assert int(members["step"]) == 3
+    config = json.loads(str(members["config"]))
+    del config["input"]["fingerprint"]
+    old = {
+        name: members[name] for name in ("components", "step", "done", "history")
+    }
+    old["config"] = np.array(json.dumps(config))
+    for prefix, name in (("rng", "random_state"), ("epoch_rng", "epoch_random_state")):
+        state = json.loads(str(members[name]))
+        old[f"{prefix}_keys"] = np.array(state["keys"], dtype=np.uint32)
+        old[f"{prefix}_rest"] = np.array(
+            [state["pos"], state["has_gauss"], state["cached_gaussian"]]
+        )
+        old[f"{prefix}_name"] = np.array(state["bit_generator"])
+    np.savez(file, **old)
+    assert main(argv) == 0
+    with np.load(tmp_path / "ref.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert_array_equal(a["components_"], b["components_"])
+
+
+@pytest.mark.parametrize(
+    "contents, fragment",
+    [(b"", "not a readable .npy"), (b"\x93NUMPY\x01\x00v\x00{'descr(", "not a readable")],
+)
+def test_damaged_npy_input_is_one_line(contents, fragment, tmp_path):
+    (tmp_path / "X.npy").write_bytes(contents)
+    argv = ["fit", str(tmp_path / "X.npy"), "-m", "4", "-k", "1", "-q"]
+    result = _run([*argv, "-o", str(tmp_path / "d.npz")])
+    _one_line_error(result, fragment)

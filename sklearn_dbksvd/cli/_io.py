@@ -68,11 +68,23 @@ def _open_zarr(path, key):
     return store[_pick(names, key, path, "array")]
 
 
+def _load_npy(path):
+    """The array of a ``.npy`` file, memory-mapped; damage is a :class:`UserError`."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - EOFError, tokenize, ValueError...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path} is not a readable .npy file ({reason}); it is empty, "
+            "truncated or damaged."
+        ) from error
+
+
 def _open_shards(path):
     shards = sorted(path.glob("*.npy"))
     if not shards:
         raise UserError(f"{path} is a directory without .npy shards.")
-    arrays = [np.load(shard, mmap_mode="r") for shard in shards]
+    arrays = [_load_npy(shard) for shard in shards]
     try:
         return RowConcatenation(arrays)
     except ValueError as error:
@@ -124,10 +136,15 @@ def open_input(path, key=None):
     elif path.is_dir():
         X = _open_shards(path)
     elif suffix == ".npy":
-        X = np.load(path, mmap_mode="r")
+        X = _load_npy(path)
     elif suffix == ".npz":
-        with np.load(path) as archive:
-            X = archive[_pick(archive.files, key, path, "array")]
+        try:
+            members = persistence.read_npz(
+                path, "input", pick=lambda names: _pick(names, key, path, "array")
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        (X,) = members.values()
     elif suffix in _HDF5_SUFFIXES:
         X = _open_hdf5(path, key)
     else:
@@ -143,11 +160,18 @@ def open_input(path, key=None):
 
 
 def describe_input(path, X):
-    """What identifies the training data of a checkpoint."""
+    """What identifies the training data of a checkpoint.
+
+    Its resolved path, shape, dtype and the fingerprint of the file or
+    directory (:func:`sklearn_dbksvd.persistence.fingerprint_path`: size,
+    modification time and sampled blocks of every file), so that a checkpoint
+    is not resumed on other contents at the same path.
+    """
     return {
         "path": str(Path(path).resolve()),
         "shape": [int(size) for size in X.shape],
         "dtype": str(np.dtype(X.dtype)),
+        "fingerprint": persistence.fingerprint_path(path),
     }
 
 
