@@ -553,3 +553,202 @@ def test_damaged_npy_input_is_one_line(contents, fragment, tmp_path):
     argv = ["fit", str(tmp_path / "X.npy"), "-m", "4", "-k", "1", "-q"]
     result = _run([*argv, "-o", str(tmp_path / "d.npz")])
     _one_line_error(result, fragment)
+
+
+# ----------------------------------------------------------------------
+# SAELens directories
+# ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sae_model(data):
+    model = DBKSVDDictionaryLearning(
+        24, n_nonzero_coefs=3, batch_size=200, max_iter=1, with_mean=True,
+        random_state=0,
+    ).fit(data)
+    model.provenance_ = PROVENANCE
+    return model
+
+
+def _sae(model, directory, **kwargs):
+    pytest.importorskip("safetensors")
+    from sklearn_dbksvd.interop import save_sae
+
+    return save_sae(model, directory, **kwargs)
+
+
+def test_sae_directory_carries_the_provenance(sae_model, data, tmp_path):
+    from sklearn_dbksvd.interop import load_sae
+
+    path = _sae(sae_model, tmp_path / "sae")  # no hook or model typed
+    cfg = json.loads((path / "cfg.json").read_text())
+    for config in (cfg, cfg["metadata"]):
+        assert config["model_name"] == "tiny"
+        assert config["hook_name"] == "blocks.1.hook_resid_post"
+        assert config["hook_layer"] == 1
+        assert config["context_size"] == 64
+        assert config["prepend_bos"] is True
+    assert cfg["sklearn_dbksvd"]["provenance"] == PROVENANCE
+    loaded = load_sae(path)
+    assert loaded.provenance_ == PROVENANCE
+    assert_array_equal(loaded.mean_, sae_model.mean_)
+    assert_array_equal(loaded.transform(data), sae_model.transform(data))
+    # The generator travels too: partial_fit continues as the original's.
+    copy = load_dictionary(save_dictionary(sae_model, tmp_path / "d.npz"))
+    loaded.partial_fit(data[:200])
+    copy.partial_fit(data[:200])
+    assert_array_equal(loaded.components_, copy.components_)
+
+
+def test_sae_other_hook_than_the_provenance_warns(sae_model, tmp_path):
+    with pytest.warns(UserWarning, match="differs from the 'blocks.1.hook_resid"):
+        path = _sae(sae_model, tmp_path / "sae", hook_name="blocks.2.hook_resid_post")
+    assert json.loads((path / "cfg.json").read_text())["hook_layer"] == 2
+    plain = DBKSVDDictionaryLearning(8, n_nonzero_coefs=2, max_iter=1).fit(
+        np.eye(8, 12, dtype=np.float32).repeat(4, axis=0)
+    )
+    with pytest.raises(ValueError, match="no provenance_"):
+        _sae(plain, tmp_path / "plain")
+
+
+def _edit(path, cfg=None, tensors=None):
+    import safetensors.numpy
+
+    config = json.loads((path / "cfg.json").read_text())
+    if cfg is not None:
+        cfg(config)
+        (path / "cfg.json").write_text(json.dumps(config))
+    if tensors is not None:
+        weights = safetensors.numpy.load_file(path / "sae_weights.safetensors")
+        tensors(weights)
+        safetensors.numpy.save_file(weights, path / "sae_weights.safetensors")
+
+
+def _set(key, value):
+    def edit(mapping):
+        mapping[key] = value
+
+    return edit
+
+
+def _nan_b_dec(weights):
+    weights["b_dec"] = weights["b_dec"].copy()
+    weights["b_dec"][3] = np.nan
+
+
+EDITS = {
+    "b_dec_shape": (None, lambda w: w.update(b_dec=w["b_dec"][:-1].copy()), "b_dec has shape"),
+    "b_dec_nan": (None, _nan_b_dec, "b_dec holds NaN"),
+    "b_dec_missing": (None, lambda w: w.pop("b_dec"), "no tensor 'b_dec'"),
+    "d_in": (_set("d_in", 13), None, "says d_sae=48, d_in=13"),
+    "d_sae": (_set("d_sae", 24), None, "says d_sae=24"),
+    "max_iterations_bad": (_set("max_iterations", 0), None, "max_iterations=0"),
+    "missing_d_in": (lambda c: c.pop("d_in"), None, "lacks d_in"),
+    "missing_block_key": (
+        lambda c: c["sklearn_dbksvd"].pop("n_components"), None, "lacks n_components"
+    ),
+    "not_json": (None, None, "is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITS))
+def test_edited_sae_directory_is_a_clear_error(case, sae_model, tmp_path):
+    from sklearn_dbksvd.interop import load_sae
+
+    path = _sae(sae_model, tmp_path / "sae")
+    cfg, tensors, fragment = EDITS[case]
+    if case == "not_json":
+        (path / "cfg.json").write_text("{")
+    else:
+        _edit(path, cfg, tensors)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        load_sae(path)
+
+
+def test_edited_max_iterations_is_honoured(sae_model, data, tmp_path):
+    from sklearn_dbksvd.interop import load_sae
+
+    path = _sae(sae_model, tmp_path / "sae")
+    _edit(path, _set("max_iterations", 5))
+    with pytest.warns(UserWarning, match="encoding with 5 selections"):
+        loaded = load_sae(path)
+    codes = loaded.transform(data)
+    assert (np.count_nonzero(codes, axis=1) <= 5).all()
+    assert np.count_nonzero(codes, axis=1).max() == 5
+    reference = DBKSVDDictionaryLearning(**sae_model.get_params())
+    reference.set_params(transform_n_nonzero_coefs=5)
+    for name in ("components_", "mean_", "n_features_in_"):
+        setattr(reference, name, getattr(sae_model, name))
+    assert_array_equal(codes, reference.transform(data))
+
+
+def test_load_torch_applies_the_saved_mean(sae_model, data, tmp_path):
+    torch = pytest.importorskip("torch")
+    from sklearn_dbksvd.interop import load_torch
+
+    encoder = load_torch(_sae(sae_model, tmp_path / "sae"))
+    codes = encoder.encode(torch.from_numpy(data)).numpy()
+    expected = sae_model.transform(data)
+    signed = codes[:, :24] - codes[:, 24:]
+    np.testing.assert_allclose(signed, expected, atol=1e-4)
+
+
+# ----------------------------------------------------------------------
+# dbksvd export
+# ----------------------------------------------------------------------
+def _export(argv):
+    return subprocess.run(
+        [sys.executable, "-m", "sklearn_dbksvd", "export", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_export_fills_in_the_provenance_and_warns_on_another_hook(
+    sae_model, tmp_path
+):
+    pytest.importorskip("safetensors")
+    dictionary = save_dictionary(sae_model, tmp_path / "d.npz")
+    result = _export([dictionary, "-o", tmp_path / "sae"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert (cfg["hook_name"], cfg["model_name"], cfg["context_size"]) == (
+        "blocks.1.hook_resid_post",
+        "tiny",
+        64,
+    )
+    result = _export(
+        [dictionary, "-o", tmp_path / "sae2", "--hook-name", "blocks.4.hook_resid_post"]
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dbksvd export: warning:")
+    assert "blocks.1.hook_resid_post" in lines[0]
+    assert json.loads((tmp_path / "sae2" / "cfg.json").read_text())["hook_layer"] == 4
+
+
+def test_export_without_provenance_needs_the_hook(data, tmp_path):
+    pytest.importorskip("safetensors")
+    model = DBKSVDDictionaryLearning(24, n_nonzero_coefs=3, max_iter=1).fit(data)
+    dictionary = save_dictionary(model, tmp_path / "d.npz")
+    result = _export([dictionary, "-o", tmp_path / "sae"])
+    _one_line_error(result, "pass --hook-name and --model-name")
+    assert not (tmp_path / "sae").exists()
+
+
+def test_export_onto_a_full_disk_leaves_nothing(sae_model, tmp_path, monkeypatch, capsys):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from sklearn_dbksvd.cli import main
+
+    dictionary = save_dictionary(sae_model, tmp_path / "d.npz")
+    real = safetensors_numpy.save_file
+
+    def fill_the_disk(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)  # written, then no room
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(safetensors_numpy, "save_file", fill_the_disk)
+    assert main(["export", str(dictionary), "-o", str(tmp_path / "sae")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]

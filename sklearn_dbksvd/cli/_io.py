@@ -167,12 +167,16 @@ def describe_input(path, X):
     modification time and sampled blocks of every file), so that a checkpoint
     is not resumed on other contents at the same path.
     """
-    return {
+    description = {
         "path": str(Path(path).resolve()),
         "shape": [int(size) for size in X.shape],
         "dtype": str(np.dtype(X.dtype)),
         "fingerprint": persistence.fingerprint_path(path),
     }
+    provenance = getattr(X, "provenance", None)
+    if provenance is not None:
+        description["provenance"] = provenance
+    return description
 
 
 # ----------------------------------------------------------------------

@@ -102,6 +102,8 @@ def fit_resumable(
             except OSError as error:
                 raise UserError(str(error)) from error
             path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        # A harvest knows its model, layer and hook: the dictionary records it.
+        provenance = getattr(X, "provenance", None)
         X = model._validate_fit_data(X, reset=True, keep_lazy=True)
         plan = plan_fit(model, X)
         config = run_config(model, input_description)
@@ -117,4 +119,6 @@ def fit_resumable(
         run_fit(model, X, plan, state, on_step=checkpoint, verbose=progress)
     if state.components is None:
         raise UserError("the run made no step.")
-    return set_fitted(model, plan, state), resumed_from
+    set_fitted(model, plan, state)
+    model.provenance_ = provenance
+    return model, resumed_from

@@ -127,7 +127,7 @@ def _random_state_of_format_1(members, prefix):
     pos, has_gauss, cached = members[f"{prefix}_rest"]
     return {
         "bit_generator": str(members[f"{prefix}_name"]),
-        "keys": members[f"{prefix}_keys"].tolist(),
+        "keys": members[f"{prefix}_keys"].astype(np.int64).tolist(),
         "pos": int(pos),
         "has_gauss": int(has_gauss),
         "cached_gaussian": float(cached),
