@@ -114,10 +114,6 @@ def to_torch(
         device=device,
         dtype=dtype,
     )
-    if sae["b_dec"] is not None:
-        # Centring is the decoder bias, as in to_torch.
-        encoder.b_dec.data.copy_(encoder.b_dec.new_tensor(sae["b_dec"]))
-    return encoder
     # Centring is the decoder bias: encode x - b_dec, decode codes @ W_dec + b_dec.
     mean = getattr(estimator, "mean_", None)
     if mean is not None:
