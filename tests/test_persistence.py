@@ -533,7 +533,8 @@ def test_format_1_checkpoint_resumes(data, tmp_path, monkeypatch):
     old["config"] = np.array(json.dumps(config))
     for prefix, name in (("rng", "random_state"), ("epoch_rng", "epoch_random_state")):
         state = json.loads(str(members[name]))
-        old[f"{prefix}_keys"] = np.array(state["keys"], dtype=np.uint32)
+        keys = np.frombuffer(bytes.fromhex(state["keys"]), dtype="<u4")
+        old[f"{prefix}_keys"] = keys.astype(np.uint32)
         old[f"{prefix}_rest"] = np.array(
             [state["pos"], state["has_gauss"], state["cached_gaussian"]]
         )

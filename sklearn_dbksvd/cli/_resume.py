@@ -102,9 +102,7 @@ def fit_resumable(
             except OSError as error:
                 raise UserError(str(error)) from error
             path = Path(checkpoint_dir) / CHECKPOINT_NAME
-        # A harvest knows its model, layer and hook: the dictionary records it.
-        provenance = getattr(X, "provenance", None)
-        X = model._validate_fit_data(X, reset=True, keep_lazy=True)
+        X, fit_input = model._validate_fit_data(X, first=True, keep_lazy=True)
         plan = plan_fit(model, X)
         config = run_config(model, input_description)
         state = None if path is None else load_checkpoint(path, config)
@@ -120,5 +118,5 @@ def fit_resumable(
     if state.components is None:
         raise UserError("the run made no step.")
     set_fitted(model, plan, state)
-    model.provenance_ = provenance
+    model._set_fit_input(fit_input)  # features and provenance, as fit records
     return model, resumed_from
