@@ -396,7 +396,9 @@ def test_damaged_dictionary_is_one_line_in_the_cli(kind, good_file, data, tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["bit_flipped", "bad_header", "nan_atom", "empty"])
-def test_damaged_dictionary_is_one_line_in_process(kind, good_file, data, tmp_path, capsys):
+def test_damaged_dictionary_is_one_line_in_process(
+    kind, good_file, data, tmp_path, capsys
+):
     path = _damaged(kind, good_file, tmp_path)
     np.save(tmp_path / "X.npy", data)
     argv = ["encode", path, tmp_path / "X.npy", "-o", tmp_path / "codes.npz"]
@@ -542,9 +544,7 @@ def test_format_1_checkpoint_resumes(data, tmp_path, monkeypatch):
     assert int(members["step"]) == 3
     config = json.loads(str(members["config"]))
     del config["input"]["fingerprint"]
-    old = {
-        name: members[name] for name in ("components", "step", "done", "history")
-    }
+    old = {name: members[name] for name in ("components", "step", "done", "history")}
     old["config"] = np.array(json.dumps(config))
     for prefix, name in (("rng", "random_state"), ("epoch_rng", "epoch_random_state")):
         state = json.loads(str(members[name]))
@@ -562,7 +562,10 @@ def test_format_1_checkpoint_resumes(data, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "contents, fragment",
-    [(b"", "not a readable .npy"), (b"\x93NUMPY\x01\x00v\x00{'descr(", "not a readable")],
+    [
+        (b"", "not a readable .npy"),
+        (b"\x93NUMPY\x01\x00v\x00{'descr(", "not a readable"),
+    ],
 )
 def test_damaged_npy_input_is_one_line(contents, fragment, tmp_path, capsys):
     (tmp_path / "X.npy").write_bytes(contents)
@@ -577,7 +580,11 @@ def test_damaged_npy_input_is_one_line(contents, fragment, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def sae_model(data):
     model = DBKSVDDictionaryLearning(
-        24, n_nonzero_coefs=3, batch_size=200, max_iter=1, with_mean=True,
+        24,
+        n_nonzero_coefs=3,
+        batch_size=200,
+        max_iter=1,
+        with_mean=True,
         random_state=0,
     ).fit(data)
     model.provenance_ = PROVENANCE
@@ -651,7 +658,11 @@ def _nan_b_dec(weights):
 
 
 EDITS = {
-    "b_dec_shape": (None, lambda w: w.update(b_dec=w["b_dec"][:-1].copy()), "b_dec has shape"),
+    "b_dec_shape": (
+        None,
+        lambda w: w.update(b_dec=w["b_dec"][:-1].copy()),
+        "b_dec has shape",
+    ),
     "b_dec_nan": (None, _nan_b_dec, "b_dec holds NaN"),
     "b_dec_missing": (None, lambda w: w.pop("b_dec"), "no tensor 'b_dec'"),
     "d_in": (_set("d_in", 13), None, "says d_sae=48, d_in=13"),
@@ -659,7 +670,9 @@ EDITS = {
     "max_iterations_bad": (_set("max_iterations", 0), None, "max_iterations=0"),
     "missing_d_in": (lambda c: c.pop("d_in"), None, "lacks d_in"),
     "missing_block_key": (
-        lambda c: c["sklearn_dbksvd"].pop("n_components"), None, "lacks n_components"
+        lambda c: c["sklearn_dbksvd"].pop("n_components"),
+        None,
+        "lacks n_components",
     ),
     "not_json": (None, None, "is not valid JSON"),
 }
@@ -729,7 +742,13 @@ def test_export_fills_in_the_provenance_and_warns_on_another_hook(
         64,
     )
     result = _export(
-        [dictionary, "-o", tmp_path / "sae2", "--hook-name", "blocks.4.hook_resid_post"],
+        [
+            dictionary,
+            "-o",
+            tmp_path / "sae2",
+            "--hook-name",
+            "blocks.4.hook_resid_post",
+        ],
         capsys,
     )
     assert result.returncode == 0, result.stderr
@@ -748,7 +767,9 @@ def test_export_without_provenance_needs_the_hook(data, tmp_path, capsys):
     assert not (tmp_path / "sae").exists()
 
 
-def test_export_onto_a_full_disk_leaves_nothing(sae_model, tmp_path, monkeypatch, capsys):
+def test_export_onto_a_full_disk_leaves_nothing(
+    sae_model, tmp_path, monkeypatch, capsys
+):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     from sklearn_dbksvd.cli import main
 

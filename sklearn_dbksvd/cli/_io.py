@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._data import RowConcatenation, check_lazy_array
 from .. import persistence
+from .._data import RowConcatenation, check_lazy_array
 from ..persistence import atomic_file
 
 _HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}

@@ -64,9 +64,7 @@ def add_parser(commands):
         help="the activations were taken with a BOS token (default: the "
         "recorded setting, else yes)",
     )
-    bos.add_argument(
-        "--no-prepend-bos", dest="prepend_bos", action="store_false"
-    )
+    bos.add_argument("--no-prepend-bos", dest="prepend_bos", action="store_false")
     export.add_argument(
         "--architecture",
         choices=("matching_pursuit", "topk"),

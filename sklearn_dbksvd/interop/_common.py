@@ -8,7 +8,7 @@ dependencies.
 import json
 import re
 import warnings
-from numbers import Integral, Real
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +254,9 @@ def _read_sae(directory):
     else:
         mean = None
     k = encoder.get("n_nonzero_coefs")
-    field = "max_iterations" if config.get("architecture") == "matching_pursuit" else "k"
+    field = (
+        "max_iterations" if config.get("architecture") == "matching_pursuit" else "k"
+    )
     edited = config.get(field, k)
     if not _positive_int(edited) or edited > components.shape[0]:
         raise ValueError(

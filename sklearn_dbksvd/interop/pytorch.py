@@ -1,7 +1,5 @@
 """Matching pursuit of a fitted estimator as a ``torch.nn.Module``."""
 
-
-
 import numpy as np
 
 from ._common import (
@@ -180,4 +178,3 @@ def load_torch(directory, device=None, dtype=None):
         # Centring is the decoder bias, as in to_torch.
         encoder.b_dec.data.copy_(encoder.b_dec.new_tensor(sae["b_dec"]))
     return encoder
-

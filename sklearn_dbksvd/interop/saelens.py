@@ -86,7 +86,6 @@ of a custom SAE (``encode``, ``decode``, ``forward``, ``W_enc``, ``W_dec``,
 ``d_sae``, ``hook_name``, ``hook_layer``, ``model_name``, ...).
 """
 
-
 import json
 import warnings
 from pathlib import Path
@@ -270,9 +269,7 @@ def _model_fields(estimator, given):
         value = fields[field]
         if not isinstance(value, str) or not value:
             hint = "" if provenance else " (the dictionary has no provenance_)"
-            raise ValueError(
-                f"{field} must be a non-empty str; got {value!r}{hint}."
-            )
+            raise ValueError(f"{field} must be a non-empty str; got {value!r}{hint}.")
     if fields["prepend_bos"] is None:
         fields["prepend_bos"] = True
     return fields
@@ -422,7 +419,9 @@ def save_sae(
     )
     text = json.dumps(config, indent=2, allow_nan=False)
 
-    with atomic_directory(directory, overwrite=overwrite, marker=SAE_CFG_FILENAME) as tmp:
+    with atomic_directory(
+        directory, overwrite=overwrite, marker=SAE_CFG_FILENAME
+    ) as tmp:
         # "pt": the format tag torch tooling expects of safetensors files.
         safetensors_numpy.save_file(
             tensors, tmp / SAE_WEIGHTS_FILENAME, metadata={"format": "pt"}

@@ -103,9 +103,7 @@ def save_checkpoint(path, state, config):
         "done": np.array(state.done),
         "history": np.array(json.dumps(to_json_value(state.history))),
         "config": np.array(json.dumps(to_json_value(config), sort_keys=True)),
-        "random_state": np.array(
-            json.dumps(random_state_to_json(state.random_state))
-        ),
+        "random_state": np.array(json.dumps(random_state_to_json(state.random_state))),
         "epoch_random_state": np.array(
             json.dumps(_epoch_state_to_json(state.epoch_state))
         ),
@@ -155,8 +153,7 @@ def config_differences(saved, config):
     return sorted(
         key
         for key in ours.keys() | theirs.keys()
-        if key in theirs and ours.get(key) != theirs.get(key)
-        or key not in ours
+        if key in theirs and ours.get(key) != theirs.get(key) or key not in ours
     )
 
 

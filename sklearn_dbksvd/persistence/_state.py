@@ -197,7 +197,9 @@ def random_state_from_json(data, *, where):
             )
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{where}: the random state is unreadable ({error}).") from error
+        raise ValueError(
+            f"{where}: the random state is unreadable ({error})."
+        ) from error
     return random_state
 
 
