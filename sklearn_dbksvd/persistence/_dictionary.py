@@ -52,7 +52,7 @@ def read_npz(path, what="file", pick=None):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file ({what}).")
+        raise FileNotFoundError(f"{path}: no such {what}.")
 
     def damaged(error):
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
