@@ -18,7 +18,11 @@ from sklearn.base import (
 from sklearn.decomposition import sparse_encode
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import get_namespace
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+)
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_feature_names_in,
@@ -64,6 +68,17 @@ from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
 _FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def _takes_integer(constraints):
+    """Whether a parameter's constraints ask for an integer and not a bool."""
+    if "boolean" in constraints:
+        return False
+    return any(
+        constraint is Integral
+        or (isinstance(constraint, Interval) and constraint.type is Integral)
+        for constraint in constraints
+    )
 
 
 def _encode_chunk(estimator, gram, chunk):
@@ -135,7 +150,7 @@ def _warn_if_more_atoms_than_samples(n_components, n_samples):
             "(near 1.0) says nothing about new data. Use fewer atoms or more "
             "samples, and score held-out data.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of fit, past scikit-learn's wrapper
         )
 
 
@@ -191,6 +206,21 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "verbose": ["verbose"],
         "callback": [callable, None],
     }
+
+    def _validate_params(self):
+        """scikit-learn's parameter validation; bools are not integers here.
+
+        Python counts ``True`` as the integer 1, so ``n_nonzero_coefs=True``
+        would pass ``Interval(Integral, ...)`` and fail late, or mean one.
+        """
+        for name, constraints in self._parameter_constraints.items():
+            value = getattr(self, name, None)
+            if isinstance(value, bool | np.bool_) and _takes_integer(constraints):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be "
+                    f"an integer, not a bool; got {value!r}."
+                )
+        super()._validate_params()
 
     # ------------------------------------------------------------------
     # Resolving defaults
@@ -532,6 +562,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             Updated estimator.
         """
         first_call = not hasattr(self, "components_")
+        if not first_call:
+            # scikit-learn validates parameters at the first call only; a
+            # step costs far more than checking them again.
+            self._validate_params()
         X, fit_input = self._validate_fit_data(X, first=first_call)
         n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
