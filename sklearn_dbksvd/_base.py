@@ -713,7 +713,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             or not isinstance(chunk_size, Integral)
             or chunk_size < 1
         ):
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+            raise ValueError(
+                f"chunk_size must be a positive integer; got {chunk_size!r}."
+            )
         self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
@@ -727,7 +729,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     def _iter_codes(self, X, dtype, chunk_size=None):
         """``(rows, codes)`` of ``X`` chunk by chunk, one Gram matrix for all."""
         if chunk_size is None:
-            chunk_size = chunk_rows(X.shape[1], self.components_.shape[0], dtype.itemsize)
+            n_components = self.components_.shape[0]
+            chunk_size = chunk_rows(X.shape[1], n_components, dtype.itemsize)
         encode = self._chunk_encoder(dtype)
         for rows, chunk in iter_row_chunks(X, chunk_size):
             yield rows, encode(chunk)
