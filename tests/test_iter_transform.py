@@ -13,34 +13,13 @@ from sklearn_dbksvd import DBKSVDDictionaryLearning, MatryoshkaDBKSVD
 from sklearn_dbksvd._data import RowConcatenation
 from sklearn_dbksvd.cli import main as _main
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
+from tests._oracles import matching_pursuit, split_signs
 
 N, D, M, K = 300, 12, 20, 3
 
 
 def main(argv):
     return _main([str(arg) for arg in argv])
-
-
-def textbook_mp(X, atoms, k, positive=False):
-    """Matching pursuit of each sample: k greedy selections, coefficients add up."""
-    codes = np.zeros((len(X), len(atoms)))
-    for i, x in enumerate(X):
-        residual = x.astype(np.float64).copy()
-        for _ in range(k):
-            correlations = atoms @ residual
-            if positive:
-                j = int(np.argmax(correlations))
-                if correlations[j] <= 0:
-                    break
-            else:
-                j = int(np.argmax(np.abs(correlations)))
-            codes[i, j] += correlations[j]
-            residual -= correlations[j] * atoms[j]
-    return codes
-
-
-def split_by_hand(codes):
-    return np.hstack([np.maximum(codes, 0), np.maximum(-codes, 0)])
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +34,8 @@ def fitted(X, **params):
 
 
 def oracle(model, X, positive=False):
-    codes = textbook_mp(X - model.mean_, model.components_, K, positive)
-    return split_by_hand(codes) if model.split_sign else codes
+    codes = matching_pursuit(X - model.mean_, model.components_, K, positive=positive)
+    return split_signs(codes) if model.split_sign else codes
 
 
 def stacked(chunks, n_rows):
@@ -224,7 +203,8 @@ def test_cli_report_counts_usage_per_atom_of_a_split_sign_dictionary(
     directory, model = split_sign_files
     loaded = load_dictionary(directory / "dict.npz").set_params(sparse_output=True)
     usage, n_used = atom_usage(loaded, np.load(directory / "X.npy"), N)
-    expected = np.count_nonzero(textbook_mp(X - model.mean_, model.components_, K), 0)
+    codes = matching_pursuit(X - model.mean_, model.components_, K)
+    expected = np.count_nonzero(codes, axis=0)
     assert n_used == N
     np.testing.assert_array_equal(usage, expected)
 
