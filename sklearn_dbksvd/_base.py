@@ -478,6 +478,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         With ``shuffle=False`` and ``max_no_improvement=None``, ``fit`` is
         the sequence of :meth:`partial_fit` calls on its batches (see there).
 
+        A fit that fails leaves the estimator exactly as it was (unfitted, or
+        with its previous fit): everything is validated and computed first,
+        and the fitted attributes are set at the end. Sizes whose atoms and
+        Gram matrix would not fit in this machine's memory are refused with
+        a ``ValueError`` naming the estimate, before anything that large is
+        allocated. With at least as many atoms as samples a ``UserWarning``
+        says that the atoms can copy the samples (the fit's variance
+        explained then says nothing about new data). Rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`) leave their provenance
+        in ``provenance_``.
+
         Out-of-core data is read one batch at a time and validated as it is
         read (so NaN in a part never read raises nothing), never loaded
         whole. ``np.memmap`` data is batched exactly like the same array in
