@@ -149,12 +149,12 @@ def test_iter_transform_checks_the_features(X):
 # ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def split_sign_files(X, tmp_path_factory):
-    from sklearn_dbksvd.cli._io import save_dictionary
+    from sklearn_dbksvd.persistence import save_dictionary
 
     directory = tmp_path_factory.mktemp("split")
     model = fitted(X, with_mean=True, split_sign=True)
     np.save(directory / "X.npy", X)
-    save_dictionary(directory / "dict.npz", model, force=False)
+    save_dictionary(model, directory / "dict.npz")
     return directory, model
 
 
