@@ -524,6 +524,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         elif plan.n_steps == 0:
             initialise(self, X, plan, state, code_init=code_init)
         run_fit(self, X, plan, state, code_init=code_init)
+        # Once the fit has run: a fit refused for its size warns of nothing.
         _warn_if_more_atoms_than_samples(plan.n_components, X.shape[0])
         set_fitted(self, plan, state)
         self._set_fit_input(fit_input)
