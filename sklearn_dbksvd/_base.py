@@ -18,7 +18,11 @@ from sklearn.base import (
 from sklearn.decomposition import sparse_encode
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import get_namespace
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+)
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_feature_names_in,
@@ -64,6 +68,17 @@ from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
 _FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def _takes_integer(constraints):
+    """Whether a parameter's constraints ask for an integer and not a bool."""
+    if "boolean" in constraints:
+        return False
+    return any(
+        constraint is Integral
+        or (isinstance(constraint, Interval) and constraint.type is Integral)
+        for constraint in constraints
+    )
 
 
 def _encode_chunk(estimator, gram, chunk):
@@ -135,7 +150,7 @@ def _warn_if_more_atoms_than_samples(n_components, n_samples):
             "(near 1.0) says nothing about new data. Use fewer atoms or more "
             "samples, and score held-out data.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of fit, past scikit-learn's wrapper
         )
 
 
@@ -191,6 +206,21 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "verbose": ["verbose"],
         "callback": [callable, None],
     }
+
+    def _validate_params(self):
+        """scikit-learn's parameter validation; bools are not integers here.
+
+        Python counts ``True`` as the integer 1, so ``n_nonzero_coefs=True``
+        would pass ``Interval(Integral, ...)`` and fail late, or mean one.
+        """
+        for name, constraints in self._parameter_constraints.items():
+            value = getattr(self, name, None)
+            if isinstance(value, bool | np.bool_) and _takes_integer(constraints):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be "
+                    f"an integer, not a bool; got {value!r}."
+                )
+        super()._validate_params()
 
     # ------------------------------------------------------------------
     # Resolving defaults
@@ -448,6 +478,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         With ``shuffle=False`` and ``max_no_improvement=None``, ``fit`` is
         the sequence of :meth:`partial_fit` calls on its batches (see there).
 
+        A fit that fails leaves the estimator exactly as it was (unfitted, or
+        with its previous fit): everything is validated and computed first,
+        and the fitted attributes are set at the end. Sizes whose atoms and
+        Gram matrix would not fit in this machine's memory are refused with
+        a ``ValueError`` naming the estimate, before anything that large is
+        allocated. With at least as many atoms as samples a ``UserWarning``
+        says that the atoms can copy the samples (the fit's variance
+        explained then says nothing about new data). Rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`) leave their provenance
+        in ``provenance_``.
+
         Out-of-core data is read one batch at a time and validated as it is
         read (so NaN in a part never read raises nothing), never loaded
         whole. ``np.memmap`` data is batched exactly like the same array in
@@ -483,6 +524,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         elif plan.n_steps == 0:
             initialise(self, X, plan, state, code_init=code_init)
         run_fit(self, X, plan, state, code_init=code_init)
+        # Once the fit has run: a fit refused for its size warns of nothing.
         _warn_if_more_atoms_than_samples(plan.n_components, X.shape[0])
         set_fitted(self, plan, state)
         self._set_fit_input(fit_input)
@@ -532,6 +574,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             Updated estimator.
         """
         first_call = not hasattr(self, "components_")
+        if not first_call:
+            # scikit-learn validates parameters at the first call only; a
+            # step costs far more than checking them again.
+            self._validate_params()
         X, fit_input = self._validate_fit_data(X, first=first_call)
         n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
@@ -679,7 +725,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             or not isinstance(chunk_size, Integral)
             or chunk_size < 1
         ):
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+            raise ValueError(
+                f"chunk_size must be a positive integer; got {chunk_size!r}."
+            )
         self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
@@ -693,7 +741,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     def _iter_codes(self, X, dtype, chunk_size=None):
         """``(rows, codes)`` of ``X`` chunk by chunk, one Gram matrix for all."""
         if chunk_size is None:
-            chunk_size = chunk_rows(X.shape[1], self.components_.shape[0], dtype.itemsize)
+            n_components = self.components_.shape[0]
+            chunk_size = chunk_rows(X.shape[1], n_components, dtype.itemsize)
         encode = self._chunk_encoder(dtype)
         for rows, chunk in iter_row_chunks(X, chunk_size):
             yield rows, encode(chunk)
