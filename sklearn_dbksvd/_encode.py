@@ -247,6 +247,8 @@ def _row_table(rows, min_capacity=1):
     try:
         table = pool.get_nowait()
     except queue.Empty:
+        table = None
+    if table is None or table.capacity < min_capacity:
         table = _RowTable(rows, max(rows.table_rows, min_capacity))
     try:
         yield table
@@ -287,6 +289,36 @@ class _RowTable:
         if self.n_held + len(waiting) > self.capacity:
             self.clear()
             waiting = waiting[: self.capacity]
+        self._compute(waiting)
+
+    def fetch_supports(self, needs):
+        """Rows for whole supports, first come first served (Batch-OMP).
+
+        ``needs[s, :needs[s, -1]]`` are the atoms sample ``s`` needs at once.
+        The first sample's (at most ``k`` rows, within the capacity) are
+        always all there afterwards, so every pass makes progress.
+        """
+        wanted = []
+        seen = set()
+        for need in needs:
+            atoms = [
+                a for a in need[: need[-1]]
+                if a not in seen and self.rows.cache_slot[a] < 0
+            ]
+            if wanted and len(wanted) + len(atoms) > self.capacity:
+                break
+            wanted.extend(atoms)
+            seen.update(atoms)
+        wanted = np.unique(np.asarray(wanted, dtype=np.intp))
+        absent = wanted[self.slot[wanted] < 0]
+        if len(absent) == 0:
+            return
+        if self.n_held + len(absent) > self.capacity:
+            self.clear()
+            absent = wanted
+        self._compute(absent)
+
+    def _compute(self, waiting):
         lo, hi = self.n_held, self.n_held + len(waiting)
         self.rows.compute_rows(waiting, out=self.table[lo:hi])
         self.atoms[lo:hi] = waiting

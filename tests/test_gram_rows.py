@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
-from sklearn_dbksvd import _numba, sparse_encode_mp
+from sklearn.linear_model import orthogonal_mp_gram
+
+from sklearn_dbksvd import _encode, _numba, _omp, sparse_encode_mp, sparse_encode_omp
 from sklearn_dbksvd._encode import _mp_encode
+from sklearn_dbksvd._omp import _omp_encode
 from sklearn_dbksvd._gram_rows import (
     GramRows,
     plan_gram,
@@ -75,9 +78,10 @@ def test_tolerance_and_refit_within_budget(kernels, share):
 
 
 @pytest.mark.parametrize("share", [0.3, "one row"])
-def test_codes_do_not_depend_on_n_jobs(kernels, share):
-    # Many blocks (larger than one correlation block), bit for bit.
-    X, dictionary = problem(n_samples=3000, n_components=2048, n_features=16)
+def test_codes_do_not_depend_on_n_jobs(kernels, share, monkeypatch):
+    # Many blocks of 64 samples, bit for bit.
+    monkeypatch.setattr(_encode, "_ROWS_BLOCK_BYTES", 2**10)
+    X, dictionary = problem(n_samples=1000, n_components=256, n_features=16)
     limit = budget(dictionary, share)
     runs = [
         _mp_encode(X, dictionary, 5, n_jobs=n_jobs, gram_memory=limit)
@@ -133,3 +137,32 @@ def test_gram_memory_is_validated():
         sparse_encode_mp(X, dictionary, 2, gram_memory="all")
     assert resolve_gram_memory(None) == np.inf
     assert 0 < resolve_gram_memory("auto") < np.inf
+
+
+@pytest.mark.parametrize("share", [1.0, 0.3, "one row"])
+@pytest.mark.parametrize("positive", [False, True])
+def test_batch_omp_equals_full_gram_batch_omp(kernels, share, positive):
+    X, dictionary = problem(n_samples=200, n_components=120)
+    full = sparse_encode_omp(X, dictionary, 6, positive=positive, gram_memory=None)
+    code = sparse_encode_omp(
+        X, dictionary, 6, positive=positive, gram_memory=budget(dictionary, share)
+    )
+    assert code.dtype == np.float32
+    np.testing.assert_array_equal(code != 0, full != 0)
+    np.testing.assert_allclose(code, full, rtol=1e-5, atol=2e-6)
+    # scikit-learn's OMP on the same atoms, in float64, as the oracle.
+    if not positive:
+        X64, D64 = X.astype(np.float64), dictionary.astype(np.float64)
+        reference = orthogonal_mp_gram(D64 @ D64.T, D64 @ X64.T, n_nonzero_coefs=6).T
+        np.testing.assert_allclose(code, reference, rtol=1e-3, atol=1e-4)
+
+
+def test_batch_omp_rows_do_not_depend_on_n_jobs(kernels, monkeypatch):
+    monkeypatch.setattr(_omp, "_ROWS_BLOCK_BYTES", 2**10)
+    X, dictionary = problem(n_samples=600, n_components=256, n_features=16)
+    runs = [
+        _omp_encode(X, dictionary, 5, n_jobs=n_jobs, gram_memory=row_bytes(dictionary))
+        for n_jobs in (1, 2)
+    ]
+    for first, second in zip(runs[0], runs[1], strict=True):
+        np.testing.assert_array_equal(first, second)
