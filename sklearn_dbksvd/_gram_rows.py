@@ -104,6 +104,23 @@ def gram_fits(n_components, itemsize, gram_memory):
     return n_components * n_components * itemsize <= resolve_gram_memory(gram_memory)
 
 
+class CacheHint:
+    """What a step hands the next when the whole Gram matrix does not fit.
+
+    The atoms change every step, so their Gram rows cannot be carried; the
+    usage of the atoms can: the next step caches the rows of the atoms this
+    one used most (instead of ranking them on a pilot).
+
+    Parameters
+    ----------
+    usage : ndarray of shape (n_components,)
+        Samples per atom in the step's codes.
+    """
+
+    def __init__(self, usage):
+        self.usage = np.asarray(usage)
+
+
 class GramRows:
     """Gram rows of a dictionary too wide for its whole Gram matrix.
 

@@ -5,15 +5,26 @@ import pytest
 
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _encode, _numba, _omp, sparse_encode_mp, sparse_encode_omp
+from sklearn_dbksvd import (
+    _encode,
+    _numba,
+    _omp,
+    _replace,
+    sparse_encode_mp,
+    sparse_encode_omp,
+)
 from sklearn_dbksvd._encode import _mp_encode
 from sklearn_dbksvd._omp import _omp_encode
 from sklearn_dbksvd._gram_rows import (
+    CacheHint,
     GramRows,
     plan_gram,
     resolve_gram_memory,
 )
 
+from sklearn_dbksvd._step import dbksvd_step
+
+from . import _helpers
 from .test_encode import textbook_matching_pursuit
 
 
@@ -166,3 +177,50 @@ def test_batch_omp_rows_do_not_depend_on_n_jobs(kernels, monkeypatch):
     ]
     for first, second in zip(runs[0], runs[1], strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_near_duplicates_without_the_gram_matrix(kernels, monkeypatch, dtype):
+    rng = np.random.default_rng(3)
+    atoms = rng.standard_normal((90, 10))
+    # Planted near-duplicates (both signs), some among the same block.
+    atoms[10:20] = atoms[:10] + 1e-3 * rng.standard_normal((10, 10))
+    atoms[70:80] = -atoms[30:40] + 1e-3 * rng.standard_normal((10, 10))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    atoms = atoms.astype(dtype)
+    usage = rng.integers(0, 3, 90)
+    expected = _replace.near_duplicates(atoms @ atoms.T, usage, 0.99)
+    assert len(expected) == 20
+    monkeypatch.setattr(_replace, "_OVERLAP_BLOCK_BYTES", 7 * 90 * atoms.itemsize)
+    found = _replace.near_duplicates_of_atoms(atoms, usage, 0.99)
+    np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("fit_algorithm", ["mp", "omp"])
+def test_step_within_a_budget_equals_the_full_gram_step(fit_algorithm):
+    X, start = _helpers.planted(n_samples=400, n_components=40)
+    X, start = X.astype(np.float32), start.astype(np.float32)
+    settings = dict(fit_algorithm=fit_algorithm, return_gram=True)
+    full = dbksvd_step(
+        X, start, **_helpers.step_settings(**settings), gram_memory=None
+    )
+    small = dbksvd_step(
+        X, start, **_helpers.step_settings(**settings),
+        gram_memory=5 * row_bytes(start),
+    )
+    np.testing.assert_allclose(small[0], full[0], atol=2e-5)
+    assert small[1]["n_replaced"] == full[1]["n_replaced"]
+    assert isinstance(full[2], (np.ndarray, type(None)))
+    # The next step caches the rows of the atoms this step used most.
+    hint = small[2]
+    assert isinstance(hint, CacheHint)
+    assert hint.usage.sum() > 0
+    again = dbksvd_step(
+        X, small[0], **_helpers.step_settings(**settings), gram=hint,
+        gram_memory=5 * row_bytes(start),
+    )
+    follow = dbksvd_step(
+        X, full[0], **_helpers.step_settings(**settings), gram=full[2],
+        gram_memory=None,
+    )
+    np.testing.assert_allclose(again[0], follow[0], atol=1e-4)
