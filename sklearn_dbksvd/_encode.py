@@ -401,7 +401,9 @@ def _matching_pursuit_rows_numpy(
     return indices, values
 
 
-def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
+def _matching_pursuit_gram(
+    corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None
+):
     """Run ``n_nonzero_coefs`` matching-pursuit selections on correlations.
 
     Compiled with numba when available, else vectorised NumPy over chunks of

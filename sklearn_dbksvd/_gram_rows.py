@@ -14,7 +14,7 @@ product that computed it.
 
 import os
 import threading
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from joblib import cpu_count, effective_n_jobs

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from sklearn.linear_model import orthogonal_mp_gram
 
 from sklearn_dbksvd import (
@@ -14,14 +13,13 @@ from sklearn_dbksvd import (
     sparse_encode_omp,
 )
 from sklearn_dbksvd._encode import _mp_encode
-from sklearn_dbksvd._omp import _omp_encode
 from sklearn_dbksvd._gram_rows import (
     CacheHint,
     GramRows,
     plan_gram,
     resolve_gram_memory,
 )
-
+from sklearn_dbksvd._omp import _omp_encode
 from sklearn_dbksvd._step import dbksvd_step
 
 from . import _helpers
