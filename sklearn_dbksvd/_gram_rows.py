@@ -14,6 +14,7 @@ product that computed it.
 
 import os
 import threading
+import zlib
 from numbers import Real
 
 import numpy as np
@@ -152,6 +153,21 @@ class GramRows:
         self.stats = {"cache_hits": 0, "table_hits": 0, "computed": 0}
         self._lock = threading.Lock()
 
+    def __getstate__(self):
+        # Picklable (dask ships it to workers): no lock, no worker tables.
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state.pop("_tables", None)
+        state.pop("dictionary_dev", None)
+        state.pop("backend", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self.backend = _backend.ArrayBackend(np)
+        self.dictionary_dev = self.dictionary
+
     def compute_rows(self, atoms, out):
         """``D[atoms] Dᵀ`` into ``out`` (C-ordered, ``(len(atoms), m)``)."""
         return _backend.correlations(
@@ -263,3 +279,35 @@ def plan_gram(
     cache_slot = np.full(n_components, -1, dtype=np.intp)
     cache_slot[cached] = np.arange(n_cached)
     return GramRows(dictionary, cache_rows, cache_slot, table_rows, backend)
+
+
+class CarriedGram:
+    """The Gram matrix (or :class:`CacheHint`) one ``partial_fit`` leaves the next.
+
+    Valid only for the very atoms it was computed from: ``components_`` the
+    same array, with the same bytes (a CRC of them, so that atoms edited in
+    place are noticed). Never pickled: an unpickled estimator computes the
+    matrix again, to the same bits.
+    """
+
+    def __init__(self, components=None, gram=None):
+        self._components = components
+        self._crc = None if components is None else _crc(components)
+        self.gram = gram
+
+    def for_atoms(self, components):
+        """The carried matrix if it belongs to ``components``, else None."""
+        if (
+            self.gram is None
+            or components is not self._components
+            or _crc(components) != self._crc
+        ):
+            return None
+        return self.gram
+
+    def __reduce__(self):
+        return (CarriedGram, ())
+
+
+def _crc(array):
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8).ravel())
