@@ -1,10 +1,13 @@
 """Coders within a memory budget of Gram rows, against the full-Gram coders."""
 
+import pickle
+
 import numpy as np
 import pytest
 from sklearn.linear_model import orthogonal_mp_gram
 
 from sklearn_dbksvd import (
+    DBKSVDDictionaryLearning,
     _encode,
     _numba,
     _omp,
@@ -24,6 +27,7 @@ from sklearn_dbksvd._step import dbksvd_step
 
 from . import _helpers
 from .test_encode import textbook_matching_pursuit
+from .test_update import count_gram_calls
 
 
 @pytest.fixture(params=["compiled", "numpy"])
@@ -222,3 +226,57 @@ def test_step_within_a_budget_equals_the_full_gram_step(fit_algorithm):
         gram_memory=None,
     )
     np.testing.assert_allclose(again[0], follow[0], atol=1e-4)
+
+
+def partial_fits(batches, *, forget=False, edit=None, **params):
+    """``partial_fit`` on each batch; ``forget`` drops the carried state."""
+    model = DBKSVDDictionaryLearning(
+        n_components=20, n_nonzero_coefs=3, random_state=0, **params
+    )
+    for position, batch in enumerate(batches):
+        if forget and position:
+            model = pickle.loads(pickle.dumps(model))
+            assert model._carried_gram.for_atoms(model.components_) is None
+        if edit is not None and position == 2:
+            edit(model.components_)
+        model.partial_fit(batch)
+    return model
+
+
+def test_partial_fit_carries_the_gram_matrix(monkeypatch):
+    X, _ = _helpers.planted(n_samples=600)
+    batches = np.array_split(X, 5)
+    calls = count_gram_calls(monkeypatch)
+    carried = partial_fits(batches)
+    n_calls = len(calls)
+    calls.clear()
+    fresh = partial_fits(batches, forget=True)
+    assert len(calls) == 2 * len(batches)  # the encoder's and the check's
+    # One D Dᵀ per call but the first, unless duplicates were replaced.
+    assert n_calls <= len(batches) + 1 + sum(
+        h["n_replaced"] > 0 for h in carried.history_
+    )
+    assert n_calls < 2 * len(batches)
+    np.testing.assert_array_equal(carried.components_, fresh.components_)
+    assert carried.history_ == fresh.history_
+
+
+def test_partial_fit_does_not_carry_a_gram_matrix_to_edited_atoms():
+    X, _ = _helpers.planted(n_samples=600)
+    batches = np.array_split(X, 4)
+
+    def edit(atoms):
+        atoms[3] = atoms[4]
+
+    carried = partial_fits(batches, edit=edit)
+    fresh = partial_fits(batches, edit=edit, forget=True)
+    np.testing.assert_array_equal(carried.components_, fresh.components_)
+
+
+def test_partial_fit_within_a_budget_carries_the_usage():
+    X, _ = _helpers.planted(n_samples=600)
+    batches = np.array_split(X.astype(np.float32), 4)
+    model = partial_fits(batches, gram_memory=20 * 4 * 5)
+    assert isinstance(model._carried_gram.gram, CacheHint)
+    full = partial_fits(batches, gram_memory=None)
+    np.testing.assert_allclose(model.components_, full.components_, atol=1e-4)
