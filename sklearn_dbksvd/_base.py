@@ -410,7 +410,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             mean = data_mean(X) if self.with_mean else None
         else:
             mean = getattr(self, "mean_", None)
-        X = centred(X, mean)
+        # A zero mean (no centring) subtracts nothing: no copy of the batch.
+        X = centred(X, mean if mean is not None and np.any(mean) else None)
         scale = batch_scale(X)
         X = scaled(X, scale)
         if first_call:

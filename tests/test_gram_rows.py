@@ -280,3 +280,21 @@ def test_partial_fit_within_a_budget_carries_the_usage():
     assert isinstance(model._carried_gram.gram, CacheHint)
     full = partial_fits(batches, gram_memory=None)
     np.testing.assert_allclose(model.components_, full.components_, atol=1e-4)
+
+
+def test_partial_fit_does_not_copy_the_batch(monkeypatch):
+    from sklearn_dbksvd import _dbksvd
+
+    X, _ = _helpers.planted(n_samples=300)
+    X = X.astype(np.float32)
+    shared = []
+    step = _dbksvd.dbksvd_step
+
+    def spy(batch, *args, **kwargs):
+        shared.append(np.shares_memory(batch, X))
+        return step(batch, *args, **kwargs)
+
+    monkeypatch.setattr(_dbksvd, "dbksvd_step", spy)
+    model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
+    model.partial_fit(X).partial_fit(X)
+    assert shared == [True, True]
