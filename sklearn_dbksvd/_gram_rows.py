@@ -36,8 +36,10 @@ GRAM_MEMORY_CONSTRAINT = [
 _AUTO_FRACTION = 0.25
 
 # Of a budget too small for the whole Gram matrix, this fraction goes to the
-# per-worker tables of rows computed on demand, the rest to the cache.
-_TABLE_FRACTION = 0.125
+# per-worker tables of rows computed on demand, the rest to the cache. The
+# tables matter as much as the cache: a row computed once serves every
+# sample of the block that selects its atom while it is held.
+_TABLE_FRACTION = 0.5
 
 # Samples per pilot of the usage estimate when no usage is known: the top-k
 # correlations of these samples rank the atoms for the cache.
