@@ -298,3 +298,17 @@ def test_partial_fit_does_not_copy_the_batch(monkeypatch):
     model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
     model.partial_fit(X).partial_fit(X)
     assert shared == [True, True]
+
+
+def test_fit_refuses_a_fit_that_cannot_fit_and_stays_unfitted(monkeypatch):
+    from sklearn_dbksvd import _gram_rows
+
+    X, _ = _helpers.planted(n_samples=300)
+    model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
+    monkeypatch.setattr(_gram_rows, "available_memory", lambda: 10_000)
+    with pytest.raises(ValueError, match=r"needs at least .* GiB .* available"):
+        model.fit(X)
+    assert not hasattr(model, "components_")
+    monkeypatch.undo()
+    model.fit(X)
+    assert model.components_.shape == (20, 12)
