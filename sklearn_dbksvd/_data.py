@@ -48,6 +48,10 @@ class RowConcatenation:
     ----------
     arrays : sequence of array-like of shape (n_rows_i, n_features)
         Shards with the same number of columns and the same dtype.
+    provenance : dict, default=None
+        Where the rows come from, for a harvest directory
+        (:func:`sklearn_dbksvd.lm.load_activations` sets it); an estimator
+        fitted on this array records it as ``provenance_``.
 
     Attributes
     ----------
@@ -55,9 +59,11 @@ class RowConcatenation:
         ``(sum of n_rows_i, n_features)``.
     dtype : numpy.dtype
         Dtype of the shards.
+    provenance : dict or None
+        The ``provenance`` given.
     """
 
-    def __init__(self, arrays):
+    def __init__(self, arrays, *, provenance=None):
         arrays = list(arrays)
         if not arrays:
             raise ValueError("RowConcatenation needs at least one array.")
@@ -79,6 +85,7 @@ class RowConcatenation:
         self.shape = (int(self.offsets[-1]), n_features.pop())
         self.dtype = dtypes.pop()
         self.ndim = 2
+        self.provenance = provenance
 
     def __len__(self):
         return self.shape[0]

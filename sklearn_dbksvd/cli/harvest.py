@@ -5,6 +5,7 @@ the model, reads the text files and maps the options.
 """
 
 from ._common import positive_int, progress_wanted
+from ._io import UserError
 
 # Texts are read in pieces of about this many characters, cut at a blank line
 # when there is one, so that a large file never sits in memory whole.
@@ -122,10 +123,26 @@ def add_parser(commands):
     return harvest
 
 
+def check_texts(paths):
+    """Refuse text files that cannot be read, before any model is loaded."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                file.read(1)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise UserError(f"--text {path}: {reason}.") from None
+
+
 def run(args):
     """Handler of ``dbksvd harvest``."""
     from ..lm import harvest_activations, load_model, read_manifest
+    from ..lm._store import check_output
 
+    # Everything that can be checked without the model is checked first, so
+    # that a mistake costs no model load and leaves nothing behind.
+    check_texts(args.text)
+    check_output(args.output, args.force)
     model, tokenizer = load_model(args.model, device=args.device)
     directory = harvest_activations(
         model,

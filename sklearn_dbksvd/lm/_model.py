@@ -4,12 +4,107 @@ Needs torch (and transformers to load a model by name); imported only by the
 functions that run a model.
 """
 
+import hashlib
 import os
 from pathlib import Path
+
+#: Files whose bytes are a model's weights, in a model directory.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+# Attributes that load_model sets on the model it returns: where its weights
+# were read from, their fingerprint, and the name to record.
+_SOURCE = "_sklearn_dbksvd_weights"
+_FINGERPRINT = "_sklearn_dbksvd_fingerprint"
+_NAME = "_sklearn_dbksvd_name"
+
+_HASH_CHUNK = 2**24
 
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once the layer has run."""
+
+
+def _sha256_file(path):
+    """SHA-256 (hex) of a file, read in chunks of 16 MiB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weight_files(path):
+    """The weight files of a model directory, sorted by name.
+
+    Files directly in ``path`` ending in one of ``WEIGHT_SUFFIXES``
+    (``.safetensors``, ``.bin``, ``.gguf``, ``.pt``, ``.pth``); symbolic links
+    (the Hugging Face cache) are followed.
+    """
+    return sorted(
+        (entry for entry in Path(path).iterdir()
+         if entry.suffix.lower() in WEIGHT_SUFFIXES and entry.is_file()),
+        key=lambda entry: entry.name,
+    )
+
+
+def weights_fingerprint(path):
+    """SHA-256 (hex) of a model's weights: a weights file or a model directory.
+
+    For a file (a ``.gguf``, a ``.safetensors``, ...) the SHA-256 of its
+    bytes, as ``sha256sum FILE`` prints it. For a directory, the SHA-256 of
+    the lines ``"<sha256 of the file>  <name>\n"`` of its weight files
+    (:func:`weight_files`) in name order, as ``sha256sum FILES | sha256sum``
+    prints it; None when it has no weight file. Files are read in chunks, so
+    that a model of many gigabytes never sits in memory.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _sha256_file(path)
+    files = weight_files(path)
+    if not files:
+        return None
+    lines = "".join(f"{_sha256_file(file)}  {file.name}\n" for file in files)
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def _weights_source(model):
+    """Path of the file or directory the model's weights were read from."""
+    source = getattr(model, _SOURCE, None)
+    if source is not None:
+        return Path(source)
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(
+        config, "name_or_path", None
+    )
+    if name and Path(str(name)).is_dir():
+        return Path(str(name))
+    return None
+
+
+def model_fingerprint(model):
+    """:func:`weights_fingerprint` of the files ``model`` was loaded from.
+
+    Known for a model returned by :func:`load_model`, and for a Hugging Face
+    model loaded from a directory (its ``name_or_path``); None for a model
+    built in memory, whose weights come from no file. Computed once per
+    model object.
+    """
+    fingerprint = getattr(model, _FINGERPRINT, None)
+    if fingerprint is None:
+        source = _weights_source(model)
+        if source is None:
+            return None
+        fingerprint = weights_fingerprint(source)
+        _remember(model, _FINGERPRINT, fingerprint)
+    return fingerprint
+
+
+def _remember(model, name, value):
+    """Set an attribute on ``model`` where it takes one (not on a slotted object)."""
+    try:
+        setattr(model, name, value)
+    except (AttributeError, TypeError):
+        pass
 
 
 def load_model(model, *, device=None, dtype=None):
@@ -66,7 +161,22 @@ def load_model(model, *, device=None, dtype=None):
     if device is not None:
         loaded = loaded.to(device)
     loaded.eval()
+    source = path if path.exists() else _cached_snapshot(str(model))
+    if source is not None:
+        _remember(loaded, _SOURCE, str(source))
+    if path.suffix.lower() == ".gguf":
+        _remember(loaded, _NAME, path.name[: -len(path.suffix)])
     return loaded, tokenizer
+
+
+def _cached_snapshot(name):
+    """Directory of a model in the local Hugging Face cache, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(name, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def decoder_layers(model):
@@ -142,6 +252,9 @@ def replace_output(output, hidden):
 
 def model_name(model):
     """A name for the manifest and SAELens configs."""
+    name = getattr(model, _NAME, None)
+    if name:
+        return name
     config = getattr(model, "config", None)
     name = getattr(config, "name_or_path", None) or ""
     return os.path.basename(str(name).rstrip("/")) or type(model).__name__
