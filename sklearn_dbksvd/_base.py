@@ -1,5 +1,9 @@
 """Shared base of the DB-KSVD estimators: parameters, fit loop, transform."""
 
+import copy
+import functools
+import os
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,6 +23,7 @@ from sklearn.utils.validation import (
     _check_feature_names,
     _check_feature_names_in,
     _check_n_features,
+    _get_feature_names,
     check_array,
     check_is_fitted,
     validate_data,
@@ -59,6 +64,79 @@ from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
 _FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def _encode_chunk(estimator, gram, chunk):
+    """Codes of one validated chunk of rows with a shared Gram matrix."""
+    return estimator._encode(chunk, gram)
+
+
+def _provenance_of(X):
+    """A copy of the ``provenance`` dict of a harvest's activations, else None.
+
+    :func:`sklearn_dbksvd.lm.load_activations` returns rows that carry where
+    they come from (model, hook, harvest); other inputs carry nothing.
+    """
+    provenance = getattr(X, "provenance", None)
+    return copy.deepcopy(dict(provenance)) if provenance is not None else None
+
+
+def _physical_memory():
+    """Bytes of memory of this machine, or None where it cannot be known."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _format_bytes(n_bytes):
+    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n_bytes < 1024 or unit == "PiB":
+            break
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
+
+
+def check_fit_memory(n_components, n_features, batch_size, dtype):
+    """Refuse a fit whose arrays cannot fit in this machine's memory.
+
+    Estimated before anything of that size is allocated: the atoms
+    ``(n_components, n_features)``, their Gram matrix ``(n_components,
+    n_components)`` and a batch with its residual ``(batch_size,
+    n_features)`` each.
+
+    Raises
+    ------
+    ValueError
+        Naming the estimate, when it exceeds the machine's physical memory.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    atoms = n_components * n_features * itemsize
+    gram = n_components * n_components * itemsize
+    batches = 2 * batch_size * n_features * itemsize
+    needed = atoms + gram + batches
+    available = _physical_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"n_components={n_components} with {n_features} features needs "
+            f"about {_format_bytes(needed)} of memory (atoms "
+            f"{_format_bytes(atoms)}, their Gram matrix {_format_bytes(gram)}), "
+            f"more than this machine's {_format_bytes(available)}."
+        )
+
+
+def _warn_if_more_atoms_than_samples(n_components, n_samples):
+    """Warn that a dictionary of at least as many atoms as samples memorises them."""
+    if n_components >= n_samples:
+        warnings.warn(
+            f"n_components={n_components} is at least n_samples={n_samples}: "
+            "the atoms can copy the samples, so the fit's variance explained "
+            "(near 1.0) says nothing about new data. Use fewer atoms or more "
+            "samples, and score held-out data.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -193,6 +271,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
+        check_fit_memory(n_components, X_batch.shape[1], X_batch.shape[0], dtype)
         if self.dict_init is not None:
             return self._unit_atoms(self._checked_dict_init(dtype), random_state)
         else:
@@ -273,35 +352,83 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     # ------------------------------------------------------------------
     # Fitting
     # ------------------------------------------------------------------
-    def _validate_fit_data(self, X, reset, keep_lazy=False):
-        """Validate training data; lazy arrays are checked without reading.
+    def _validate_fit_data(self, X, first, keep_lazy=False):
+        """Validate training data without touching the estimator.
 
         With ``keep_lazy`` a lazy array (see ``_data.is_lazy_array``) is
         returned as is, its metadata checked and its values left to be
         validated batch by batch; otherwise it is read whole (one batch).
+
+        Parameters
+        ----------
+        X : array-like or lazy array of shape (n_samples, n_features)
+            Training data.
+        first : bool
+            Whether ``X`` starts a new fit (``fit``, first ``partial_fit``):
+            its features are then recorded once the call has succeeded (see
+            ``_set_fit_input``); otherwise they are checked against those
+            seen.
+
+        Returns
+        -------
+        X : array or lazy array
+            Validated data.
+        fit_input : dict
+            What :meth:`_set_fit_input` records when the call succeeds:
+            ``provenance_`` (a copy of the ``provenance`` of a harvest's
+            rows, else None) and, with ``first``, ``n_features_in_`` and
+            ``feature_names_in_`` (None without names).
         """
+        fit_input = {"provenance_": _provenance_of(X)}
+        names = _get_feature_names(X) if first else None
         if is_lazy_array(X):
             check_lazy_array(X)
-            if keep_lazy:
-                _check_n_features(self, X, reset=reset)
-                _check_feature_names(self, X, reset=reset)
-                return X
-            rows = [slice(0, X.shape[0])]
-            X = check_batch(read_rows(X, rows), rows)
-        return self._validate_data_where_it_lives(X, reset)
+            if not first:
+                _check_n_features(self, X, reset=False)
+                _check_feature_names(self, X, reset=False)
+            if not keep_lazy:
+                rows = [slice(0, X.shape[0])]
+                X = check_batch(read_rows(X, rows), rows)
+        else:
+            X = self._validate_data_where_it_lives(X, reset=False, check=not first)
+        if first:
+            fit_input.update(n_features_in_=int(X.shape[1]), feature_names_in_=names)
+        return X, fit_input
 
-    def _validate_data_where_it_lives(self, X, reset):
+    def _set_fit_input(self, fit_input):
+        """Record what ``_validate_fit_data`` found, once the call has succeeded.
+
+        A new fit records its features and provenance; a later
+        ``partial_fit`` keeps the provenance unless its batch carries one.
+        """
+        if "n_features_in_" in fit_input:
+            self.n_features_in_ = fit_input["n_features_in_"]
+            if fit_input["feature_names_in_"] is not None:
+                self.feature_names_in_ = fit_input["feature_names_in_"]
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self.provenance_ = fit_input["provenance_"]
+        elif fit_input["provenance_"] is not None:
+            self.provenance_ = fit_input["provenance_"]
+
+    def _validate_data_where_it_lives(self, X, reset, check=True):
         """``validate_data``, keeping device arrays on their device.
 
         With scikit-learn's ``array_api_dispatch`` on, torch, CuPy or other
         array-API inputs are validated in their own namespace and stay where
         they are; the sample-dependent products then run there. Otherwise
-        everything becomes a NumPy array, as in scikit-learn.
+        everything becomes a NumPy array, as in scikit-learn. With
+        ``check=False`` the features are not compared with those of the fit
+        (a new fit records them when it succeeds) and nothing is set.
         """
         if get_config()["array_api_dispatch"] and is_device_array(X):
             xp, _ = get_namespace(X)
-            return validate_data(self, X, dtype=[xp.float64, xp.float32], reset=reset)
-        return validate_data(self, X, dtype=_FLOAT_DTYPES, reset=reset)
+            dtype = [xp.float64, xp.float32]
+        else:
+            dtype = _FLOAT_DTYPES
+        if not check:
+            return check_array(X, dtype=dtype, estimator=self, input_name="X")
+        return validate_data(self, X, dtype=dtype, reset=reset)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -343,18 +470,23 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self : object
             Fitted estimator.
         """
-        X = self._validate_fit_data(X, reset=True, keep_lazy=True)
+        # Everything is validated and computed into locals; the fitted state
+        # is set at the end, so a failed fit leaves the estimator as it was.
+        X, fit_input = self._validate_fit_data(X, first=True, keep_lazy=True)
         plan = plan_fit(self, X)
+        dtype = host_dtype(X) if not is_lazy_array(X) else check_lazy_array(X)
         code_init = self._check_code_init(X.shape[0], plan.n_components)
         state = FitState(check_random_state(self.random_state))
         if plan.n_steps == 0 and self.dict_init is not None:
             # As MiniBatchDictionaryLearning: the initial dictionary as given.
-            dtype = host_dtype(X) if not is_lazy_array(X) else check_lazy_array(X)
             state.components = self._checked_dict_init(dtype)
         elif plan.n_steps == 0:
             initialise(self, X, plan, state, code_init=code_init)
         run_fit(self, X, plan, state, code_init=code_init)
-        return set_fitted(self, plan, state)
+        _warn_if_more_atoms_than_samples(plan.n_components, X.shape[0])
+        set_fitted(self, plan, state)
+        self._set_fit_input(fit_input)
+        return self
 
     def _partial_fit_replaces(self, step):
         """Whether step ``step`` of :meth:`partial_fit` replaces atoms.
@@ -400,7 +532,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             Updated estimator.
         """
         first_call = not hasattr(self, "components_")
-        X = self._validate_fit_data(X, reset=first_call)
+        X, fit_input = self._validate_fit_data(X, first=first_call)
         n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
         # The mean is that of the first batch, kept for the later ones.
@@ -444,15 +576,23 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self.n_iter_ = getattr(self, "n_iter_", 0)
         self.n_samples_seen_ = info["n_samples_seen"]
         self.history_ = [*getattr(self, "history_", []), info]
+        self._set_fit_input(fit_input)
         return self
 
     # ------------------------------------------------------------------
     # Coding
     # ------------------------------------------------------------------
     def _transform_n_nonzero_coefs(self):
+        """Nonzeros per code in transform; more than the atoms is refused."""
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
             return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        if self.transform_n_nonzero_coefs > n_components:
+            raise ValueError(
+                f"transform_n_nonzero_coefs={self.transform_n_nonzero_coefs} "
+                f"exceeds n_components={n_components}: a code cannot use more "
+                "atoms than the dictionary has."
+            )
         return self.transform_n_nonzero_coefs
 
     def transform(self, X):
@@ -476,16 +616,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             ``dask.distributed`` cluster.
         """
         check_is_fitted(self)
+        self._transform_n_nonzero_coefs()  # refused before reading X
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
             _check_n_features(self, X, reset=False)
             _check_feature_names(self, X, reset=False)
-            # One Gram matrix for all chunks: it costs as much as encoding
-            # a few thousand samples.
-            gram = self._transform_gram(dtype)
             if is_dask_array(X):
-                return dask_map_encode(self, X, gram, dtype, self.sparse_output)
-            parts = [code for _, code in self._iter_codes(X, dtype, gram)]
+                return dask_map_encode(
+                    self._chunk_encoder(dtype), X, self._n_features_out, dtype,
+                    self.sparse_output,
+                )
+            parts = [code for _, code in self._iter_codes(X, dtype)]
             return stack_codes(parts, self._n_features_out, dtype, self.sparse_output)
         X = self._validate_data_where_it_lives(X, reset=False)
         if is_device_array(X):
@@ -499,16 +640,21 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         The one streaming encode: ``transform`` of a memory-mapped or chunked
         input, ``dbksvd encode``, the report, the dashboard and
-        ``evaluate_dictionary`` all read their codes from here.
+        ``evaluate_dictionary`` all read their codes from here. Centring,
+        the scale of the data, ``positive_code`` and ``split_sign`` are
+        handled as in :meth:`transform`, whose codes of the whole of ``X``
+        are the chunks' codes stacked.
 
         Parameters
         ----------
-        X : array-like, np.memmap, h5py.Dataset or zarr.Array of shape \
-                (n_samples, n_features)
-            Data, read ``chunk_size`` rows at a time.
+        X : array-like, np.memmap, h5py.Dataset, zarr.Array, the rows of a \
+                harvest (:func:`sklearn_dbksvd.lm.load_activations`) or an \
+                array-API device array of shape (n_samples, n_features)
+            Data, read ``chunk_size`` rows at a time. A device array is
+            encoded on the host, and its codes are NumPy arrays.
         chunk_size : int, default=None
             Rows per chunk; None keeps each chunk's data and codes within a
-            few tens of megabytes.
+            few hundred megabytes.
 
         Yields
         ------
@@ -517,9 +663,24 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         code : ndarray or scipy.sparse.csr_matrix of shape (n_rows, \
                 n_features_out)
             Their codes, as ``transform`` returns them (CSR when
-            ``sparse_output=True``; split into signs with ``split_sign``).
+            ``sparse_output=True``; ``2 * n_components`` columns, split into
+            signs, with ``split_sign``).
+
+        Raises
+        ------
+        ValueError
+            At the first chunk asked for, when ``X`` does not match the
+            fitted dictionary or ``transform_n_nonzero_coefs`` exceeds
+            ``n_components``.
         """
         check_is_fitted(self)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, Integral)
+            or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+        self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
         else:
@@ -527,13 +688,24 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             dtype = X.dtype
         _check_n_features(self, X, reset=False)
         _check_feature_names(self, X, reset=False)
-        yield from self._iter_codes(X, dtype, self._transform_gram(dtype), chunk_size)
+        yield from self._iter_codes(X, dtype, chunk_size)
 
-    def _iter_codes(self, X, dtype, gram, chunk_size=None):
+    def _iter_codes(self, X, dtype, chunk_size=None):
+        """``(rows, codes)`` of ``X`` chunk by chunk, one Gram matrix for all."""
         if chunk_size is None:
             chunk_size = chunk_rows(X.shape[1], self.components_.shape[0], dtype.itemsize)
+        encode = self._chunk_encoder(dtype)
         for rows, chunk in iter_row_chunks(X, chunk_size):
-            yield rows, self._encode(chunk, gram)
+            yield rows, encode(chunk)
+
+    def _chunk_encoder(self, dtype):
+        """A function from a chunk of rows of ``dtype`` to its codes.
+
+        It holds one Gram matrix for all the chunks (it costs as much as
+        encoding a few thousand samples) and can be pickled to the workers
+        of a dask cluster. The one way codes are made out of chunks.
+        """
+        return functools.partial(_encode_chunk, self, self._transform_gram(dtype))
 
     def _transform_gram(self, dtype):
         """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None."""

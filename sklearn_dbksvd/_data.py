@@ -420,38 +420,48 @@ def stack_codes(parts, n_components, dtype, sparse):
     return np.concatenate(parts)
 
 
-def _encode_dask_block(block, estimator, gram):
-    return estimator._encode(check_batch(block), gram=gram)
+def _encode_dask_block(block, encode):
+    return encode(check_batch(block))
 
 
-def dask_map_encode(estimator, X, gram, dtype, sparse):
+def dask_map_encode(encode, X, n_columns, dtype, sparse):
     """Codes of the dask array ``X``, computed block-wise by ``map_blocks``.
 
-    The fitted estimator and its Gram matrix go into the graph once, as
-    delayed objects, so that every worker receives them once rather than once
-    per block.
+    Parameters
+    ----------
+    encode : callable
+        Codes of a validated block of rows; from the estimator (see
+        ``_BaseDBKSVD._chunk_encoder``), holding the fitted estimator and
+        its Gram matrix. It goes into the graph once, as a delayed object,
+        so that every worker receives it once rather than once per block.
+    X : dask.array.Array of shape (n_samples, n_features)
+        Data.
+    n_columns : int
+        Columns of the codes (twice the atoms with ``split_sign``).
+    dtype : numpy.dtype
+        Dtype of the codes.
+    sparse : bool
+        Whether the blocks of codes are CSR.
 
     Returns
     -------
-    codes : dask.array.Array of shape (n_samples, n_components)
+    codes : dask.array.Array of shape (n_samples, n_columns)
         Chunked along samples like ``X``; chunks are scipy.sparse CSR
         matrices when ``sparse`` is true.
     """
     import dask
 
-    n_components = estimator._n_features_out  # twice the atoms with split_sign
     # Each block must hold whole samples to be encoded.
     X = X.rechunk({1: -1})
     meta = (
-        sp.csr_matrix((0, n_components), dtype=dtype)
+        sp.csr_matrix((0, n_columns), dtype=dtype)
         if sparse
-        else np.empty((0, n_components), dtype=dtype)
+        else np.empty((0, n_columns), dtype=dtype)
     )
     return X.map_blocks(
         _encode_dask_block,
-        dask.delayed(estimator, traverse=False),
-        dask.delayed(gram, traverse=False),
+        dask.delayed(encode, traverse=False),
         dtype=dtype,
-        chunks=(X.chunks[0], (n_components,)),
+        chunks=(X.chunks[0], (n_columns,)),
         meta=meta,
     )

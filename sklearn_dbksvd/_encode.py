@@ -12,6 +12,8 @@ vectorises) and vectorised over chunks of samples in NumPy otherwise; both
 make the same selections.
 """
 
+import queue
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -21,6 +23,12 @@ from sklearn.utils.validation import check_array
 
 from . import _backend, _numba
 from ._argmax import _ARGMAX_GROUP, _argmax_key
+from ._gram_rows import (
+    _ROWS_BLOCK_BYTES,
+    GRAM_MEMORY_CONSTRAINT,
+    GramRows,
+    plan_gram,
+)
 from ._parallel import ScratchBuffers, map_blocks
 
 # Samples per chunk of the NumPy fallback of matching pursuit: three (chunk,
@@ -39,9 +47,9 @@ def _mp_chunk_size(n_components, itemsize):
     return max(8, _MP_CHUNK_BYTES // (3 * n_components * itemsize))
 
 
-def _block_size(n_components, itemsize):
+def _block_size(n_components, itemsize, block_bytes=_BLOCK_BYTES):
     """Samples per correlation block; a multiple of 64 for the GEMM."""
-    return max(64, _BLOCK_BYTES // (n_components * itemsize) // 64 * 64)
+    return max(64, block_bytes // (n_components * itemsize) // 64 * 64)
 
 
 def _matching_pursuit_numpy(corr, gram, n_nonzero_coefs, positive, sq_norms, tol):
@@ -85,8 +93,13 @@ def _matching_pursuit_chunk(corr, gram, n_nonzero_coefs, positive, sq_norms, tol
             sq_residual -= coef * coef
         indices[:, t] = best
         values[:, t] = coef
+        if t + 1 == n_nonzero_coefs:
+            break  # the last update is never read
         # c <- c - a * G[:, j]: the Gram row replaces a product with D.
-        np.take(gram, best, axis=0, out=gram_rows)
+        if callable(gram):
+            gram(best, gram_rows)
+        else:
+            np.take(gram, best, axis=0, out=gram_rows)
         gram_rows *= coef[:, None]
         corr -= gram_rows
     return indices, values
@@ -135,6 +148,227 @@ def _matching_pursuit_jit(
                     c[j] = c[j] - coef * g[j]
 
 
+@_numba.jit()
+def _matching_pursuit_rows_jit(
+    corr, keys, cache_rows, cache_slot, table_rows, table_slot, positive,
+    sq_norms, sq_target, indices, values, progress, sq_state, pending, todo,
+    parked, counts,
+):  # pragma: no cover
+    """:func:`_matching_pursuit_jit` on Gram rows that may be missing.
+
+    Runs the samples ``todo`` as far as the rows at hand allow: atom ``j``'s
+    row is ``cache_rows[cache_slot[j]]`` or ``table_rows[table_slot[j]]``
+    (slot -1: absent). A sample whose next update needs an absent row is
+    parked: ``progress[i]`` selections are recorded, the last one's update not
+    applied yet, ``pending[i]`` is the atom whose row it waits for and
+    ``sq_state[i]`` its tracked squared residual. Resumed, it applies that
+    update first, so every sample makes the operations of the full-Gram
+    kernel in the same order. Returns the number of samples written to
+    ``parked``; ``counts`` accumulates cache and table reads.
+    """
+    n_components = corr.shape[1]
+    n_nonzero_coefs = indices.shape[1]
+    n_groups = (n_components + _ARGMAX_GROUP - 1) // _ARGMAX_GROUP
+    group_max = np.empty(n_groups, keys.dtype)
+    use_tol = sq_norms.shape[0] > 0
+    n_parked = 0
+    for position in range(todo.shape[0]):
+        i = todo[position]
+        c = corr[i]
+        key = keys[i]
+        t = progress[i]
+        if t == 0:
+            sq_residual = sq_norms[i] if use_tol else c[0]
+        else:
+            sq_residual = sq_state[i]
+            # Apply the update the sample was parked on, if its row is here.
+            j = pending[i]
+            slot = cache_slot[j]
+            if slot >= 0:
+                g = cache_rows[slot]
+                counts[0] += 1
+            else:
+                slot = table_slot[j]
+                if slot < 0:
+                    parked[n_parked] = i
+                    n_parked += 1
+                    continue
+                g = table_rows[slot]
+                counts[1] += 1
+            coef = values[i, t - 1]
+            for m in range(n_components):
+                c[m] = c[m] - coef * g[m]
+        waiting = False
+        while t < n_nonzero_coefs:
+            best = _argmax_key(key, positive, group_max)
+            coef = c[best]
+            if positive and coef < 0:
+                coef = coef - coef
+            if use_tol:
+                if sq_residual <= sq_target[i]:
+                    coef = coef - coef
+                sq_residual -= coef * coef
+            indices[i, t] = best
+            values[i, t] = coef
+            t += 1
+            if coef == 0:
+                for rest in range(t, n_nonzero_coefs):
+                    indices[i, rest] = best
+                    values[i, rest] = coef
+                t = n_nonzero_coefs
+                break
+            if t < n_nonzero_coefs:
+                slot = cache_slot[best]
+                if slot >= 0:
+                    g = cache_rows[slot]
+                    counts[0] += 1
+                else:
+                    slot = table_slot[best]
+                    if slot < 0:
+                        waiting = True
+                        pending[i] = best
+                        break
+                    g = table_rows[slot]
+                    counts[1] += 1
+                for m in range(n_components):
+                    c[m] = c[m] - coef * g[m]
+        progress[i] = t
+        sq_state[i] = sq_residual
+        if waiting:
+            parked[n_parked] = i
+            n_parked += 1
+    return n_parked
+
+
+@contextmanager
+def _row_table(rows, min_capacity=1):
+    """A free :class:`_RowTable` of ``rows`` (one per block running at once)."""
+    pool = rows.__dict__.setdefault("_tables", queue.SimpleQueue())
+    try:
+        table = pool.get_nowait()
+    except queue.Empty:
+        table = _RowTable(rows, max(rows.table_rows, min_capacity))
+    try:
+        yield table
+    finally:
+        pool.put(table)
+
+
+class _RowTable:
+    """One worker's Gram rows computed on demand: at most ``capacity`` rows.
+
+    Rows live for one block of samples (so that a block's codes never depend
+    on which blocks its worker ran before); when the atoms a pass waits for
+    do not fit beside the rows held, the table is emptied first.
+    """
+
+    def __init__(self, rows, capacity):
+        self.rows = rows
+        n_components = rows.dictionary.shape[0]
+        self.capacity = capacity
+        self.table = np.empty((capacity, n_components), dtype=rows.dtype)
+        self.slot = np.full(n_components, -1, dtype=np.intp)
+        self.atoms = np.empty(capacity, dtype=np.intp)
+        self.n_held = 0
+        self.computed = 0
+
+    def clear(self):
+        self.slot[self.atoms[: self.n_held]] = -1
+        self.n_held = 0
+
+    def fetch(self, waiting):
+        """Compute the rows of as many ``waiting`` atoms (absent ones) as fit."""
+        waiting = np.unique(waiting)
+        waiting = waiting[
+            (self.rows.cache_slot[waiting] < 0) & (self.slot[waiting] < 0)
+        ]
+        if len(waiting) == 0:
+            return
+        if self.n_held + len(waiting) > self.capacity:
+            self.clear()
+            waiting = waiting[: self.capacity]
+        lo, hi = self.n_held, self.n_held + len(waiting)
+        self.rows.compute_rows(waiting, out=self.table[lo:hi])
+        self.atoms[lo:hi] = waiting
+        self.slot[waiting] = np.arange(lo, hi)
+        self.n_held = hi
+        self.computed += len(waiting)
+
+
+def _matching_pursuit_rows(corr, rows, n_nonzero_coefs, positive, sq_norms, tol, table):
+    """Matching pursuit from :class:`~._gram_rows.GramRows` (compiled).
+
+    Passes over the block: each runs the waiting samples as far as the rows
+    at hand allow, then the rows they wait for are computed together (one
+    product ``D[sel] Dᵀ``), until every sample is done.
+    """
+    n_samples = corr.shape[0]
+    indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
+    values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
+    int_dtype = np.int32 if corr.itemsize == 4 else np.int64
+    if tol is None:
+        sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
+    else:
+        sq_target = tol**2 * sq_norms
+    progress = np.zeros(n_samples, dtype=np.intp)
+    sq_state = np.zeros(n_samples, dtype=corr.dtype)
+    pending = np.zeros(n_samples, dtype=np.intp)
+    parked = np.empty(n_samples, dtype=np.intp)
+    counts = np.zeros(2, dtype=np.int64)
+    todo = np.arange(n_samples, dtype=np.intp)
+    table.clear()
+    table.computed = 0
+    while len(todo):
+        n_parked = _matching_pursuit_rows_jit(
+            corr, corr.view(int_dtype), rows.cache_rows, rows.cache_slot,
+            table.table, table.slot, positive, sq_norms, sq_target, indices,
+            values, progress, sq_state, pending, todo, parked, counts,
+        )
+        todo = parked[:n_parked].copy()
+        if n_parked:
+            table.fetch(pending[todo])
+    rows.add_stats(counts[0], counts[1], table.computed)
+    table.clear()
+    return indices, values
+
+
+def _matching_pursuit_rows_numpy(
+    corr, rows, n_nonzero_coefs, positive, sq_norms, tol, table
+):
+    """NumPy version of :func:`_matching_pursuit_rows`, one chunk at a time.
+
+    As :func:`_matching_pursuit_numpy`, the selected atoms' rows gathered
+    from the cache or computed, at most the table's capacity at once.
+    """
+    n_samples = corr.shape[0]
+    indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
+    values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
+    chunk = _mp_chunk_size(corr.shape[1], corr.itemsize)
+
+    def gather(best, out):
+        cached = rows.cache_slot[best]
+        hit = cached >= 0
+        out[hit] = rows.cache_rows[cached[hit]]
+        missing = np.unique(best[~hit])
+        for start in range(0, len(missing), table.capacity):
+            atoms = missing[start : start + table.capacity]
+            computed = rows.compute_rows(atoms, out=table.table[: len(atoms)])
+            where = np.flatnonzero(~hit & np.isin(best, atoms))
+            out[where] = computed[np.searchsorted(atoms, best[where])]
+            table.computed += len(atoms)
+        rows.add_stats(np.count_nonzero(hit), 0, 0)
+
+    table.computed = 0
+    for start in range(0, n_samples, chunk):
+        part = slice(start, start + chunk)
+        indices[part], values[part] = _matching_pursuit_chunk(
+            corr[part], gather, n_nonzero_coefs, positive,
+            None if sq_norms is None else sq_norms[part], tol,
+        )
+    rows.add_stats(0, 0, table.computed)
+    return indices, values
+
+
 def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
     """Run ``n_nonzero_coefs`` matching-pursuit selections on correlations.
 
@@ -169,6 +403,13 @@ def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None,
     values : ndarray of shape (n_samples, n_nonzero_coefs)
         Coefficient added by each selection (zero once a sample has stopped).
     """
+    if isinstance(gram, GramRows):
+        with _row_table(gram) as table:
+            pursuit = (
+                _matching_pursuit_rows if _numba.use_numba()
+                else _matching_pursuit_rows_numpy
+            )
+            return pursuit(corr, gram, n_nonzero_coefs, positive, sq_norms, tol, table)
     if not _numba.use_numba():
         return _matching_pursuit_numpy(
             corr, gram, n_nonzero_coefs, positive, sq_norms, tol
@@ -208,7 +449,10 @@ def _refit_on_support(indices, values, corr0, gram):
     net = np.zeros(indices.shape, dtype=values.dtype)
     np.add.at(net, (np.broadcast_to(rows, indices.shape), group), values)
     active = start & (np.take_along_axis(net, group, axis=1) != 0)
-    system = gram[indices[:, :, None], indices[:, None, :]]
+    if isinstance(gram, GramRows):
+        system = gram.support_system(indices)
+    else:
+        system = gram[indices[:, :, None], indices[:, None, :]]
     system *= active[:, :, None] & active[:, None, :]
     eye = np.eye(n_selections, dtype=bool)
     system[:, eye] = np.where(active, system[:, eye], 1)
@@ -263,6 +507,8 @@ def _mp_encode(
     backend=None,
     return_residual=False,
     residual_out=None,
+    gram_memory="auto",
+    usage=None,
 ):
     """Matching-pursuit codes in selection form (no validation).
 
@@ -273,15 +519,23 @@ def _mp_encode(
     hand. ``backend`` (an :class:`~sklearn_dbksvd._backend.ArrayBackend`,
     default: from ``X``) runs the products; ``X`` may live on its device.
     Results do not depend on ``n_jobs``: every sample is encoded alone.
+    ``gram`` is ``D Dᵀ`` or a :class:`~._gram_rows.GramRows`; when None,
+    :func:`~._gram_rows.plan_gram` makes one within ``gram_memory`` bytes
+    (its cache ranked by ``usage`` if given, else by a pilot of ``X``).
     """
     if backend is None:
         backend = _backend.resolve_backend("numpy", X)
     dictionary = _backend.to_numpy(dictionary)
     dictionary_dev = backend.asarray(dictionary)
     if gram is None:
-        gram = _backend.gram(backend, dictionary)
+        gram = plan_gram(
+            dictionary, gram_memory, n_jobs=n_jobs, usage=usage, X=X,
+            n_nonzero_coefs=n_nonzero_coefs, backend=backend,
+        )
     n_samples = X.shape[0] if cov is None else cov.shape[1]
     step = _block_size(gram.shape[0], gram.itemsize)
+    if isinstance(gram, GramRows):
+        step = _block_size(gram.shape[0], gram.itemsize, _ROWS_BLOCK_BYTES)
     blocks = [
         slice(start, min(start + step, n_samples))
         for start in range(0, n_samples, step)
@@ -416,6 +670,7 @@ def check_coder_inputs(name, X, dictionary, gram, cov, tol):
         "tol": [Interval(Real, 0, 1, closed="both"), None],
         "refit": ["boolean"],
         "n_jobs": [Integral, None],
+        "gram_memory": GRAM_MEMORY_CONSTRAINT,
     },
     prefer_skip_nested_validation=True,
 )
@@ -430,6 +685,7 @@ def sparse_encode_mp(
     tol=None,
     refit=False,
     n_jobs=None,
+    gram_memory="auto",
 ):
     """Sparse codes by matching pursuit on the Gram matrix.
 
@@ -470,6 +726,15 @@ def sparse_encode_mp(
         Number of threads encoding blocks of samples in parallel. ``None``
         means 1 unless in a :obj:`joblib.parallel_backend` context. The result
         does not depend on it.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram rows the pursuit may hold when ``gram`` is not given.
+        When the whole ``(n_components, n_components)`` matrix fits it is
+        computed once; otherwise the rows of the most used atoms (ranked on
+        the top correlations of the first samples) are cached and the others
+        computed per block of samples as they are selected, never more than
+        this many bytes in all. The codes are the same to float32 rounding.
+        "auto" is a quarter of the memory available at the call; None holds
+        the whole matrix whatever its size.
 
     Returns
     -------
@@ -515,5 +780,6 @@ def sparse_encode_mp(
         tol=tol,
         refit=refit,
         n_jobs=n_jobs,
+        gram_memory=gram_memory,
     )
     return selections_to_csr(indices, values, n_components).toarray()

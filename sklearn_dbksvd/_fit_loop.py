@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.utils._array_api import get_namespace
 
-from ._backend import is_device_array, to_namespace_of, to_numpy
+from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
 from ._data import (
     is_lazy_array,
     iter_row_chunks,
@@ -44,7 +44,10 @@ def batch_scale(X):
     top = max(float(xp.max(X)), -float(xp.min(X))) if X.shape[0] else 0.0
     if top == 0 or 2.0**-_SAFE_EXPONENT <= top <= 2.0**_SAFE_EXPONENT:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(top)[1] + 1)
+    # Subnormal data (below 2**-1022, or 2**-126 in float32) would need a
+    # scale past the dtype's range: the largest power of two it holds.
+    largest = np.finfo(host_dtype(X)).maxexp - 1
+    return math.ldexp(1.0, min(-math.frexp(top)[1] + 1, largest))
 
 
 def scaled(X, scale):

@@ -150,7 +150,7 @@ def fit_resumable(
     resumed_from : int
         Steps found done in the checkpoint (0 for a fresh run).
     """
-    X = model._validate_fit_data(X, reset=True, keep_lazy=True)
+    X, fit_input = model._validate_fit_data(X, first=True, keep_lazy=True)
     plan = plan_fit(model, X)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     config = run_config(model, input_description)
@@ -166,4 +166,6 @@ def fit_resumable(
     run_fit(model, X, plan, state, on_step=checkpoint, verbose=progress)
     if state.components is None:
         raise UserError("the run made no step.")
-    return set_fitted(model, plan, state), resumed_from
+    set_fitted(model, plan, state)
+    model._set_fit_input(fit_input)  # features and provenance, as fit records
+    return model, resumed_from

@@ -4,6 +4,8 @@ The work is :func:`sklearn_dbksvd.lm.evaluate_dictionary`; this module loads
 the dictionary and the model and prints the table or the JSON.
 """
 
+import sys
+
 from ._common import progress_wanted
 from .harvest import MODEL_HELP, add_model_options, read_texts
 
@@ -20,9 +22,11 @@ def add_parser(commands):
         "dictionary's reconstruction at every non-special token of the text "
         "files, and report SAEBench's core metrics with SAELens' definitions: "
         "CE loss score, KL div score, explained variance (global and legacy), "
-        "MSE, cosine similarity, L0, dead and dense atoms "
-        "(see sklearn_dbksvd.lm.evaluate). Needs the lm extra "
-        "(pip install 'sklearn-dbksvd[lm]').",
+        "MSE, cosine similarity, L0, dead and dense latents (an atom with "
+        "signed codes is two latents, as in the SAELens export; see "
+        "sklearn_dbksvd.lm.evaluate). The layer, context size and BOS setting "
+        "default to those the dictionary was fitted with, when it records "
+        "them. Needs the lm extra (pip install 'sklearn-dbksvd[lm]').",
     )
     evaluate.add_argument(
         "dictionary",
@@ -30,7 +34,12 @@ def add_parser(commands):
         "written by 'dbksvd export'",
     )
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
-    add_model_options(evaluate)
+    add_model_options(evaluate, fitted_defaults=True)
+    evaluate.add_argument(
+        "--allow-other-layer",
+        action="store_true",
+        help="evaluate at another layer than the one the dictionary was fitted on",
+    )
     evaluate.add_argument(
         "--json",
         action="store_true",
@@ -59,6 +68,7 @@ def _load(path):
 def run(args):
     """Handler of ``dbksvd evaluate``."""
     from ..lm import evaluate_dictionary, format_metrics, load_model
+    from ..lm._provenance import provenance_warnings_to
     from ._io import atomic_write, check_output, to_json
 
     if args.output is not None:
@@ -67,20 +77,27 @@ def run(args):
     if args.n_jobs is not None:
         estimator.set_params(n_jobs=args.n_jobs)
     model, tokenizer = load_model(args.model, device=args.device)
-    results = evaluate_dictionary(
-        estimator,
-        model,
-        tokenizer,
-        read_texts(args.text),
-        layer=args.layer,
-        module=args.module,
-        context_size=args.context_size,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        prepend_bos=not args.no_bos,
-        progress=progress_wanted(args),
-    )
-    # Per-atom densities are for Python users; the summary stays readable.
+    if progress_wanted(args):
+        progress = True
+    else:
+        # Off a terminal (a log, a batch job): plain lines, unless --quiet.
+        progress = False if args.quiet else "lines"
+    with provenance_warnings_to(sys.stderr, prefix="dbksvd evaluate: "):
+        results = evaluate_dictionary(
+            estimator,
+            model,
+            tokenizer,
+            read_texts(args.text),
+            layer=args.layer,
+            module=args.module,
+            context_size=args.context_size,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens,
+            prepend_bos=None if args.no_bos is None else not args.no_bos,
+            allow_other_layer=args.allow_other_layer,
+            progress=progress,
+        )
+    # Per-latent densities are for Python users; the summary stays readable.
     results.pop("feature_density")
     text = to_json(results)
     if args.output is not None:

@@ -28,9 +28,13 @@ def read_texts(paths):
                 yield "".join(lines)
 
 
-def add_model_options(parser):
-    """Options shared by ``harvest`` and ``evaluate``: where and what to run."""
-    where = parser.add_mutually_exclusive_group(required=True)
+def add_model_options(parser, *, fitted_defaults=False):
+    """Options shared by ``harvest`` and ``evaluate``: where and what to run.
+
+    ``fitted_defaults``: the layer, context size and BOS setting default to
+    the dictionary's provenance (``evaluate``), so none is required.
+    """
+    where = parser.add_mutually_exclusive_group(required=not fitted_defaults)
     where.add_argument(
         "--layer",
         type=int,
@@ -50,8 +54,9 @@ def add_model_options(parser):
     parser.add_argument(
         "--context-size",
         type=positive_int,
-        default=128,
-        help="tokens per document, BOS included (default: %(default)s)",
+        default=None if fitted_defaults else 128,
+        help="tokens per document, BOS included (default: "
+        + ("the dictionary's, else 128)" if fitted_defaults else "%(default)s)"),
     )
     parser.add_argument(
         "--batch-size",
@@ -65,6 +70,7 @@ def add_model_options(parser):
     parser.add_argument(
         "--no-bos",
         action="store_true",
+        default=None if fitted_defaults else False,
         help="do not start every document with the tokenizer's BOS token",
     )
     parser.add_argument(

@@ -87,18 +87,14 @@ of a custom SAE (``encode``, ``decode``, ``forward``, ``W_enc``, ``W_dec``,
 """
 
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 from sklearn.utils import check_random_state
 
+from ..persistence import atomic_directory
 from ._common import (
     _DTYPES,
     _ESTIMATOR_NAMES,
@@ -207,56 +203,6 @@ def _sae_config(
         "metadata": dict(model_metadata),
         CONFIG_KEY: ours,
     }
-
-
-def _fsync_directory(path):
-    with contextlib.suppress(OSError):  # not every file system allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _publish_directory(tmp, directory, overwrite):
-    """Rename the complete ``tmp`` to ``directory``, replacing an old SAE.
-
-    A directory cannot be renamed over a non-empty one, so an old one is
-    first renamed aside and removed only once the new one is in place:
-    ``directory`` is always absent, the old one or the new one, never a mix.
-    """
-    if not directory.exists():
-        os.rename(tmp, directory)
-        return
-    if not overwrite:  # created since _check_target looked
-        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
-    aside = directory.parent / f".{directory.name}.old.{uuid.uuid4().hex}"
-    os.rename(directory, aside)
-    try:
-        os.rename(tmp, directory)
-    except BaseException:
-        os.rename(aside, directory)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _check_target(directory, overwrite):
-    if not directory.parent.is_dir():
-        raise FileNotFoundError(f"{directory.parent}: no such directory.")
-    if not directory.exists() and not directory.is_symlink():
-        return
-    if not overwrite:
-        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
-    # Only ever replace what looks like an SAE directory or nothing at all,
-    # so that a wrong path cannot wipe unrelated files.
-    if directory.is_symlink() or not directory.is_dir():
-        raise FileExistsError(f"{directory} exists and is not a directory.")
-    contents = {entry.name for entry in directory.iterdir()}
-    if contents and SAE_CFG_FILENAME not in contents:
-        raise FileExistsError(
-            f"{directory} is a non-empty directory without {SAE_CFG_FILENAME}; "
-            "refusing to replace it."
-        )
 
 
 _ARCHITECTURES = ("matching_pursuit", "topk")
@@ -393,7 +339,6 @@ def save_sae(
         raise ValueError(f"dtype must be 'float32', 'float64' or None; got {dtype!r}.")
     safetensors_numpy = _safetensors_numpy()
     directory = Path(directory)
-    _check_target(directory, overwrite)
 
     atoms = np.asarray(components, dtype=_DTYPES[dtype])
     W_dec = np.concatenate([atoms, -atoms]) if split_sign else atoms
@@ -429,27 +374,12 @@ def save_sae(
     )
     text = json.dumps(config, indent=2, allow_nan=False)
 
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp."))
-    try:
+    with atomic_directory(directory, overwrite=overwrite, marker=SAE_CFG_FILENAME) as tmp:
         # "pt": the format tag torch tooling expects of safetensors files.
         safetensors_numpy.save_file(
             tensors, tmp / SAE_WEIGHTS_FILENAME, metadata={"format": "pt"}
         )
-        with open(tmp / SAE_CFG_FILENAME, "w", encoding="utf-8") as file:
-            file.write(text)
-        for name in (SAE_WEIGHTS_FILENAME, SAE_CFG_FILENAME):
-            with open(tmp / name, "rb") as file:
-                os.fsync(file.fileno())
-        # mkdtemp makes the directory private (0700); give it the usual mode.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        _fsync_directory(tmp)
-        _publish_directory(tmp, directory, overwrite)
-        _fsync_directory(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / SAE_CFG_FILENAME).write_text(text, encoding="utf-8")
     return directory
 
 

@@ -33,6 +33,7 @@ _LAZY = {
     "is_harvest": "_store",
     "TOKEN_DTYPE": "_store",
     "build_dashboard": "dashboard",
+    "ProvenanceWarning": "_provenance",
 }
 
 __all__ = sorted(_LAZY)
