@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from sklearn_dbksvd import DBKSVDDictionaryLearning
 from sklearn_dbksvd.cli import main
 
 torch = pytest.importorskip("torch")
@@ -98,6 +99,10 @@ def test_provenance_of_a_harvest(tmp_path, model_dir, tokenizer):
     assert provenance["harvest"]["path"] == str(directory.resolve())
     assert provenance["harvest"]["n_rows"] == X.shape[0] > 0
     json.dumps(provenance)  # plain JSON, for every file format that keeps it
+    fitted = DBKSVDDictionaryLearning(
+        n_components=8, n_nonzero_coefs=2, max_iter=2, random_state=0
+    ).fit(X)
+    assert fitted.provenance_ == provenance
 
     # The harvest's fingerprint: the same texts give the same one, in another
     # directory; other texts or another model give another.
@@ -324,3 +329,43 @@ def test_failed_first_run_leaves_nothing(tmp_path, tokenizer):
     with pytest.raises(OSError, match="went away"):
         harvest_activations(tiny_llama(), tokenizer, failing(), layer=0, output=out)
     assert out.is_dir() and not any(out.iterdir())
+
+
+def test_two_harvests_into_one_directory_at_once(tmp_path, tokenizer):
+    import threading
+
+    from sklearn_dbksvd.persistence import DirectoryLockedError
+
+    out, texts = tmp_path / "acts", random_texts(10)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_texts():
+        for i, text in enumerate(texts):
+            if i == 3:
+                started.set()
+                release.wait(60)
+            yield text
+
+    first = threading.Thread(
+        target=harvest_activations,
+        args=(tiny_llama(), tokenizer, slow_texts()),
+        kwargs=dict(layer=0, output=out, batch_size=1, shard_rows=5),
+    )
+    first.start()
+    try:
+        assert started.wait(60)
+        before = read_manifest(out)
+        with pytest.raises(DirectoryLockedError, match="in use by process"):
+            harvest_activations(
+                tiny_llama(), tokenizer, random_texts(10, seed=4), layer=0,
+                output=out, overwrite=True,
+            )
+        assert read_manifest(out) == before
+    finally:
+        release.set()
+        first.join(60)
+    reference = harvest_activations(
+        tiny_llama(), tokenizer, texts, layer=0, output=tmp_path / "ref"
+    )
+    np.testing.assert_array_equal(load_tokens(out), load_tokens(reference))
+    assert not (out / _store.LOCK).exists()

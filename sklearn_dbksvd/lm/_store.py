@@ -8,14 +8,13 @@ neither torch nor transformers. The format is described in
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .._data import RowConcatenation
+from ..persistence import directory_lock, fsync_directory, write_atomic
 
 MANIFEST = "harvest.json"
 FORMAT = 1
@@ -395,38 +394,10 @@ def load_documents(directory):
 # ----------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------
-def _fsync_directory(path):
-    with contextlib.suppress(OSError):  # not every file system allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path, write):
-    """Call ``write(file)`` on a temporary file, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(directory, manifest):
     """Replace the manifest atomically: it is the commit point of a shard."""
     text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8")
-    _write_atomic(Path(directory) / MANIFEST, lambda file: file.write(text))
-    _fsync_directory(directory)
+    write_atomic(Path(directory) / MANIFEST, text)
 
 
 class _HashingFile:
@@ -467,7 +438,7 @@ def write_shard(directory, manifest, acts, tokens, documents, digest):
             np.save(hashing, array)
             digests[kind] = hashing.digest.hexdigest()
 
-        _write_atomic(directory / name, write)
+        write_atomic(directory / name, write)
     manifest["shards"].append(
         {
             "acts": names[0],
@@ -575,7 +546,7 @@ def prepare_directory(directory, settings, overwrite):
         for path in _harvest_files(directory, manifest):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        _fsync_directory(directory)
+        fsync_directory(directory)
     directory.mkdir(exist_ok=True)
     manifest = {
         "format": FORMAT,
@@ -593,10 +564,6 @@ def prepare_directory(directory, settings, overwrite):
     return manifest
 
 
-def _lock(directory):
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def open_for_writing(directory, settings, overwrite):
     """Lock ``directory`` and prepare it for a harvest with ``settings``.
@@ -611,7 +578,7 @@ def open_for_writing(directory, settings, overwrite):
     created = not directory.exists()
     directory.mkdir(exist_ok=True)
     try:
-        with _lock(directory):
+        with directory_lock(directory, name=LOCK):
             fresh = overwrite or not is_harvest(directory)
             manifest = prepare_directory(directory, settings, overwrite)
             try:
