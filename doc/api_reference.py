@@ -93,6 +93,7 @@ See :ref:`lm`.
             "load_tokens",
             "load_documents",
             "read_manifest",
+            "harvest_provenance",
             "evaluate_dictionary",
             "format_metrics",
         ],

@@ -30,14 +30,17 @@ files, all written before the manifest lists the shard:
     harvested. Documents are numbered consecutively across shards.
 
 ``harvest.json``
-    The manifest: ``format`` (1), ``settings`` (model name, module and
-    ``hook_name``, ``layer``, ``context_size``, ``prepend_bos``,
-    ``skip_special``, ``dtype``, the special token ids), ``dtype``, ``d_in``,
-    ``n_rows``, ``n_documents``, ``complete`` (false while the harvest runs or
-    after it was stopped), ``documents_sha256`` (a hash of the documents
-    written, checked when resuming), and ``shards``: one entry per shard with
-    its three file names, ``n_rows`` and ``n_documents``. Files not listed
-    there are leftovers of an interrupted run and are not part of the harvest.
+    The manifest: ``format`` (1), ``settings`` (model name and
+    ``model_fingerprint``, module and ``hook_name``, ``layer``,
+    ``context_size``, ``prepend_bos``, ``skip_special``, ``dtype``, the
+    special token ids), ``dtype``, ``d_in``, ``n_rows``, ``n_documents``,
+    ``complete`` (false while the harvest runs or after it was stopped),
+    ``documents_sha256`` (a hash of the documents written, checked when
+    resuming), ``partial`` (where ``max_tokens`` cut the last document, or
+    null) and ``shards``: one entry per shard with its three file names,
+    ``n_rows``, ``n_documents`` and the ``sha256`` of each file. Files not
+    listed there are leftovers of an interrupted run and are not part of the
+    harvest.
 
 A row maps back to its token in context::
 
@@ -66,7 +69,10 @@ Resuming
 Memory stays bounded by one shard: rows are kept until a shard is full, then
 written. A harvest stopped midway resumes when called again with the same
 output and settings: the documents already written are re-tokenized (not
-re-run), checked against ``documents_sha256``, and skipped.
+re-run), checked against ``documents_sha256``, and skipped; a document cut by
+``max_tokens`` is run again and only its remaining rows are kept, so that the
+rows equal those of one uninterrupted run. The directory is locked while a
+harvest writes into it.
 """
 
 import math
@@ -275,10 +281,12 @@ def harvest_activations(
         Rows per shard (whole documents, so a shard may hold a few more);
         None: 256 MiB of activations.
     overwrite : bool, default=False
-        Replace a harvest with other settings in ``output``. A harvest with
-        the same settings is resumed, never replaced; one that is complete
-        (its texts ran out, or it holds ``max_tokens`` rows) is returned as
-        it is, without reading ``texts``.
+        Replace a harvest with other settings in ``output``, removing only
+        the files the harvest wrote (never the directory, nor other files in
+        it). A harvest with the same settings is resumed, never replaced;
+        one that is complete (its texts ran out, or it holds ``max_tokens``
+        rows) is returned as it is once ``texts`` are checked to be the
+        texts it was made of.
     progress : bool, default=False
         Show a tqdm progress bar (counting rows) when tqdm is installed.
 
