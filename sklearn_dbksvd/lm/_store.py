@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._data import RowConcatenation
+from .._data import RowConcatenation, gather_rows
 from ..persistence import directory_lock, fsync_directory, write_atomic
 
 MANIFEST = "harvest.json"
@@ -73,6 +73,8 @@ class BFloat16Rows:
         return self.shape[0]
 
     def __getitem__(self, rows):
+        if isinstance(rows, np.ndarray) and rows.ndim == 1 and rows.dtype.kind in "iu":
+            return bfloat16_to_float32(gather_rows(self.bits, rows))
         return bfloat16_to_float32(np.asarray(self.bits[rows]))
 
 

@@ -92,6 +92,7 @@ def _settings(model, tokenizer, name, hook_name, layer, context_size,
     return {
         "model_name": _model.model_name(model),
         "model_fingerprint": _model.model_fingerprint(model),
+        "compute_dtype": _model.model_dtype(model),
         "module": name,
         "hook_name": hook_name,
         "layer": layer,
