@@ -469,6 +469,73 @@ def read_batch(X, rows, out=None):
     return X[rows]
 
 
+class BatchReader:
+    """Reads the batches of a fit, the next one while the current step runs.
+
+    For row-addressable lazy arrays (memory maps, shard directories,
+    harvests), :meth:`prefetch` starts reading a batch in a background
+    thread, so that the read of batch ``t + 1`` overlaps the step on batch
+    ``t``; :meth:`read` returns it when asked for those rows, and otherwise
+    reads as :func:`read_batch` does. Rows and values are those of
+    :func:`read_batch` whatever was prefetched: a fit reads the same batches,
+    with the same results, with or without it. Holds at most one batch
+    beside the current one. For other inputs it only calls
+    :func:`read_batch`.
+
+    Parameters
+    ----------
+    X : array-like or lazy array of shape (n_samples, n_features)
+    """
+
+    def __init__(self, X):
+        self.X = X
+        self.enabled = is_lazy_array(X) and not _is_chunked(X)
+        self._pool = None
+        self._pending = None
+
+    def prefetch(self, rows):
+        """Start reading ``rows`` (an index array of the batch schedule)."""
+        if not self.enabled or not isinstance(rows, np.ndarray):
+            return
+        self._discard()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dbksvd-read")
+        self._pending = (rows, self._pool.submit(read_batch, self.X, rows))
+
+    def read(self, rows, out=None):
+        """The batch of ``rows``: the prefetched one if it is that, else read now."""
+        if self._pending is not None and out is None:
+            pending, future = self._pending
+            if isinstance(rows, np.ndarray) and np.array_equal(pending, rows):
+                self._pending = None
+                return future.result()
+        self._discard()
+        return read_batch(self.X, rows, out=out)
+
+    def _discard(self):
+        if self._pending is not None:
+            _, future = self._pending
+            self._pending = None
+            if not future.cancel():
+                # A batch never used: its errors are not this fit's.
+                future.exception()
+
+    def close(self):
+        """Wait for a read in flight and stop the thread."""
+        self._discard()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
 def _runs(rows):
     """Sorted row indices as slices of consecutive rows."""
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1

@@ -76,3 +76,32 @@ def test_fit_reads_the_same_batches_whatever_the_reader(values, mapped, monkeypa
     from_map = DBKSVDDictionaryLearning(**params).fit(mapped)
     assert_array_equal(from_file.components_, in_memory.components_)
     assert_array_equal(from_map.components_, in_memory.components_)
+
+
+def test_batch_reader_prefetches_the_rows_asked_for(values, mapped, tmp_path):
+    from sklearn_dbksvd._data import BatchReader, read_batch
+
+    a, b = np.arange(0, 700, 7), np.arange(4, 700, 11)  # row 14 in a only
+    with BatchReader(mapped) as reader:
+        assert reader.enabled
+        reader.prefetch(a)
+        assert_array_equal(reader.read(a), values[a])  # the prefetched batch
+        reader.prefetch(a)
+        assert_array_equal(reader.read(b), values[b])  # other rows: read now
+        assert reader._pending is None
+    # A faulty batch fails when it is read, as without prefetching, and a
+    # prefetched one that is never used fails nothing.
+    bad = values.copy()
+    bad[14, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    bad = np.load(tmp_path / "bad.npy", mmap_mode="r")
+    with BatchReader(bad) as reader:
+        reader.prefetch(a)
+        with pytest.raises(ValueError, match=r"NaN \(row 14\)"):
+            reader.read(a)
+        reader.prefetch(a)
+        assert_array_equal(reader.read(b), values[b])
+    with pytest.raises(ValueError, match=r"NaN \(row 14\)"):
+        read_batch(bad, a)
+    # In-memory data is read as it is, nothing in the background.
+    assert not BatchReader(values).enabled
