@@ -14,6 +14,7 @@ from sklearn.utils._array_api import get_namespace
 
 from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
 from ._data import (
+    BatchReader,
     is_lazy_array,
     iter_row_chunks,
     read_batch,
@@ -335,6 +336,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     verbose = model.verbose if verbose is None else verbose
     order = None
     _ensure_mean(model, X, state)
+    reader = BatchReader(X)
     try:
         with ProgressReporter(
             plan.n_steps, verbose, initial=state.step, samples_seen=seen
@@ -346,8 +348,12 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                     order = _epoch_order(plan, state, model, order)
                 position = state.step % plan.schedule.n_batches
                 batch, scale = step_batch(
-                    X, plan.schedule.rows(order, position), state
+                    X, plan.schedule.rows(order, position), state, reader
                 )
+                if position + 1 < plan.schedule.n_batches and (
+                    state.step + 1 < plan.n_steps
+                ):  # read the next batch of the epoch while this step runs
+                    reader.prefetch(plan.schedule.rows(order, position + 1))
                 tic = time.perf_counter()
                 state.components, info, state.gram = model._step(
                     batch,
@@ -386,10 +392,11 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
         # An (m, m) array and two of the batch's size: not kept past the fit,
         # however it ends.
         state.gram = state.residual = state.batch = None
+        reader.close()
     return state
 
 
-def step_batch(X, rows, state):
+def step_batch(X, rows, state, reader=None):
     """Batch ``rows`` of ``X`` as a step sees it: centred, scaled; and the scale.
 
     In-memory NumPy data is gathered into ``state.batch`` (see
@@ -403,7 +410,8 @@ def step_batch(X, rows, state):
         and reads_into_buffer(X)
         and isinstance(rows, np.ndarray)
     ):
-        batch = centred(read_batch(X, rows), state.mean)
+        read = read_batch(X, rows) if reader is None else reader.read(rows)
+        batch = centred(read, state.mean)
         scale = batch_scale(batch)
         return scaled(batch, scale), scale
     batch = read_batch(
