@@ -103,6 +103,7 @@ See :ref:`lm`.
             "load_tokens",
             "load_documents",
             "read_manifest",
+            "harvest_provenance",
             "evaluate_dictionary",
             "format_metrics",
         ],
