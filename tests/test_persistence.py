@@ -785,3 +785,32 @@ def test_export_onto_a_full_disk_leaves_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_fit_onto_a_full_disk_is_one_line_and_leaves_nothing(
+    data, tmp_path, monkeypatch, capsys
+):
+    from sklearn_dbksvd.persistence import _dictionary
+
+    def no_space(file, **arrays):
+        file.write(b"part of the archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    np.save(tmp_path / "X.npy", data)
+    monkeypatch.setattr(_dictionary.np, "savez", no_space)
+    argv = ["fit", tmp_path / "X.npy", "-m", 24, "-k", 3, "--steps", 1, "-q"]
+    result = _run([*argv, "-o", tmp_path / "d.npz"], capsys)
+    _one_line_error(result, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.npy"]
+
+
+def test_write_atomic_without_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_atomic(tmp_path / "a", b"1", overwrite=False)
+    assert (tmp_path / "a").read_bytes() == b"1"
+    with pytest.raises(FileExistsError):
+        write_atomic(tmp_path / "a", b"2", overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
