@@ -814,3 +814,22 @@ def test_write_atomic_without_hard_links(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError):
         write_atomic(tmp_path / "a", b"2", overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_fit_force_replaces_only_a_dictionary(data, good_file, tmp_path, capsys):
+    np.save(tmp_path / "X.npy", data)
+    notes = tmp_path / "notes.npz"
+    np.savez(notes, results=np.arange(3))  # the user's own archive
+    argv = ["fit", tmp_path / "X.npy", "-m", 24, "-k", 3, "--steps", 1, "-q"]
+    _one_line_error(
+        _run([*argv, "-o", notes, "--force"], capsys), "not a dictionary file"
+    )
+    assert_array_equal(np.load(notes)["results"], np.arange(3))
+    _one_line_error(
+        _run([*argv, "-o", tmp_path / "X.npy", "--force"], capsys), "is the input"
+    )
+    assert_array_equal(np.load(tmp_path / "X.npy"), data)
+    old = tmp_path / "old.npz"
+    old.write_bytes(good_file.read_bytes())
+    assert _run([*argv, "-o", old, "--force"], capsys).returncode == 0
+    assert load_dictionary(old).n_steps_ == 1

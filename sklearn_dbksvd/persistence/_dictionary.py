@@ -84,6 +84,21 @@ def read_npz(path, what="file", pick=None):
             raise damaged(error) from error
 
 
+def is_dictionary_file(path):
+    """Whether ``path`` is a dictionary file of this package (any format).
+
+    Reads only the zip's list of members: ``components_`` and ``estimator``.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return {"components_.npy", "estimator.npy"} <= names
+
+
 def json_member(members, name, where):
     """The JSON text stored in member ``name``, parsed."""
     try:
