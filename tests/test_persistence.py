@@ -833,3 +833,15 @@ def test_fit_force_replaces_only_a_dictionary(data, good_file, tmp_path, capsys)
     old.write_bytes(good_file.read_bytes())
     assert _run([*argv, "-o", old, "--force"], capsys).returncode == 0
     assert load_dictionary(old).n_steps_ == 1
+
+
+def test_checkpoint_inside_the_input_directory_resumes(data, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.save(shards / "0.npy", data[:300])
+    np.save(shards / "1.npy", data[300:])
+    argv = _fit_argv(shards, shards / "ckpt", tmp_path / "a.npz")
+    assert _run(argv, capsys).returncode == 0
+    again = _run(_fit_argv(shards, shards / "ckpt", tmp_path / "b.npz"), capsys)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step 3" in again.stdout
