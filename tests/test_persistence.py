@@ -845,3 +845,21 @@ def test_checkpoint_inside_the_input_directory_resumes(data, tmp_path, capsys):
     again = _run(_fit_argv(shards, shards / "ckpt", tmp_path / "b.npz"), capsys)
     assert again.returncode == 0, again.stderr
     assert "resumed from step 3" in again.stdout
+
+
+def test_sae_directory_of_format_1_loads(sae_model, data, tmp_path):
+    from sklearn_dbksvd.interop import load_sae
+
+    path = _sae(sae_model, tmp_path / "sae")
+
+    def as_format_1(config):
+        ours = config["sklearn_dbksvd"]
+        ours["format"] = 1
+        del ours["random_state"], ours["provenance"]
+
+    _edit(path, as_format_1)
+    loaded = load_sae(path)
+    assert loaded.provenance_ is None
+    assert_array_equal(loaded.transform(data), sae_model.transform(data))
+    loaded.partial_fit(data[:100])  # a generator seeded from random_state
+    assert loaded.n_steps_ == sae_model.n_steps_ + 1
