@@ -731,11 +731,12 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
+            _check_n_features(self, X, reset=False)
+            _check_feature_names(self, X, reset=False)
         else:
+            # Features and names checked here, on X as the user gave it.
             X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
             dtype = X.dtype
-        _check_n_features(self, X, reset=False)
-        _check_feature_names(self, X, reset=False)
         yield from self._iter_codes(X, dtype, chunk_size)
 
     def _iter_codes(self, X, dtype, chunk_size=None):

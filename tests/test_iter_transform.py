@@ -222,3 +222,15 @@ def test_demo_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--report", "demo.png"]) == 0
     assert f"report: {tmp_path / 'demo.png'}" in capsys.readouterr().out
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_feature_names_are_checked_once_and_quietly(X, recwarn):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(D)])
+    model = fitted(frame)
+    codes = stacked(model.iter_transform(frame, chunk_size=100), N)
+    np.testing.assert_allclose(codes, oracle(model, X), atol=1e-10)
+    assert not [w for w in recwarn if "feature names" in str(w.message)]
+    renamed = frame.rename(columns={"x0": "other"})
+    with pytest.raises(ValueError, match="feature names"):
+        next(model.iter_transform(renamed))
