@@ -901,8 +901,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         score : float
         """
         check_is_fitted(self)
-        X = validate_data(self, to_numpy(X), dtype=_FLOAT_DTYPES, reset=False)
-        residual = X - self.inverse_transform(self.transform(X))
+        self._transform_n_nonzero_coefs()
+        # Validated once, as given (a DataFrame keeps its feature names).
+        X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
+        residual = X - self.inverse_transform(self._encode(X))
         return _variance_explained_of_residual(X, residual)
 
     @property

@@ -702,3 +702,16 @@ def test_provenance_is_recorded_from_a_harvest_and_kept_by_partial_fit():
     assert model.provenance_["model_name"] == "m"
     assert small_model().fit(X).provenance_ is None
     assert small_model().partial_fit(X).provenance_ is None
+
+
+def test_score_of_a_dataframe(recwarn):
+    pd = pytest.importorskip("pandas")
+    X = small_data()
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(10)])
+    model = small_model().fit(frame)
+    atoms = model.components_
+    expected = oracles.variance_explained(
+        X, oracles.matching_pursuit(X, atoms, 3) @ atoms
+    )
+    assert model.score(frame) == pytest.approx(expected, rel=1e-10)
+    assert not [w for w in recwarn if "feature names" in str(w.message)]
