@@ -234,3 +234,20 @@ def test_feature_names_are_checked_once_and_quietly(X, recwarn):
     renamed = frame.rename(columns={"x0": "other"})
     with pytest.raises(ValueError, match="feature names"):
         next(model.iter_transform(renamed))
+
+
+@pytest.mark.parametrize("namespace", ["array_api_strict", "torch"])
+def test_device_arrays_under_array_api_dispatch(X, namespace):
+    import sklearn
+
+    pytest.importorskip("array_api_compat")
+    if namespace == "torch":
+        torch = pytest.importorskip("torch")
+        data = torch.from_numpy(X)
+    else:
+        xp = pytest.importorskip("array_api_strict")
+        data = xp.asarray(X, device=xp.Device("device1"))
+    model = fitted(X, with_mean=True, split_sign=True, sparse_output=True)
+    with sklearn.config_context(array_api_dispatch=True):
+        codes = stacked(model.iter_transform(data, chunk_size=90), N)
+    np.testing.assert_allclose(codes, oracle(model, X), atol=1e-10)
