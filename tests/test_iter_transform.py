@@ -81,6 +81,7 @@ def test_chunks_equal_textbook_matching_pursuit(
             id="harvest-rows",
         ),
         pytest.param(lambda X, tmp: _hdf5(X, tmp), id="hdf5"),
+        pytest.param(lambda X, tmp: _zarr(X, tmp), id="zarr"),
         pytest.param(lambda X, tmp: _torch(X), id="torch"),
     ],
 )
@@ -102,6 +103,15 @@ def _hdf5(X, tmp):
     file = h5py.File(tmp / "X.h5", "w")
     file["X"] = X
     return file["X"]
+
+
+def _zarr(X, tmp):
+    zarr = pytest.importorskip("zarr")
+    store = zarr.open_array(
+        str(tmp / "X.zarr"), mode="w", shape=X.shape, chunks=(50, D), dtype="f8"
+    )
+    store[:] = X
+    return store
 
 
 def _torch(X):
