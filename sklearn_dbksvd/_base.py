@@ -633,6 +633,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
             return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        if isinstance(self.transform_n_nonzero_coefs, bool | np.bool_):
+            # Set after fit (as dbksvd encode -k does), so not validated there.
+            raise InvalidParameterError(
+                "The 'transform_n_nonzero_coefs' parameter of "
+                f"{type(self).__name__} must be an integer, not a bool; got "
+                f"{self.transform_n_nonzero_coefs!r}."
+            )
         if self.transform_n_nonzero_coefs > n_components:
             raise ValueError(
                 f"transform_n_nonzero_coefs={self.transform_n_nonzero_coefs} "

@@ -631,6 +631,13 @@ def test_bools_are_not_integers(param):
         small_model(**{param: True}).fit(small_data())
 
 
+def test_bool_transform_nonzeros_set_after_fit_is_refused():
+    model = small_model().fit(small_data())
+    model.set_params(transform_n_nonzero_coefs=True)
+    with pytest.raises(ValueError, match="'transform_n_nonzero_coefs' .* not a bool"):
+        model.transform(small_data())
+
+
 @pytest.mark.parametrize("algorithm", ["mp", "omp", "lasso_lars"])
 def test_transform_refuses_more_nonzeros_than_atoms(algorithm):
     # fit refuses n_nonzero_coefs > n_components; transform follows the same
