@@ -59,6 +59,7 @@ from ._fit_loop import (
     scaled,
     set_fitted,
 )
+from ._gram_rows import GRAM_MEMORY_CONSTRAINT, CarriedGram, plan_gram
 from ._omp import _omp_encode
 from ._split_sign import split_feature_names, split_sign
 from ._step import refit_atoms
@@ -202,6 +203,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "replace_coherence": [Interval(Real, 0, 1, closed="both")],
         "replace_until": [Interval(Real, 0, 1, closed="both")],
         "n_jobs": [Integral, None],
+        "gram_memory": GRAM_MEMORY_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callback": [callable, None],
@@ -586,7 +588,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             mean = data_mean(X) if self.with_mean else None
         else:
             mean = getattr(self, "mean_", None)
-        X = centred(X, mean)
+        # A zero mean (no centring) subtracts nothing: no copy of the batch.
+        X = centred(X, mean if mean is not None and np.any(mean) else None)
         scale = batch_scale(X)
         X = scaled(X, scale)
         if first_call:
@@ -603,10 +606,12 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         # that a failed step leaves the fitted state untouched.
         step_state = np.random.RandomState()
         step_state.set_state(random_state.get_state())
-        # One call, one step: no Gram matrix is kept between calls (it would be
-        # pickled with the estimator).
-        components, info, _ = self._step(
-            X, components, step_state, self._partial_fit_replaces(step), scale=scale
+        # The Gram matrix (or cache hint) the last call left, if it belongs
+        # to these very atoms; never pickled (see ``CarriedGram``).
+        carried = getattr(self, "_carried_gram", None) or CarriedGram()
+        components, info, gram = self._step(
+            X, components, step_state, self._partial_fit_replaces(step), scale=scale,
+            gram=carried.for_atoms(components),
         )
         info = {
             "step": step,
@@ -616,6 +621,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         if self.callback is not None:
             self.callback(info)
         self.components_ = components
+        self._carried_gram = CarriedGram(components, gram)
+        if gram is not None and hasattr(gram, "usage"):
+            self._atom_usage = gram.usage
         self.mean_ = fitted_mean(mean, components)
         self._random_state = step_state
         self.n_steps_ = step + 1
@@ -765,11 +773,19 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return functools.partial(_encode_chunk, self, self._transform_gram(dtype))
 
     def _transform_gram(self, dtype):
-        """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None."""
+        """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None.
+
+        Past ``gram_memory``, rows of it (``_gram_rows.GramRows``), the
+        cache ranked by the atoms' usage in the last step of the fit.
+        """
         if not self._gram_coder():
             return None
         components = self.components_.astype(dtype, copy=False)
-        return components @ components.T
+        return plan_gram(
+            components, getattr(self, "gram_memory", "auto"), n_jobs=self.n_jobs,
+            usage=getattr(self, "_atom_usage", None),
+            min_table_rows=self._transform_n_nonzero_coefs(),
+        )
 
     def _gram_coder(self):
         """Whether transform codes from the Gram matrix (MP, or Batch-OMP).
@@ -834,11 +850,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                     tol=self.mp_tol,
                     refit=self.mp_refit,
                     n_jobs=self.n_jobs,
+                    gram_memory=getattr(self, "gram_memory", "auto"),
                 )
             else:
                 indices, values = _omp_encode(
                     X, components, k, gram=gram, positive=self.positive_code,
                     n_jobs=self.n_jobs,
+                    gram_memory=getattr(self, "gram_memory", "auto"),
                 )
             # Built from the selections: no dense (n_samples, n_components)
             # array unless dense output is asked for.

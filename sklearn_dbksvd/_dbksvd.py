@@ -176,6 +176,16 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     n_jobs : int, default=None
         Threads for matching pursuit and for the atoms of an inner batch.
         Results do not depend on it.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram matrix rows that matching pursuit, Batch-OMP and the
+        coherence check may hold (fit and transform). The whole
+        ``(n_components, n_components)`` matrix is used when it fits; past
+        that (65,536 float32 atoms take 17.2 GB), the rows of the most used
+        atoms are cached and the others computed per block of samples as they
+        are selected, and near-duplicates are searched a block of rows at a
+        time. The codes are the same to float32 rounding, only slower. "auto"
+        is a quarter of the memory available when the call starts; None
+        always holds the whole matrix.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial dictionary, the shuffling and the order of atom
         updates.
@@ -308,6 +318,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         replace_until=0.8,
         backend="numpy",
         n_jobs=None,
+        gram_memory="auto",
         random_state=None,
         verbose=False,
         callback=None,
@@ -343,6 +354,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.replace_until = replace_until
         self.backend = backend
         self.n_jobs = n_jobs
+        self.gram_memory = gram_memory
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
@@ -374,4 +386,5 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             gram=gram,
             return_gram=True,
             residual_out=residual_out,
+            gram_memory=self.gram_memory,
         )

@@ -407,6 +407,10 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         replaces at every call).
     n_jobs : int, default=None
         Threads; results do not depend on it.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram matrix rows that :meth:`transform` may hold, as in
+        :class:`DBKSVDDictionaryLearning` (the levels of a fit hold the Gram
+        matrices of their own groups).
     random_state : int, RandomState instance or None, default=None
         Seeds the initial dictionary, the shuffling and the update order.
     verbose : bool or int, default=False
@@ -517,6 +521,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         replace_coherence=0.95,
         replace_until=0.8,
         n_jobs=None,
+        gram_memory="auto",
         random_state=None,
         verbose=False,
         callback=None,
@@ -554,6 +559,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         self.replace_coherence = replace_coherence
         self.replace_until = replace_until
         self.n_jobs = n_jobs
+        self.gram_memory = gram_memory
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
