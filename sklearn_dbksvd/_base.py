@@ -641,6 +641,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
             return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        if isinstance(self.transform_n_nonzero_coefs, bool | np.bool_):
+            # Set after fit (as dbksvd encode -k does), so not validated there.
+            raise InvalidParameterError(
+                "The 'transform_n_nonzero_coefs' parameter of "
+                f"{type(self).__name__} must be an integer, not a bool; got "
+                f"{self.transform_n_nonzero_coefs!r}."
+            )
         if self.transform_n_nonzero_coefs > n_components:
             raise ValueError(
                 f"transform_n_nonzero_coefs={self.transform_n_nonzero_coefs} "
@@ -739,11 +746,12 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
+            _check_n_features(self, X, reset=False)
+            _check_feature_names(self, X, reset=False)
         else:
+            # Features and names checked here, on X as the user gave it.
             X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
             dtype = X.dtype
-        _check_n_features(self, X, reset=False)
-        _check_feature_names(self, X, reset=False)
         yield from self._iter_codes(X, dtype, chunk_size)
 
     def _iter_codes(self, X, dtype, chunk_size=None):
@@ -918,8 +926,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         score : float
         """
         check_is_fitted(self)
-        X = validate_data(self, to_numpy(X), dtype=_FLOAT_DTYPES, reset=False)
-        residual = X - self.inverse_transform(self.transform(X))
+        self._transform_n_nonzero_coefs()
+        # Validated once, as given (a DataFrame keeps its feature names).
+        X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
+        residual = X - self.inverse_transform(self._encode(X))
         return _variance_explained_of_residual(X, residual)
 
     @property
