@@ -321,12 +321,20 @@ def stream(n_batches, n_samples, n_features, n_components, k, n_jobs):
         model.partial_fit(X)
         seconds = time.perf_counter() - tic
         rss = max_rss_gb()
-        # The GEMM X Dᵀ of the same batch and atoms, right after, into one
-        # buffer (after the RSS reading, which is the partial_fit's).
-        if out is None:
-            out = np.empty((n_samples, n_components), dtype=np.float32)
+        # The GEMM X Dᵀ of the same batch and atoms, right after, block by
+        # block into one 32 MiB buffer (a whole one would raise the peak RSS
+        # that the next steps report).
         D = model.components_
-        gemm, _ = best_time(lambda: np.matmul(X, D.T, out=out), 1)  # noqa: B023
+        rows = max(64, 2**25 // (4 * n_components))
+        if out is None:
+            out = np.empty((rows, n_components), dtype=np.float32)
+
+        def gemm_blocks():
+            for start in range(0, n_samples, rows):
+                block = X[start : start + rows]
+                np.matmul(block, D.T, out=out[: len(block)])  # noqa: B023
+
+        gemm, _ = best_time(gemm_blocks, 1)
         print(f"  step {step:3d}: {seconds:7.2f} s  GEMM {gemm:6.2f} s  "
               f"{seconds / gemm:5.2f} x GEMM  peak RSS {rss:.2f} GiB", flush=True)
 
