@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._data import RowConcatenation, check_lazy_array
 from .. import persistence
+from .._data import RowConcatenation, check_lazy_array
 from ..persistence import atomic_file
 
 _HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}
@@ -68,11 +68,23 @@ def _open_zarr(path, key):
     return store[_pick(names, key, path, "array")]
 
 
+def _load_npy(path):
+    """The array of a ``.npy`` file, memory-mapped; damage is a :class:`UserError`."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - EOFError, tokenize, ValueError...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path} is not a readable .npy file ({reason}); it is empty, "
+            "truncated or damaged."
+        ) from error
+
+
 def _open_shards(path):
     shards = sorted(path.glob("*.npy"))
     if not shards:
         raise UserError(f"{path} is a directory without .npy shards.")
-    arrays = [np.load(shard, mmap_mode="r") for shard in shards]
+    arrays = [_load_npy(shard) for shard in shards]
     try:
         return RowConcatenation(arrays)
     except ValueError as error:
@@ -124,10 +136,15 @@ def open_input(path, key=None):
     elif path.is_dir():
         X = _open_shards(path)
     elif suffix == ".npy":
-        X = np.load(path, mmap_mode="r")
+        X = _load_npy(path)
     elif suffix == ".npz":
-        with np.load(path) as archive:
-            X = archive[_pick(archive.files, key, path, "array")]
+        try:
+            members = persistence.read_npz(
+                path, "input", pick=lambda names: _pick(names, key, path, "array")
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        (X,) = members.values()
     elif suffix in _HDF5_SUFFIXES:
         X = _open_hdf5(path, key)
     else:
@@ -143,12 +160,23 @@ def open_input(path, key=None):
 
 
 def describe_input(path, X):
-    """What identifies the training data of a checkpoint."""
-    return {
+    """What identifies the training data of a checkpoint.
+
+    Its resolved path, shape, dtype and the fingerprint of the file or
+    directory (:func:`sklearn_dbksvd.persistence.fingerprint_path`: size,
+    modification time and sampled blocks of every file), so that a checkpoint
+    is not resumed on other contents at the same path.
+    """
+    description = {
         "path": str(Path(path).resolve()),
         "shape": [int(size) for size in X.shape],
         "dtype": str(np.dtype(X.dtype)),
+        "fingerprint": persistence.fingerprint_path(path),
     }
+    provenance = getattr(X, "provenance", None)
+    if provenance is not None:
+        description["provenance"] = provenance
+    return description
 
 
 # ----------------------------------------------------------------------

@@ -373,6 +373,9 @@ def evaluate_dictionary(
     estimator : fitted DBKSVDDictionaryLearning or MatryoshkaDBKSVD
         Fitted on the activations of the same layer (see
         :func:`~sklearn_dbksvd.lm.harvest_activations`); it is not modified.
+        Any other transformer with ``components_``, ``transform`` and
+        ``inverse_transform`` (an SAE) works too; its code columns are its
+        latents.
         Its ``provenance_``, when it was fitted on a harvest, gives the
         defaults of ``layer``, ``context_size`` and ``prepend_bos``.
     model : torch.nn.Module

@@ -19,6 +19,7 @@ from ._atomic import (
     fsync_directory,
     write_atomic,
 )
+from ._checkpoint import fingerprint_path
 from ._dictionary import load_dictionary, read_npz, save_dictionary
 from ._state import (
     ESTIMATOR_NAMES,
@@ -37,6 +38,7 @@ __all__ = [
     "check_estimator",
     "describe_estimator",
     "estimator_classes",
+    "fingerprint_path",
     "load_dictionary",
     "read_npz",
     "rebuild_estimator",
