@@ -43,10 +43,14 @@ def write_harvest(directory, n_rows, n_features, context_size, vocab, seed=0):
 
     rng = np.random.RandomState(seed)
     settings = {
-        "model_name": None,
+        "model_name": "synthetic",
+        "module": "synthetic",
         "hook_name": "synthetic",
+        "layer": None,
         "dtype": "float32",
         "context_size": context_size,
+        "prepend_bos": True,
+        "skip_special": True,
     }
     manifest = _store.prepare_directory(directory, settings, overwrite=True)
     manifest["d_in"] = n_features

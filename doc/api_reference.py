@@ -33,6 +33,16 @@ The coders of the estimators, usable on their own with any dictionary (see
         "names": ["sparse_encode_mp", "sparse_encode_omp"],
     },
     {
+        "title": "Saving and loading",
+        "module": "sklearn_dbksvd",
+        "description": """
+A fitted estimator as one ``.npz`` file, the one ``dbksvd fit`` writes: atoms,
+parameters, fitted state, random generator and provenance. See
+:ref:`ug_saving`.
+""",
+        "names": ["save_dictionary", "load_dictionary"],
+    },
+    {
         "title": "Metrics",
         "module": "sklearn_dbksvd.metrics",
         "description": """
@@ -93,6 +103,7 @@ See :ref:`lm`.
             "load_tokens",
             "load_documents",
             "read_manifest",
+            "harvest_provenance",
             "evaluate_dictionary",
             "format_metrics",
             "ProvenanceWarning",
