@@ -664,9 +664,22 @@ def test_provenance_refuses_another_layer(planted_model, tmp_path, capsys, monke
     from sklearn_dbksvd.cli import _io, main
     from sklearn_dbksvd.lm import ProvenanceWarning, build_dashboard, read_manifest
 
-    _, _, acts, estimator, _ = planted_model
+    model, tokenizer, acts, estimator, _ = planted_model
     settings = read_manifest(acts)["settings"]
     assert settings["hook_name"] == "blocks.0.hook_resid_post"
+    # Fitted on the harvest: the dictionary knows its layer, and a harvest of
+    # another layer of the same model is refused.
+    assert estimator.provenance_["hook_name"] == "blocks.0.hook_resid_post"
+    from sklearn_dbksvd.lm import harvest_activations
+
+    from ._lm_models import random_texts
+
+    other = harvest_activations(
+        model, tokenizer, random_texts(4, (10, 20), seed=3), layer=1,
+        output=tmp_path / "layer1", context_size=32,
+    )
+    with pytest.raises(ValueError, match=r"fitted on blocks\.0.*blocks\.1"):
+        build_dashboard(estimator, other, tmp_path / "site1")
     fitted = copy.copy(estimator)
     fitted.provenance_ = {
         "model_name": settings["model_name"],
