@@ -920,3 +920,28 @@ def test_unused_atom_pages(tmp_path):
         page = (tmp_path / "site" / "latents" / name).read_text(encoding="utf-8")
         assert "Never used." in page and "a dead latent" in page
         assert "Examples by activation quantile" not in page
+
+
+def test_matryoshka_dictionary_latents(tmp_path):
+    # The nested dictionary is shown like any other: two latents per atom,
+    # counted from the codes of its transform.
+    import json
+
+    from sklearn_dbksvd import MatryoshkaDBKSVD
+
+    X, tokens, _, _ = _planted_data(400)
+    estimator = MatryoshkaDBKSVD(
+        8, group_sizes=[4, 4], n_nonzero_coefs=2, max_iter=2, random_state=0
+    ).fit(X)
+    build_site(estimator, X, tokens, tmp_path / "site")
+    rows = sorted(
+        json.loads((tmp_path / "site" / "latents.json").read_text()),
+        key=lambda r: r["latent"],
+    )
+    assert len(list((tmp_path / "site" / "latents").iterdir())) == 16
+    codes = estimator.transform(X)
+    np.testing.assert_allclose(
+        [r["frequency"] for r in rows],
+        np.r_[(codes > 0).mean(0), (codes < 0).mean(0)],
+        rtol=1e-6,
+    )
