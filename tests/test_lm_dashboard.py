@@ -833,6 +833,13 @@ def test_positive_code_dictionary_is_one_latent_per_atom(tmp_path):
     np.testing.assert_allclose(
         [r["frequency"] for r in rows], (codes != 0).mean(0), rtol=1e-6
     )
+    # Nonnegative codes cannot reach -d: the nearest latent is by signed cos.
+    estimator.components_[5] = -estimator.components_[1]
+    estimator.components_[6] = estimator.components_[1] + 0.1
+    build_site(estimator, X, tokens, tmp_path / "other", decode=_decode)
+    rows = json.loads((tmp_path / "other" / "latents.json").read_text())
+    assert rows[1]["nearest"] == 6 and rows[6]["nearest"] == 1
+    assert rows[5]["max_cos"] < 1 - 1e-3
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
