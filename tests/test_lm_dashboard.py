@@ -952,3 +952,24 @@ def test_matryoshka_dictionary_latents(tmp_path):
         np.r_[(codes > 0).mean(0), (codes < 0).mean(0)],
         rtol=1e-6,
     )
+
+
+def test_progress_lines_off_a_terminal(tmp_path, capsys, monkeypatch):
+    from sklearn_dbksvd.lm import _progress
+
+    monkeypatch.setattr(_progress, "LINE_SECONDS", 0.0)
+    X, tokens, _, _ = _planted_data(200)
+    estimator = DBKSVDDictionaryLearning(
+        3, n_nonzero_coefs=1, max_iter=1, random_state=0
+    ).fit(X)
+    build_site(estimator, X, tokens, tmp_path / "site", chunk_size=64,
+               progress="lines")
+    lines = capsys.readouterr().err.splitlines()
+    # One line per chunk of 64 rows, then the last.
+    assert [line.split(",")[0] for line in lines] == [
+        "dashboard: 64 of 200 rows",
+        "dashboard: 128 of 200 rows",
+        "dashboard: 192 of 200 rows",
+        "dashboard: 200 of 200 rows",
+        "dashboard: done: 200 of 200 rows encoded",
+    ]
