@@ -84,6 +84,7 @@ def stream_statistics(
         n_samples=n_samples,
         window=window,
         random_state=random_state,
+        nonnegative=True,  # activations of latents
     )
 
     def count(previous, current, following):
