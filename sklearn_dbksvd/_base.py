@@ -2,7 +2,6 @@
 
 import copy
 import functools
-import os
 import warnings
 from numbers import Integral, Real
 
@@ -51,7 +50,9 @@ from ._fit_loop import (
     FitState,
     batch_scale,
     centred,
+    check_fit_memory,
     data_mean,
+    fit_memory,
     fitted_mean,
     initialise,
     plan_fit,
@@ -95,51 +96,6 @@ def _provenance_of(X):
     """
     provenance = getattr(X, "provenance", None)
     return copy.deepcopy(dict(provenance)) if provenance is not None else None
-
-
-def _physical_memory():
-    """Bytes of memory of this machine, or None where it cannot be known."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _format_bytes(n_bytes):
-    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n_bytes < 1024 or unit == "PiB":
-            break
-        n_bytes /= 1024
-    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
-
-
-def check_fit_memory(n_components, n_features, batch_size, dtype):
-    """Refuse a fit whose arrays cannot fit in this machine's memory.
-
-    Estimated before anything of that size is allocated: the atoms
-    ``(n_components, n_features)``, their Gram matrix ``(n_components,
-    n_components)`` and a batch with its residual ``(batch_size,
-    n_features)`` each.
-
-    Raises
-    ------
-    ValueError
-        Naming the estimate, when it exceeds the machine's physical memory.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    atoms = n_components * n_features * itemsize
-    gram = n_components * n_components * itemsize
-    batches = 2 * batch_size * n_features * itemsize
-    needed = atoms + gram + batches
-    available = _physical_memory()
-    if available is not None and needed > available:
-        raise ValueError(
-            f"n_components={n_components} with {n_features} features needs "
-            f"about {_format_bytes(needed)} of memory (atoms "
-            f"{_format_bytes(atoms)}, their Gram matrix {_format_bytes(gram)}), "
-            f"more than this machine's {_format_bytes(available)}."
-        )
 
 
 def _warn_if_more_atoms_than_samples(n_components, n_samples):
@@ -303,7 +259,6 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
-        check_fit_memory(n_components, X_batch.shape[1], X_batch.shape[0], dtype)
         if self.dict_init is not None:
             return self._unit_atoms(self._checked_dict_init(dtype), random_state)
         else:
@@ -581,7 +536,14 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             # step costs far more than checking them again.
             self._validate_params()
         X, fit_input = self._validate_fit_data(X, first=first_call)
-        n_components, _ = self._check_settings(X.shape[1])
+        n_components, k = self._check_settings(X.shape[1])
+        if first_call:
+            # As fit's plan: sizes beyond this machine's memory are refused
+            # with the estimate, before the atoms are allocated.
+            check_fit_memory(fit_memory(
+                n_components, X.shape[1], X.shape[0], k, host_dtype(X).itemsize,
+                gram_memory=self.gram_memory, n_jobs=self.n_jobs,
+            ))
         step = getattr(self, "n_steps_", 0)
         # The mean is that of the first batch, kept for the later ones.
         if first_call:
