@@ -106,14 +106,16 @@ See :ref:`lm`.
             "harvest_provenance",
             "evaluate_dictionary",
             "format_metrics",
+            "ProvenanceWarning",
         ],
     },
     {
         "title": "Dashboard",
         "module": "sklearn_dbksvd.lm",
         "description": """
-A static site of what each atom means, built from a harvest directory: the
-contexts where it fires, its histogram and its logit effects. Reading a
+A static site of what each latent (each sign of an atom) means, built from a
+harvest directory: the contexts where it fires, its histogram and its logit
+effects. Reading a
 harvest needs NumPy only; the logit effects need the model (torch). See
 :ref:`dashboard`.
 """,

@@ -259,6 +259,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
+        n_features = X_batch.shape[1]
+        memory = fit_memory(
+            n_components, n_features, X_batch.shape[0],
+            self._resolved_n_nonzero_coefs(n_features, n_components), dtype.itemsize,
+            gram_memory=self.gram_memory, n_jobs=self.n_jobs,
+        )
+        check_fit_memory(memory, n_components, n_features)
         if self.dict_init is not None:
             return self._unit_atoms(self._checked_dict_init(dtype), random_state)
         else:
@@ -536,14 +543,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             # step costs far more than checking them again.
             self._validate_params()
         X, fit_input = self._validate_fit_data(X, first=first_call)
-        n_components, k = self._check_settings(X.shape[1])
-        if first_call:
-            # As fit's plan: sizes beyond this machine's memory are refused
-            # with the estimate, before the atoms are allocated.
-            check_fit_memory(fit_memory(
-                n_components, X.shape[1], X.shape[0], k, host_dtype(X).itemsize,
-                gram_memory=self.gram_memory, n_jobs=self.n_jobs,
-            ))
+        n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
         # The mean is that of the first batch, kept for the later ones.
         if first_call:

@@ -199,8 +199,8 @@ def test_cli_fit_refuses_a_dictionary_larger_than_memory(split_sign_files, capsy
     argv = ["fit", directory / "X.npy", "-m", 100000000000, "-k", 3, "-q", "-o", out]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "This fit needs at least" in err[0]
-    assert "GiB are available" in err[0]
+    assert len(err) == 1 and "n_components=100000000000" in err[0]
+    assert "needs at least" in err[0] and "of memory" in err[0]
     assert not out.exists()
 
 
