@@ -15,6 +15,8 @@ Usage::
     python benchmarks/bench_step.py --omp                 # sparse_encode_mp vs orthogonal_mp_gram
     python benchmarks/bench_step.py --stream 16           # partial_fit over 16 batches, RSS per step
     python benchmarks/bench_step.py --rss                 # peak RSS of one step, in a fresh process
+    python benchmarks/bench_step.py --wide -m 65536 -k 32 -d 576 -n 131072 --zipf 1 \
+        --gram-memory 5e9                                 # past the Gram wall: cached rows
 
 Random Gaussian data and unit-norm random atoms: the worst case for the
 Lanczos solves (small spectral gaps), fine for timing. A step is timed as in
@@ -312,12 +314,114 @@ def stream(n_batches, n_samples, n_features, n_components, k, n_jobs):
     )
     rng = np.random.default_rng(1)
     X = np.empty((n_samples, n_features), dtype=np.float32)
+    out = None
     for step in range(n_batches):
         X[:] = rng.standard_normal(X.shape, dtype=np.float32)
         tic = time.perf_counter()
         model.partial_fit(X)
         seconds = time.perf_counter() - tic
-        print(f"  step {step:3d}: {seconds:7.2f} s  peak RSS {max_rss_gb():.2f} GiB")
+        rss = max_rss_gb()
+        # The GEMM X Dᵀ of the same batch and atoms, right after, block by
+        # block into one 32 MiB buffer (a whole one would raise the peak RSS
+        # that the next steps report).
+        D = model.components_
+        rows = max(64, 2**25 // (4 * n_components))
+        if out is None:
+            out = np.empty((rows, n_components), dtype=np.float32)
+
+        def gemm_blocks():
+            for start in range(0, n_samples, rows):
+                block = X[start : start + rows]
+                np.matmul(block, D.T, out=out[: len(block)])  # noqa: B023
+
+        gemm, _ = best_time(gemm_blocks, 1)
+        print(f"  step {step:3d}: {seconds:7.2f} s  GEMM {gemm:6.2f} s  "
+              f"{seconds / gemm:5.2f} x GEMM  peak RSS {rss:.2f} GiB", flush=True)
+
+
+def zipf_problem(n_samples, n_features, n_components, zipf, n_active=8, seed=0):
+    """Planted data whose atom usage is heavy-tailed, and atoms near the truth.
+
+    Each sample is ``n_active`` planted atoms, drawn with probability
+    proportional to ``rank ** -zipf``, with Gaussian coefficients, plus 5 %
+    noise; the dictionary is the planted atoms perturbed (as in the middle of
+    a fit), so that its usage follows the planted frequencies.
+    """
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal((n_components, n_features), dtype=np.float32)
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, n_components + 1) ** zipf
+    weights /= weights.sum()
+    X = np.empty((n_samples, n_features), dtype=np.float32)
+    for start in range(0, n_samples, 8192):
+        rows = slice(start, min(start + 8192, n_samples))
+        count = rows.stop - rows.start
+        atoms = rng.choice(n_components, size=(count, n_active), p=weights)
+        coefs = rng.standard_normal((count, n_active), dtype=np.float32)
+        X[rows] = np.einsum("nk,nkd->nd", coefs, truth[atoms])
+        X[rows] += 0.05 * rng.standard_normal((count, n_features), dtype=np.float32)
+    D = truth + 0.1 / np.sqrt(n_features) * rng.standard_normal(
+        truth.shape, dtype=np.float32
+    )
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    return X, D
+
+
+def wide_step(args):
+    """One step of a dictionary too wide for its Gram matrix, against its GEMM.
+
+    The floor is ``X Dᵀ`` computed block by block into one buffer (the whole
+    product would not fit either); the step encodes from a cache of Gram rows
+    ranked by a pilot of the batch plus rows computed per block, within
+    ``--gram-memory`` bytes. Prints seconds, the ratio, the cache's hit rate
+    and the peak RSS of the process (run it alone).
+    """
+    from sklearn_dbksvd._encode import _block_size
+    from sklearn_dbksvd._gram_rows import _ROWS_BLOCK_BYTES, plan_gram
+    from sklearn_dbksvd._step import dbksvd_step
+
+    if args.zipf:
+        X, D = zipf_problem(args.n, args.d, args.m, args.zipf, args.active)
+    else:
+        X, D = problem(args.n, args.d, args.m)
+    print(f"  data: {'zipf %.2f planted' % args.zipf if args.zipf else 'gaussian'}"
+          f", X {X.nbytes / 2**30:.2f} GiB, D {D.nbytes / 2**30:.2f} GiB, "
+          f"whole Gram {D.shape[0] ** 2 * 4 / 2**30:.1f} GiB, budget "
+          f"{args.gram_memory / 2**30:.2f} GiB", flush=True)
+    step = _block_size(len(D), D.itemsize, _ROWS_BLOCK_BYTES)
+    out = np.empty((step, len(D)), dtype=np.float32)
+
+    def gemm():
+        for start in range(0, len(X), step):
+            block = X[start : start + step]
+            np.matmul(block, D.T, out=out[: len(block)])
+
+    floor, _ = best_time(gemm, args.repeat)
+    del out
+    print(f"  GEMM X @ D.T in blocks : {floor:8.2f} s", flush=True)
+    for round_ in range(args.wide_steps):
+        tic = time.perf_counter()
+        rows = plan_gram(
+            D, args.gram_memory, n_jobs=args.n_jobs,
+            usage=None if round_ == 0 else hint.usage,  # noqa: F821
+            X=X if round_ == 0 else None, n_nonzero_coefs=args.k,
+        )
+        plan = time.perf_counter() - tic
+        D, info, hint = dbksvd_step(
+            X, D, **step_kwargs(args.k, args.n_jobs), gram=rows,
+            return_gram=True, gram_memory=args.gram_memory,
+        )
+        seconds = time.perf_counter() - tic
+        reads = sum(rows.stats.values())
+        print(f"  step {round_} ({'pilot' if round_ == 0 else 'usage'}-ranked cache "
+              f"of {rows.cache_rows.shape[0]} rows, planned in {plan:.1f} s): "
+              f"{seconds:8.2f} s  {seconds / floor:6.2f} x GEMM", flush=True)
+        print(f"    row reads {reads}, cache hit rate {rows.hit_rate:.3f}, "
+              f"rows computed {rows.stats['computed']} "
+              f"({rows.stats['computed'] / len(X):.3f} per sample), "
+              f"replaced {info['n_replaced']}, peak RSS {max_rss_gb():.2f} GiB",
+              flush=True)
+        del rows
 
 
 def main():
@@ -337,6 +441,16 @@ def main():
     parser.add_argument("--stream", type=int, default=0, metavar="N_BATCHES")
     parser.add_argument("--rss", action="store_true")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--wide", action="store_true",
+                        help="one step within --gram-memory, rows cached/computed")
+    parser.add_argument("--gram-memory", type=float, default=6e9,
+                        help="bytes of Gram rows for --wide")
+    parser.add_argument("--zipf", type=float, default=0.0,
+                        help="planted data with Zipf-distributed atom usage")
+    parser.add_argument("--active", type=int, default=8,
+                        help="planted atoms per sample of --zipf data")
+    parser.add_argument("--wide-steps", type=int, default=1,
+                        help="steps of --wide (later ones rank by usage)")
     args = parser.parse_args()
     print(f"n={args.n} d={args.d} m={args.m} k={args.k} float32, n_jobs={args.n_jobs}")
     print(f"BLAS: {blas_kernel()}")
@@ -346,6 +460,9 @@ def main():
         return
     if args.stream:
         stream(args.stream, args.n, args.d, args.m, args.k, args.n_jobs)
+        return
+    if args.wide:
+        wide_step(args)
         return
     if args.rss:
         # A fresh process, so that the peak is the step's and nothing else's.

@@ -2,7 +2,6 @@
 
 import copy
 import functools
-import os
 import warnings
 from numbers import Integral, Real
 
@@ -18,7 +17,11 @@ from sklearn.base import (
 from sklearn.decomposition import sparse_encode
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import get_namespace
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+)
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_feature_names_in,
@@ -47,7 +50,9 @@ from ._fit_loop import (
     FitState,
     batch_scale,
     centred,
+    check_fit_memory,
     data_mean,
+    fit_memory,
     fitted_mean,
     initialise,
     plan_fit,
@@ -55,6 +60,7 @@ from ._fit_loop import (
     scaled,
     set_fitted,
 )
+from ._gram_rows import GRAM_MEMORY_CONSTRAINT, CarriedGram, plan_gram
 from ._omp import _omp_encode
 from ._split_sign import split_feature_names, split_sign
 from ._step import refit_atoms
@@ -64,6 +70,17 @@ from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
 _FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def _takes_integer(constraints):
+    """Whether a parameter's constraints ask for an integer and not a bool."""
+    if "boolean" in constraints:
+        return False
+    return any(
+        constraint is Integral
+        or (isinstance(constraint, Interval) and constraint.type is Integral)
+        for constraint in constraints
+    )
 
 
 def _encode_chunk(estimator, gram, chunk):
@@ -81,51 +98,6 @@ def _provenance_of(X):
     return copy.deepcopy(dict(provenance)) if provenance is not None else None
 
 
-def _physical_memory():
-    """Bytes of memory of this machine, or None where it cannot be known."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _format_bytes(n_bytes):
-    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n_bytes < 1024 or unit == "PiB":
-            break
-        n_bytes /= 1024
-    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
-
-
-def check_fit_memory(n_components, n_features, batch_size, dtype):
-    """Refuse a fit whose arrays cannot fit in this machine's memory.
-
-    Estimated before anything of that size is allocated: the atoms
-    ``(n_components, n_features)``, their Gram matrix ``(n_components,
-    n_components)`` and a batch with its residual ``(batch_size,
-    n_features)`` each.
-
-    Raises
-    ------
-    ValueError
-        Naming the estimate, when it exceeds the machine's physical memory.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    atoms = n_components * n_features * itemsize
-    gram = n_components * n_components * itemsize
-    batches = 2 * batch_size * n_features * itemsize
-    needed = atoms + gram + batches
-    available = _physical_memory()
-    if available is not None and needed > available:
-        raise ValueError(
-            f"n_components={n_components} with {n_features} features needs "
-            f"about {_format_bytes(needed)} of memory (atoms "
-            f"{_format_bytes(atoms)}, their Gram matrix {_format_bytes(gram)}), "
-            f"more than this machine's {_format_bytes(available)}."
-        )
-
-
 def _warn_if_more_atoms_than_samples(n_components, n_samples):
     """Warn that a dictionary of at least as many atoms as samples memorises them."""
     if n_components >= n_samples:
@@ -135,7 +107,7 @@ def _warn_if_more_atoms_than_samples(n_components, n_samples):
             "(near 1.0) says nothing about new data. Use fewer atoms or more "
             "samples, and score held-out data.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of fit, past scikit-learn's wrapper
         )
 
 
@@ -187,10 +159,26 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "replace_coherence": [Interval(Real, 0, 1, closed="both")],
         "replace_until": [Interval(Real, 0, 1, closed="both")],
         "n_jobs": [Integral, None],
+        "gram_memory": GRAM_MEMORY_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callback": [callable, None],
     }
+
+    def _validate_params(self):
+        """scikit-learn's parameter validation; bools are not integers here.
+
+        Python counts ``True`` as the integer 1, so ``n_nonzero_coefs=True``
+        would pass ``Interval(Integral, ...)`` and fail late, or mean one.
+        """
+        for name, constraints in self._parameter_constraints.items():
+            value = getattr(self, name, None)
+            if isinstance(value, bool | np.bool_) and _takes_integer(constraints):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be "
+                    f"an integer, not a bool; got {value!r}."
+                )
+        super()._validate_params()
 
     # ------------------------------------------------------------------
     # Resolving defaults
@@ -271,7 +259,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
-        check_fit_memory(n_components, X_batch.shape[1], X_batch.shape[0], dtype)
+        n_features = X_batch.shape[1]
+        memory = fit_memory(
+            n_components, n_features, X_batch.shape[0],
+            self._resolved_n_nonzero_coefs(n_features, n_components), dtype.itemsize,
+            gram_memory=self.gram_memory, n_jobs=self.n_jobs,
+        )
+        check_fit_memory(memory, n_components, n_features)
         if self.dict_init is not None:
             return self._unit_atoms(self._checked_dict_init(dtype), random_state)
         else:
@@ -448,6 +442,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         With ``shuffle=False`` and ``max_no_improvement=None``, ``fit`` is
         the sequence of :meth:`partial_fit` calls on its batches (see there).
 
+        A fit that fails leaves the estimator exactly as it was (unfitted, or
+        with its previous fit): everything is validated and computed first,
+        and the fitted attributes are set at the end. Sizes whose atoms and
+        Gram matrix would not fit in this machine's memory are refused with
+        a ``ValueError`` naming the estimate, before anything that large is
+        allocated. With at least as many atoms as samples a ``UserWarning``
+        says that the atoms can copy the samples (the fit's variance
+        explained then says nothing about new data). Rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`) leave their provenance
+        in ``provenance_``.
+
         Out-of-core data is read one batch at a time and validated as it is
         read (so NaN in a part never read raises nothing), never loaded
         whole. ``np.memmap`` data is batched exactly like the same array in
@@ -483,6 +488,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         elif plan.n_steps == 0:
             initialise(self, X, plan, state, code_init=code_init)
         run_fit(self, X, plan, state, code_init=code_init)
+        # Once the fit has run: a fit refused for its size warns of nothing.
         _warn_if_more_atoms_than_samples(plan.n_components, X.shape[0])
         set_fitted(self, plan, state)
         self._set_fit_input(fit_input)
@@ -532,6 +538,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             Updated estimator.
         """
         first_call = not hasattr(self, "components_")
+        if not first_call:
+            # scikit-learn validates parameters at the first call only; a
+            # step costs far more than checking them again.
+            self._validate_params()
         X, fit_input = self._validate_fit_data(X, first=first_call)
         n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
@@ -540,7 +550,8 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             mean = data_mean(X) if self.with_mean else None
         else:
             mean = getattr(self, "mean_", None)
-        X = centred(X, mean)
+        # A zero mean (no centring) subtracts nothing: no copy of the batch.
+        X = centred(X, mean if mean is not None and np.any(mean) else None)
         scale = batch_scale(X)
         X = scaled(X, scale)
         if first_call:
@@ -557,10 +568,12 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         # that a failed step leaves the fitted state untouched.
         step_state = np.random.RandomState()
         step_state.set_state(random_state.get_state())
-        # One call, one step: no Gram matrix is kept between calls (it would be
-        # pickled with the estimator).
-        components, info, _ = self._step(
-            X, components, step_state, self._partial_fit_replaces(step), scale=scale
+        # The Gram matrix (or cache hint) the last call left, if it belongs
+        # to these very atoms; never pickled (see ``CarriedGram``).
+        carried = getattr(self, "_carried_gram", None) or CarriedGram()
+        components, info, gram = self._step(
+            X, components, step_state, self._partial_fit_replaces(step), scale=scale,
+            gram=carried.for_atoms(components),
         )
         info = {
             "step": step,
@@ -570,6 +583,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         if self.callback is not None:
             self.callback(info)
         self.components_ = components
+        self._carried_gram = CarriedGram(components, gram)
+        if gram is not None and hasattr(gram, "usage"):
+            self._atom_usage = gram.usage
         self.mean_ = fitted_mean(mean, components)
         self._random_state = step_state
         self.n_steps_ = step + 1
@@ -587,6 +603,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
             return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        if isinstance(self.transform_n_nonzero_coefs, bool | np.bool_):
+            # Set after fit (as dbksvd encode -k does), so not validated there.
+            raise InvalidParameterError(
+                "The 'transform_n_nonzero_coefs' parameter of "
+                f"{type(self).__name__} must be an integer, not a bool; got "
+                f"{self.transform_n_nonzero_coefs!r}."
+            )
         if self.transform_n_nonzero_coefs > n_components:
             raise ValueError(
                 f"transform_n_nonzero_coefs={self.transform_n_nonzero_coefs} "
@@ -679,21 +702,25 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             or not isinstance(chunk_size, Integral)
             or chunk_size < 1
         ):
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+            raise ValueError(
+                f"chunk_size must be a positive integer; got {chunk_size!r}."
+            )
         self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
+            _check_n_features(self, X, reset=False)
+            _check_feature_names(self, X, reset=False)
         else:
+            # Features and names checked here, on X as the user gave it.
             X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
             dtype = X.dtype
-        _check_n_features(self, X, reset=False)
-        _check_feature_names(self, X, reset=False)
         yield from self._iter_codes(X, dtype, chunk_size)
 
     def _iter_codes(self, X, dtype, chunk_size=None):
         """``(rows, codes)`` of ``X`` chunk by chunk, one Gram matrix for all."""
         if chunk_size is None:
-            chunk_size = chunk_rows(X.shape[1], self.components_.shape[0], dtype.itemsize)
+            n_components = self.components_.shape[0]
+            chunk_size = chunk_rows(X.shape[1], n_components, dtype.itemsize)
         encode = self._chunk_encoder(dtype)
         for rows, chunk in iter_row_chunks(X, chunk_size):
             yield rows, encode(chunk)
@@ -708,11 +735,19 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return functools.partial(_encode_chunk, self, self._transform_gram(dtype))
 
     def _transform_gram(self, dtype):
-        """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None."""
+        """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None.
+
+        Past ``gram_memory``, rows of it (``_gram_rows.GramRows``), the
+        cache ranked by the atoms' usage in the last step of the fit.
+        """
         if not self._gram_coder():
             return None
         components = self.components_.astype(dtype, copy=False)
-        return components @ components.T
+        return plan_gram(
+            components, getattr(self, "gram_memory", "auto"), n_jobs=self.n_jobs,
+            usage=getattr(self, "_atom_usage", None),
+            min_table_rows=self._transform_n_nonzero_coefs(),
+        )
 
     def _gram_coder(self):
         """Whether transform codes from the Gram matrix (MP, or Batch-OMP).
@@ -777,11 +812,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                     tol=self.mp_tol,
                     refit=self.mp_refit,
                     n_jobs=self.n_jobs,
+                    gram_memory=getattr(self, "gram_memory", "auto"),
                 )
             else:
                 indices, values = _omp_encode(
                     X, components, k, gram=gram, positive=self.positive_code,
                     n_jobs=self.n_jobs,
+                    gram_memory=getattr(self, "gram_memory", "auto"),
                 )
             # Built from the selections: no dense (n_samples, n_components)
             # array unless dense output is asked for.
@@ -851,8 +888,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         score : float
         """
         check_is_fitted(self)
-        X = validate_data(self, to_numpy(X), dtype=_FLOAT_DTYPES, reset=False)
-        residual = X - self.inverse_transform(self.transform(X))
+        self._transform_n_nonzero_coefs()
+        # Validated once, as given (a DataFrame keeps its feature names).
+        X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
+        residual = X - self.inverse_transform(self._encode(X))
         return _variance_explained_of_residual(X, residual)
 
     @property

@@ -74,7 +74,9 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         :func:`sklearn.decomposition.sparse_encode`.
     transform_n_nonzero_coefs : int, default=None
         Nonzeros per code in :meth:`transform` for "mp" and "omp". None means
-        the fitted ``n_nonzero_coefs``.
+        the fitted ``n_nonzero_coefs``. A value above ``n_components`` makes
+        :meth:`transform` raise ``ValueError``, as ``n_nonzero_coefs`` does
+        in :meth:`fit`.
     transform_alpha : float, default=None
         Regularisation of the lasso and threshold coders; with "omp", the
         target squared residual norm, as in scikit-learn. None means
@@ -174,6 +176,16 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
     n_jobs : int, default=None
         Threads for matching pursuit and for the atoms of an inner batch.
         Results do not depend on it.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram matrix rows that matching pursuit, Batch-OMP and the
+        coherence check may hold (fit and transform). The whole
+        ``(n_components, n_components)`` matrix is used when it fits; past
+        that (65,536 float32 atoms take 17.2 GB), the rows of the most used
+        atoms are cached and the others computed per block of samples as they
+        are selected, and near-duplicates are searched a block of rows at a
+        time. The codes are the same to float32 rounding, only slower. "auto"
+        is a quarter of the memory available when the call starts; None
+        always holds the whole matrix.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial dictionary, the shuffling and the order of atom
         updates.
@@ -207,6 +219,13 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         One record per step: ``step``, ``relative_error`` (paper Eq. 6),
         ``variance_explained`` (Eq. 7), both of the batch after the atom
         update, ``n_replaced``, ``seconds`` and ``n_samples_seen``.
+    provenance_ : dict or None
+        Where the training rows come from, copied from the rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`): ``model_name``,
+        ``model_fingerprint``, ``module``, ``hook_name``, ``layer``,
+        ``context_size``, ``prepend_bos``, ``dtype`` and ``harvest``
+        (``path``, ``fingerprint``, ``n_rows``). None for other data. A
+        :meth:`partial_fit` batch without provenance keeps the one recorded.
 
     See Also
     --------
@@ -299,6 +318,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         replace_until=0.8,
         backend="numpy",
         n_jobs=None,
+        gram_memory="auto",
         random_state=None,
         verbose=False,
         callback=None,
@@ -334,6 +354,7 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.replace_until = replace_until
         self.backend = backend
         self.n_jobs = n_jobs
+        self.gram_memory = gram_memory
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
@@ -365,4 +386,5 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
             gram=gram,
             return_gram=True,
             residual_out=residual_out,
+            gram_memory=self.gram_memory,
         )

@@ -150,9 +150,9 @@ def _matching_pursuit_jit(
 
 @_numba.jit()
 def _matching_pursuit_rows_jit(
-    corr, keys, cache_rows, cache_slot, table_rows, table_slot, positive,
-    sq_norms, sq_target, indices, values, progress, sq_state, pending, todo,
-    parked, counts,
+    corr, keys, cache_rows, cache_slot, table_rows, table_slot, table_uses,
+    positive, sq_norms, sq_target, indices, values, progress, sq_state, pending,
+    todo, parked, counts,
 ):  # pragma: no cover
     """:func:`_matching_pursuit_jit` on Gram rows that may be missing.
 
@@ -194,6 +194,7 @@ def _matching_pursuit_rows_jit(
                     n_parked += 1
                     continue
                 g = table_rows[slot]
+                table_uses[slot] += 1
                 counts[1] += 1
             coef = values[i, t - 1]
             for m in range(n_components):
@@ -229,6 +230,7 @@ def _matching_pursuit_rows_jit(
                         pending[i] = best
                         break
                     g = table_rows[slot]
+                    table_uses[slot] += 1
                     counts[1] += 1
                 for m in range(n_components):
                     c[m] = c[m] - coef * g[m]
@@ -247,6 +249,8 @@ def _row_table(rows, min_capacity=1):
     try:
         table = pool.get_nowait()
     except queue.Empty:
+        table = None
+    if table is None or table.capacity < min_capacity:
         table = _RowTable(rows, max(rows.table_rows, min_capacity))
     try:
         yield table
@@ -258,8 +262,9 @@ class _RowTable:
     """One worker's Gram rows computed on demand: at most ``capacity`` rows.
 
     Rows live for one block of samples (so that a block's codes never depend
-    on which blocks its worker ran before); when the atoms a pass waits for
-    do not fit beside the rows held, the table is emptied first.
+    on which blocks its worker ran before). Matching pursuit's passes fetch
+    the atoms most samples wait for first; when they do not fit beside the
+    rows held, the rows read least in this block make room (``uses``).
     """
 
     def __init__(self, rows, capacity):
@@ -269,24 +274,74 @@ class _RowTable:
         self.table = np.empty((capacity, n_components), dtype=rows.dtype)
         self.slot = np.full(n_components, -1, dtype=np.intp)
         self.atoms = np.empty(capacity, dtype=np.intp)
+        self.uses = np.zeros(capacity, dtype=np.int64)
         self.n_held = 0
         self.computed = 0
 
     def clear(self):
         self.slot[self.atoms[: self.n_held]] = -1
+        self.uses[: self.n_held] = 0
         self.n_held = 0
 
     def fetch(self, waiting):
-        """Compute the rows of as many ``waiting`` atoms (absent ones) as fit."""
-        waiting = np.unique(waiting)
-        waiting = waiting[
-            (self.rows.cache_slot[waiting] < 0) & (self.slot[waiting] < 0)
-        ]
-        if len(waiting) == 0:
+        """Compute the rows of the ``waiting`` atoms, the most waited for first.
+
+        As many as the table holds; the rows read least so far give way.
+        """
+        atoms, counts = np.unique(waiting, return_counts=True)
+        absent = (self.rows.cache_slot[atoms] < 0) & (self.slot[atoms] < 0)
+        atoms, counts = atoms[absent], counts[absent]
+        if len(atoms) == 0:
             return
-        if self.n_held + len(waiting) > self.capacity:
+        if len(atoms) > self.capacity:
+            first = np.argsort(-counts, kind="stable")[: self.capacity]
+            atoms = np.sort(atoms[first])
+        if self.n_held + len(atoms) > self.capacity:
+            self._evict(self.capacity - len(atoms))
+        self._compute(atoms)
+
+    def _evict(self, n_keep):
+        """Keep the ``n_keep`` rows read most, moved to the first slots."""
+        held = self.n_held
+        keep = np.sort(np.argsort(-self.uses[:held], kind="stable")[:n_keep])
+        self.slot[self.atoms[:held]] = -1
+        for target, source in enumerate(keep):
+            if target != source:
+                self.table[target] = self.table[source]
+        self.atoms[: len(keep)] = self.atoms[keep]
+        self.uses[: len(keep)] = self.uses[keep]
+        self.uses[len(keep) : held] = 0
+        self.slot[self.atoms[: len(keep)]] = np.arange(len(keep))
+        self.n_held = len(keep)
+
+    def fetch_supports(self, needs):
+        """Rows for whole supports, first come first served (Batch-OMP).
+
+        ``needs[s, :needs[s, -1]]`` are the atoms sample ``s`` needs at once.
+        The first sample's (at most ``k`` rows, within the capacity) are
+        always all there afterwards, so every pass makes progress.
+        """
+        wanted = []
+        seen = set()
+        for need in needs:
+            atoms = [
+                a for a in need[: need[-1]]
+                if a not in seen and self.rows.cache_slot[a] < 0
+            ]
+            if wanted and len(wanted) + len(atoms) > self.capacity:
+                break
+            wanted.extend(atoms)
+            seen.update(atoms)
+        wanted = np.unique(np.asarray(wanted, dtype=np.intp))
+        absent = wanted[self.slot[wanted] < 0]
+        if len(absent) == 0:
+            return
+        if self.n_held + len(absent) > self.capacity:
             self.clear()
-            waiting = waiting[: self.capacity]
+            absent = wanted
+        self._compute(absent)
+
+    def _compute(self, waiting):
         lo, hi = self.n_held, self.n_held + len(waiting)
         self.rows.compute_rows(waiting, out=self.table[lo:hi])
         self.atoms[lo:hi] = waiting
@@ -321,7 +376,8 @@ def _matching_pursuit_rows(corr, rows, n_nonzero_coefs, positive, sq_norms, tol,
     while len(todo):
         n_parked = _matching_pursuit_rows_jit(
             corr, corr.view(int_dtype), rows.cache_rows, rows.cache_slot,
-            table.table, table.slot, positive, sq_norms, sq_target, indices,
+            table.table, table.slot, table.uses, positive, sq_norms, sq_target,
+            indices,
             values, progress, sq_state, pending, todo, parked, counts,
         )
         todo = parked[:n_parked].copy()
@@ -369,7 +425,9 @@ def _matching_pursuit_rows_numpy(
     return indices, values
 
 
-def _matching_pursuit_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
+def _matching_pursuit_gram(
+    corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None
+):
     """Run ``n_nonzero_coefs`` matching-pursuit selections on correlations.
 
     Compiled with numba when available, else vectorised NumPy over chunks of
@@ -619,16 +677,25 @@ def _drop_rounding_level(code):
     code.data[magnitude <= np.repeat(threshold, np.diff(code.indptr))] = 0
 
 
-def check_coder_inputs(name, X, dictionary, gram, cov, tol):
+def check_coder_inputs(
+    name, X, dictionary, gram, cov, tol, *, n_nonzero_coefs=None, unit_norm=False
+):
     """Validate the arguments shared by the public Gram-domain coders.
 
     Returns ``X``, ``dictionary``, ``gram`` and ``cov`` as arrays of the
     dictionary's dtype (float32 or float64); ``gram`` C-ordered, as the
     kernels read its rows. ``name`` is the public function, for messages.
+    ``n_nonzero_coefs`` above the number of atoms is refused; with
+    ``unit_norm`` so are atoms whose norm is not 1 within 1e-3.
     """
     dictionary = check_array(dictionary, dtype=[np.float64, np.float32])
     dtype = dictionary.dtype
     n_components, n_features = dictionary.shape
+    if n_nonzero_coefs is not None and n_nonzero_coefs > n_components:
+        raise ValueError(
+            f"n_nonzero_coefs={n_nonzero_coefs} exceeds the {n_components} "
+            "atoms of the dictionary: a code cannot use more atoms than it has."
+        )
     if X is None and cov is None:
         raise ValueError(f"{name} needs X or cov; both are None.")
     if tol is not None and X is None:
@@ -656,7 +723,24 @@ def check_coder_inputs(name, X, dictionary, gram, cov, tol):
             raise ValueError(
                 f"cov has {cov.shape[1]} columns but X has {X.shape[0]} samples."
             )
+    if unit_norm:
+        _check_unit_atoms(name, dictionary, gram)
     return X, dictionary, gram, cov
+
+
+def _check_unit_atoms(name, dictionary, gram):
+    """Refuse atoms whose norm is not 1 (matching pursuit's steps assume it)."""
+    if gram is not None:
+        norms = np.sqrt(np.abs(np.diagonal(gram)))
+    else:
+        norms = np.linalg.norm(dictionary, axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1) <= 1e-3))
+    if len(bad):
+        raise ValueError(
+            f"{name} needs unit-norm atoms; atom {bad[0]} has norm "
+            f"{norms[bad[0]]:.6g} ({len(bad)} atom(s) off by more than 1e-3). "
+            "Normalise the rows of the dictionary first."
+        )
 
 
 @validate_params(
@@ -703,7 +787,9 @@ def sparse_encode_mp(
     X : array-like of shape (n_samples, n_features) or None
         Data. May be None when ``cov`` is given.
     dictionary : array-like of shape (n_components, n_features)
-        Atoms, as rows. Matching pursuit assumes unit-norm atoms.
+        Atoms, as rows, of unit norm: matching pursuit's steps assume it,
+        and a ``ValueError`` names the first atom whose norm is not 1
+        within 1e-3 (normalise the rows first).
     n_nonzero_coefs : int
         Number of selections per sample (``k``).
     gram : array-like of shape (n_components, n_components), default=None
@@ -767,7 +853,7 @@ def sparse_encode_mp(
             "refit=False."
         )
     X, dictionary, gram, cov = check_coder_inputs(
-        "sparse_encode_mp", X, dictionary, gram, cov, tol
+        "sparse_encode_mp", X, dictionary, gram, cov, tol, unit_norm=True
     )
     n_components = dictionary.shape[0]
     indices, values = _mp_encode(

@@ -9,16 +9,19 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn.utils._array_api import get_namespace
 
 from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
 from ._data import (
+    BatchReader,
     is_lazy_array,
     iter_row_chunks,
     read_batch,
     reads_into_buffer,
     schedule_for,
 )
+from ._gram_rows import CacheHint
 from ._progress import ProgressReporter
 
 # Batches whose largest magnitude lies in [2**-_SAFE_EXPONENT, 2**_SAFE_EXPONENT]
@@ -169,28 +172,119 @@ class FitState:
     # The buffer in-memory batches are read into (see ``step_batch``); never
     # checkpointed either.
     batch: np.ndarray = None
+    # Samples per atom of the last step whose Gram matrix did not fit
+    # (``_gram_rows.CacheHint``): ranks the Gram rows transform caches.
+    usage: np.ndarray = None
 
 
 @dataclass
 class FitPlan:
-    """Sizes of a fit, resolved from the data and the parameters."""
+    """Sizes of a fit, resolved from the data and the parameters.
+
+    ``memory`` is :func:`fit_memory`'s estimate of the fit's peak (bytes).
+    """
 
     n_components: int
     batch_size: int
     schedule: object
     n_steps: int
+    memory: dict = None
 
 
 def plan_fit(model, X):
-    """Resolve batch size, batch schedule and number of steps of ``model``."""
+    """Resolve batch size, batch schedule and number of steps of ``model``.
+
+    Raises ValueError, before any step runs, when even the atoms and one
+    batch with its working arrays cannot fit in the memory available (see
+    :func:`fit_memory`).
+    """
     n_samples, n_features = X.shape
-    n_components, _ = model._check_settings(n_features)
+    n_components, k = model._check_settings(n_features)
     batch_size = model._resolved_batch_size(n_samples, n_features)
     schedule = schedule_for(X, batch_size)
     n_steps = model.max_iter * schedule.n_batches
     if model.max_steps is not None:
         n_steps = min(n_steps, model.max_steps)
-    return FitPlan(n_components, batch_size, schedule, n_steps)
+    dtype = host_dtype(X) if hasattr(X, "dtype") else np.dtype(np.float64)
+    memory = fit_memory(
+        n_components, n_features, min(batch_size, n_samples), k,
+        dtype.itemsize if dtype.kind == "f" else 8,
+        gram_memory=getattr(model, "gram_memory", "auto"), n_jobs=model.n_jobs,
+    )
+    check_fit_memory(memory, n_components, n_features)
+    return FitPlan(n_components, batch_size, schedule, n_steps, memory)
+
+
+def fit_memory(
+    n_components, n_features, batch_size, n_nonzero_coefs, itemsize, *,
+    gram_memory="auto", n_jobs=None,
+):
+    """Estimated peak memory of a fit's step, in bytes, by part.
+
+    The parts a step holds at once: the atoms (the fitted ones, the step's
+    copy and the updated ones), the batch and the residual buffer, the codes
+    (selections, CSR and CSC: about 40 bytes per nonzero), the correlation
+    blocks of the workers, and the Gram rows: the whole matrix (twice: the
+    carried one and the new one, at a step's end) when it fits in
+    ``gram_memory``, else the budget. ``minimum`` is what no budget can
+    shrink: everything but the Gram rows, with one block and one row of them.
+
+    Returns
+    -------
+    dict
+        ``atoms``, ``batch``, ``codes``, ``blocks``, ``gram``, ``total`` and
+        ``minimum`` in bytes, and ``available``: the memory available now.
+    """
+    from . import _encode
+    from ._gram_rows import available_memory, resolve_gram_memory
+
+    n_workers = max(1, effective_n_jobs(n_jobs))
+    atoms = 3 * n_components * n_features * itemsize
+    batch = 2 * batch_size * n_features * itemsize
+    codes = 40 * batch_size * n_nonzero_coefs
+    block = _encode._block_size(n_components, itemsize) * n_components * itemsize
+    whole = n_components * n_components * itemsize
+    budget = resolve_gram_memory(gram_memory)
+    gram = 2 * whole if whole <= budget else budget
+    minimum = atoms + batch + codes + block + n_components * itemsize
+    parts = {
+        "atoms": atoms,
+        "batch": batch,
+        "codes": codes,
+        "blocks": n_workers * block,
+        "gram": gram,
+    }
+    parts["total"] = sum(parts.values())
+    parts["minimum"] = minimum
+    parts["available"] = available_memory()
+    return parts
+
+
+def format_bytes(n_bytes):
+    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n_bytes < 1024 or unit == "PiB":
+            break
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
+
+
+def check_fit_memory(memory, n_components, n_features):
+    """ValueError when even the fit's ``minimum`` exceeds the memory available.
+
+    Called before anything of the fit's size is allocated (see
+    :func:`fit_memory`).
+    """
+    if memory["minimum"] > memory["available"]:
+        raise ValueError(
+            f"n_components={n_components} with {n_features} features needs at "
+            f"least {format_bytes(memory['minimum'])} of memory (atoms "
+            f"{format_bytes(memory['atoms'])}, batch and residual "
+            f"{format_bytes(memory['batch'])}, codes {format_bytes(memory['codes'])}, "
+            f"one correlation block and one Gram row) but "
+            f"{format_bytes(memory['available'])} is available: use a "
+            f"smaller batch_size or fewer n_components."
+        )
 
 
 def _epoch_order(plan, state, model, order):
@@ -256,6 +350,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     verbose = model.verbose if verbose is None else verbose
     order = None
     _ensure_mean(model, X, state)
+    reader = BatchReader(X)
     try:
         with ProgressReporter(
             plan.n_steps, verbose, initial=state.step, samples_seen=seen
@@ -267,8 +362,12 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                     order = _epoch_order(plan, state, model, order)
                 position = state.step % plan.schedule.n_batches
                 batch, scale = step_batch(
-                    X, plan.schedule.rows(order, position), state
+                    X, plan.schedule.rows(order, position), state, reader
                 )
+                if position + 1 < plan.schedule.n_batches and (
+                    state.step + 1 < plan.n_steps
+                ):  # read the next batch of the epoch while this step runs
+                    reader.prefetch(plan.schedule.rows(order, position + 1))
                 tic = time.perf_counter()
                 state.components, info, state.gram = model._step(
                     batch,
@@ -281,6 +380,8 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                         state, batch.shape, state.components.dtype
                     ),
                 )
+                if isinstance(state.gram, CacheHint):
+                    state.usage = state.gram.usage
                 seen += batch.shape[0]
                 # Not alive while the next batch is read (the buffers are).
                 del batch
@@ -305,10 +406,11 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
         # An (m, m) array and two of the batch's size: not kept past the fit,
         # however it ends.
         state.gram = state.residual = state.batch = None
+        reader.close()
     return state
 
 
-def step_batch(X, rows, state):
+def step_batch(X, rows, state, reader=None):
     """Batch ``rows`` of ``X`` as a step sees it: centred, scaled; and the scale.
 
     In-memory NumPy data is gathered into ``state.batch`` (see
@@ -322,7 +424,8 @@ def step_batch(X, rows, state):
         and reads_into_buffer(X)
         and isinstance(rows, np.ndarray)
     ):
-        batch = centred(read_batch(X, rows), state.mean)
+        read = read_batch(X, rows) if reader is None else reader.read(rows)
+        batch = centred(read, state.mean)
         scale = batch_scale(batch)
         return scaled(batch, scale), scale
     batch = read_batch(
@@ -386,4 +489,5 @@ def set_fitted(model, plan, state):
     model.n_samples_seen_ = state.history[-1]["n_samples_seen"] if state.history else 0
     model.history_ = state.history
     model._random_state = state.random_state
+    model._atom_usage = state.usage
     return model

@@ -14,7 +14,8 @@ product that computed it.
 
 import os
 import threading
-from numbers import Integral, Real
+import zlib
+from numbers import Real
 
 import numpy as np
 from joblib import cpu_count, effective_n_jobs
@@ -35,8 +36,10 @@ GRAM_MEMORY_CONSTRAINT = [
 _AUTO_FRACTION = 0.25
 
 # Of a budget too small for the whole Gram matrix, this fraction goes to the
-# per-worker tables of rows computed on demand, the rest to the cache.
-_TABLE_FRACTION = 0.125
+# per-worker tables of rows computed on demand, the rest to the cache. The
+# tables matter as much as the cache: a row computed once serves every
+# sample of the block that selects its atom while it is held.
+_TABLE_FRACTION = 0.5
 
 # Samples per pilot of the usage estimate when no usage is known: the top-k
 # correlations of these samples rank the atoms for the cache.
@@ -104,6 +107,23 @@ def gram_fits(n_components, itemsize, gram_memory):
     return n_components * n_components * itemsize <= resolve_gram_memory(gram_memory)
 
 
+class CacheHint:
+    """What a step hands the next when the whole Gram matrix does not fit.
+
+    The atoms change every step, so their Gram rows cannot be carried; the
+    usage of the atoms can: the next step caches the rows of the atoms this
+    one used most (instead of ranking them on a pilot).
+
+    Parameters
+    ----------
+    usage : ndarray of shape (n_components,)
+        Samples per atom in the step's codes.
+    """
+
+    def __init__(self, usage):
+        self.usage = np.asarray(usage)
+
+
 class GramRows:
     """Gram rows of a dictionary too wide for its whole Gram matrix.
 
@@ -134,6 +154,21 @@ class GramRows:
         self.shape = (dictionary.shape[0], dictionary.shape[0])
         self.stats = {"cache_hits": 0, "table_hits": 0, "computed": 0}
         self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # Picklable (dask ships it to workers): no lock, no worker tables.
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state.pop("_tables", None)
+        state.pop("dictionary_dev", None)
+        state.pop("backend", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self.backend = _backend.ArrayBackend(np)
+        self.dictionary_dev = self.dictionary
 
     def compute_rows(self, atoms, out):
         """``D[atoms] Dᵀ`` into ``out`` (C-ordered, ``(len(atoms), m)``)."""
@@ -171,13 +206,20 @@ def pilot_usage(X, dictionary, n_nonzero_coefs, backend):
     for the cost of encoding that many samples' correlations.
     """
     n_components = dictionary.shape[0]
-    pilot = X[: min(X.shape[0], _PILOT_SAMPLES), :]
-    corr = np.abs(
-        _backend.correlations(backend, pilot, backend.asarray(dictionary))
-    )
+    dictionary_dev = backend.asarray(dictionary)
     k = min(n_nonzero_coefs, n_components)
-    top = np.argpartition(corr, n_components - k, axis=1)[:, n_components - k :]
-    return np.bincount(top.ravel(), minlength=n_components)
+    usage = np.zeros(n_components, dtype=np.int64)
+    # Chunks of about 64 MiB of correlations: the pilot never costs the
+    # memory of a batch's correlations.
+    step = max(1, 2**26 // (n_components * dictionary.itemsize))
+    for start in range(0, min(X.shape[0], _PILOT_SAMPLES), step):
+        stop = min(start + step, X.shape[0], _PILOT_SAMPLES)
+        corr = np.abs(
+            _backend.correlations(backend, X[start:stop, :], dictionary_dev)
+        )
+        top = np.argpartition(corr, n_components - k, axis=1)[:, n_components - k :]
+        usage += np.bincount(top.ravel(), minlength=n_components)
+    return usage
 
 
 def plan_gram(
@@ -246,3 +288,35 @@ def plan_gram(
     cache_slot = np.full(n_components, -1, dtype=np.intp)
     cache_slot[cached] = np.arange(n_cached)
     return GramRows(dictionary, cache_rows, cache_slot, table_rows, backend)
+
+
+class CarriedGram:
+    """The Gram matrix (or :class:`CacheHint`) one ``partial_fit`` leaves the next.
+
+    Valid only for the very atoms it was computed from: ``components_`` the
+    same array, with the same bytes (a CRC of them, so that atoms edited in
+    place are noticed). Never pickled: an unpickled estimator computes the
+    matrix again, to the same bits.
+    """
+
+    def __init__(self, components=None, gram=None):
+        self._components = components
+        self._crc = None if components is None else _crc(components)
+        self.gram = gram
+
+    def for_atoms(self, components):
+        """The carried matrix if it belongs to ``components``, else None."""
+        if (
+            self.gram is None
+            or components is not self._components
+            or _crc(components) != self._crc
+        ):
+            return None
+        return self.gram
+
+    def __reduce__(self):
+        return (CarriedGram, ())
+
+
+def _crc(array):
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8).ravel())

@@ -352,7 +352,8 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
             "threshold"}, default="mp"
         Coder of :meth:`transform`.
     transform_n_nonzero_coefs : int, default=None
-        Nonzeros per code in :meth:`transform`; None means ``k``.
+        Nonzeros per code in :meth:`transform`; None means ``k``. A value
+        above ``n_components`` makes :meth:`transform` raise ``ValueError``.
     transform_alpha : float, default=None
         Regularisation of the lasso and threshold coders; None means
         ``alpha``.
@@ -406,6 +407,10 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         replaces at every call).
     n_jobs : int, default=None
         Threads; results do not depend on it.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram matrix rows that :meth:`transform` may hold, as in
+        :class:`DBKSVDDictionaryLearning` (the levels of a fit hold the Gram
+        matrices of their own groups).
     random_state : int, RandomState instance or None, default=None
         Seeds the initial dictionary, the shuffling and the update order.
     verbose : bool or int, default=False
@@ -439,6 +444,13 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         One record per step: ``relative_error`` and ``variance_explained`` of
         the residual left by the last group against the batch,
         ``n_replaced`` (all groups), ``seconds``, ``n_samples_seen``.
+    provenance_ : dict or None
+        Where the training rows come from, copied from the rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`): ``model_name``,
+        ``model_fingerprint``, ``module``, ``hook_name``, ``layer``,
+        ``context_size``, ``prepend_bos``, ``dtype`` and ``harvest``
+        (``path``, ``fingerprint``, ``n_rows``). None for other data. A
+        :meth:`partial_fit` batch without provenance keeps the one recorded.
 
     See Also
     --------
@@ -509,6 +521,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         replace_coherence=0.95,
         replace_until=0.8,
         n_jobs=None,
+        gram_memory="auto",
         random_state=None,
         verbose=False,
         callback=None,
@@ -546,6 +559,7 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         self.replace_coherence = replace_coherence
         self.replace_until = replace_until
         self.n_jobs = n_jobs
+        self.gram_memory = gram_memory
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback

@@ -33,9 +33,11 @@ from ._argmax import _ARGMAX_GROUP, _argmax_key
 from ._encode import (
     _block_correlations,
     _block_size,
+    _row_table,
     check_coder_inputs,
     selections_to_csr,
 )
+from ._gram_rows import _ROWS_BLOCK_BYTES, GRAM_MEMORY_CONSTRAINT, GramRows, plan_gram
 from ._parallel import ScratchBuffers, map_blocks
 
 # An atom whose squared distance to the span of the support is at most this
@@ -49,14 +51,35 @@ def _dependence_threshold(dtype):
 
 
 @_numba.jit()
+def _has_row(rows, j):  # pragma: no cover
+    """Whether atom ``j``'s Gram row is in ``rows`` (see :func:`_row`)."""
+    return rows[1][j] >= 0 or rows[3][j] >= 0
+
+
+@_numba.jit()
+def _row(rows, j):  # pragma: no cover
+    """Atom ``j``'s Gram row from ``rows = (cache, cache_slot, table, table_slot)``.
+
+    The whole Gram matrix is ``(G, arange(m), empty, ...)``; a budget of rows
+    is a cache of some rows and a table of rows computed on demand
+    (:mod:`sklearn_dbksvd._gram_rows`).
+    """
+    slot = rows[1][j]
+    if slot >= 0:
+        return rows[0][slot]
+    return rows[2][rows[3][j]]
+
+
+@_numba.jit()
 def _cholesky_append(L, n, gram, support, j, tiny):  # pragma: no cover
     """Add atom ``j`` as row ``n`` of the Cholesky factor ``L`` of ``G[S, S]``.
 
     Solves ``L[:n, :n] w = G[S, j]`` and sets ``L[n] = (w, √(G[j, j] − ‖w‖²))``.
     Returns False, leaving ``L`` unusable beyond row ``n``, when the atom is
-    (numerically) in the span of the support.
+    (numerically) in the span of the support. ``gram`` is a row source (see
+    :func:`_row`).
     """
-    g = gram[j]
+    g = _row(gram, j)
     sq = 0.0
     for r in range(n):
         s = float(g[support[r]])
@@ -170,14 +193,14 @@ def _update_correlations(alpha, a0, gram, support, coefs, n):  # pragma: no cove
         alpha[j] = a0[j]
     r = 0
     while r + 4 <= n:
-        g0, g1 = gram[support[r]], gram[support[r + 1]]
-        g2, g3 = gram[support[r + 2]], gram[support[r + 3]]
+        g0, g1 = _row(gram, support[r]), _row(gram, support[r + 1])
+        g2, g3 = _row(gram, support[r + 2]), _row(gram, support[r + 3])
         c0, c1, c2, c3 = coefs[r], coefs[r + 1], coefs[r + 2], coefs[r + 3]
         for j in range(n_components):
             alpha[j] -= (c0 * g0[j] + c1 * g1[j]) + (c2 * g2[j] + c3 * g3[j])
         r += 4
     while r < n:
-        g0 = gram[support[r]]
+        g0 = _row(gram, support[r])
         c0 = coefs[r]
         for j in range(n_components):
             alpha[j] -= c0 * g0[j]
@@ -186,14 +209,19 @@ def _update_correlations(alpha, a0, gram, support, coefs, n):  # pragma: no cove
 
 @_numba.jit()
 def _batch_omp_jit(
-    corr, alpha, keys, gram, positive, sq_norms, sq_target, tiny, indices, values
+    corr, alpha, keys, gram, positive, sq_norms, sq_target, tiny, indices, values,
+    todo, parked, pending,
 ):  # pragma: no cover
-    """Compiled Batch-OMP, one sample at a time.
+    """Compiled Batch-OMP, one sample at a time, for the samples ``todo``.
 
     ``corr`` holds the correlations ``α⁰`` (read only); ``alpha`` is a
     scratch row for the current correlations and ``keys`` the same memory
     viewed as integers for the arg-max. ``sq_norms`` is empty without a
-    tolerance.
+    tolerance. ``gram`` is a row source (see :func:`_row`): a sample that
+    selects an atom whose row is absent is left off, its index written to
+    ``parked`` and the rows it needs (its support so far and that atom; their
+    number in the last column) to ``pending[i]``, to be run again from its
+    start once they are there. Returns the number of samples left off.
     """
     n_samples, n_components = corr.shape
     k = indices.shape[1]
@@ -208,12 +236,15 @@ def _batch_omp_jit(
     tmp = np.zeros(k)
     coefs = np.zeros(k, corr.dtype)
     max_rounds = 3 * k if positive else k
-    for i in range(n_samples):
+    n_parked = 0
+    for position in range(todo.shape[0]):
+        i = todo[position]
         a0 = corr[i]
         for j in range(n_components):
             alpha[j] = a0[j]
         n = 0
         scale = 0.0
+        missing = False
         for _ in range(max_rounds):
             if n == k:
                 break
@@ -237,6 +268,9 @@ def _batch_omp_jit(
                     in_support = True
             if in_support:
                 break
+            if not _has_row(gram, best):
+                missing = True
+                break
             if not _cholesky_append(L, n, gram, support, best, tiny):
                 break
             support[n] = best
@@ -251,33 +285,44 @@ def _batch_omp_jit(
             for r in range(n):
                 coefs[r] = gamma[r]
             _update_correlations(alpha, a0, gram, support, coefs, n)
+        if missing:
+            parked[n_parked] = i
+            for r in range(n):
+                pending[i, r] = support[r]
+            pending[i, n] = best
+            pending[i, k] = n + 1
+            n_parked += 1
+            continue
         for r in range(n):
             indices[i, r] = support[r]
             values[i, r] = gamma[r]
         for r in range(n, k):
             indices[i, r] = support[0] if n > 0 else 0
             values[i, r] = 0
+    return n_parked
 
 
-def _batch_omp_numpy(corr, gram, n_nonzero_coefs, positive, sq_norms, sq_target, tiny):
+def _batch_omp_numpy(
+    corr, gram, positive, sq_norms, sq_target, tiny, indices, values, todo,
+    parked, pending,
+):
     """NumPy version of :func:`_batch_omp_jit` (same selections, to rounding).
 
     Sample by sample, the vectors of the dictionary's size in NumPy and the
     small systems in the same helpers as the compiled kernel.
     """
-    n_samples = corr.shape[0]
-    k = n_nonzero_coefs
-    indices = np.zeros((n_samples, k), dtype=np.intp)
-    values = np.zeros((n_samples, k), dtype=corr.dtype)
+    k = indices.shape[1]
     L = np.zeros((k, k))
     support = np.empty(k, np.intp)
     gamma, old, rhs, tmp = (np.zeros(k) for _ in range(4))
     max_rounds = 3 * k if positive else k
-    for i in range(n_samples):
+    n_parked = 0
+    for i in todo:
         a0 = corr[i]
         alpha = a0
         n = 0
         scale = 0.0
+        missing = False
         for _ in range(max_rounds):
             if n == k:
                 break
@@ -292,6 +337,9 @@ def _batch_omp_numpy(corr, gram, n_nonzero_coefs, positive, sq_norms, sq_target,
                 break
             if best in support[:n]:
                 break
+            if not _has_row(gram, best):
+                missing = True
+                break
             if not _cholesky_append(L, n, gram, support, best, tiny):
                 break
             support[n] = best
@@ -303,11 +351,29 @@ def _batch_omp_numpy(corr, gram, n_nonzero_coefs, positive, sq_norms, sq_target,
                 n -= 1
                 break
             n = kept
-            alpha = a0 - gamma[:n].astype(corr.dtype) @ gram[support[:n]]
+            rows = np.array([_row(gram, j) for j in support[:n]])
+            alpha = a0 - gamma[:n].astype(corr.dtype) @ rows
+        if missing:
+            parked[n_parked] = i
+            pending[i, :n] = support[:n]
+            pending[i, n] = best
+            pending[i, k] = n + 1
+            n_parked += 1
+            continue
         indices[i, :n] = support[:n]
         values[i, :n] = gamma[:n]
+        values[i, n:] = 0
         indices[i, n:] = support[0] if n > 0 else 0
-    return indices, values
+    return n_parked
+
+
+def _row_source(gram, table=None):
+    """The kernels' row source ``(cache, cache_slot, table, table_slot)``."""
+    if isinstance(gram, GramRows):
+        return (gram.cache_rows, gram.cache_slot, table.table, table.slot)
+    n_components = gram.shape[0]
+    slots = np.arange(n_components, dtype=np.intp)
+    return (gram, slots, gram[:0], np.full(n_components, -1, dtype=np.intp))
 
 
 def _batch_omp_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=None):
@@ -317,8 +383,13 @@ def _batch_omp_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=No
     ----------
     corr : ndarray of shape (n_samples, n_components)
         C-ordered correlations ``X @ D.T``; not modified.
-    gram : ndarray of shape (n_components, n_components)
-        ``D @ D.T``, C-ordered, in the dtype of ``corr``.
+    gram : ndarray of shape (n_components, n_components) or GramRows
+        ``D @ D.T``, C-ordered, in the dtype of ``corr``; or rows of it
+        within a memory budget (:mod:`sklearn_dbksvd._gram_rows`): a sample
+        that selects an atom whose row is absent is run again from its start
+        once the rows the block's samples wait for have been computed
+        together, so every code is that of the full matrix (to the rounding
+        of the rows).
     n_nonzero_coefs : int
         Largest support size ``k``.
     positive : bool
@@ -335,24 +406,54 @@ def _batch_omp_gram(corr, gram, n_nonzero_coefs, positive, sq_norms=None, tol=No
         Support and coefficients of each code; slots past a sample's support
         size have value zero.
     """
+    if isinstance(gram, GramRows):
+        # A sample needs the rows of its whole support at once.
+        with _row_table(gram, min_capacity=n_nonzero_coefs) as table:
+            return _batch_omp_rows(
+                corr, gram, n_nonzero_coefs, positive, sq_norms, tol, table
+            )
+    return _batch_omp_rows(corr, gram, n_nonzero_coefs, positive, sq_norms, tol)
+
+
+def _batch_omp_rows(corr, gram, n_nonzero_coefs, positive, sq_norms, tol, table=None):
     tiny = _dependence_threshold(corr.dtype)
     sq_target = None if tol is None else tol**2 * sq_norms
-    if not _numba.use_numba():
-        return _batch_omp_numpy(
-            corr, gram, n_nonzero_coefs, positive,
-            None if tol is None else sq_norms, sq_target, tiny,
-        )
     n_samples, n_components = corr.shape
     indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
     values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
-    int_dtype = np.int32 if corr.itemsize == 4 else np.int64
-    alpha = np.empty(n_components, dtype=corr.dtype)
-    if tol is None:
-        sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
-    _batch_omp_jit(
-        corr, alpha, alpha.view(int_dtype), gram, positive, sq_norms, sq_target,
-        tiny, indices, values,
-    )
+    parked = np.empty(n_samples, dtype=np.intp)
+    pending = np.zeros((n_samples, n_nonzero_coefs + 1), dtype=np.intp)
+    todo = np.arange(n_samples, dtype=np.intp)
+    if table is not None:
+        table.clear()
+        table.computed = 0
+    source = _row_source(gram, table)
+    if _numba.use_numba():
+        int_dtype = np.int32 if corr.itemsize == 4 else np.int64
+        alpha = np.empty(n_components, dtype=corr.dtype)
+        if tol is None:
+            sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
+
+        def run(todo):
+            return _batch_omp_jit(
+                corr, alpha, alpha.view(int_dtype), source, positive, sq_norms,
+                sq_target, tiny, indices, values, todo, parked, pending,
+            )
+    else:
+        def run(todo):
+            return _batch_omp_numpy(
+                corr, source, positive, None if tol is None else sq_norms,
+                sq_target, tiny, indices, values, todo, parked, pending,
+            )
+
+    while len(todo):
+        n_parked = run(todo)
+        todo = parked[:n_parked].copy()
+        if n_parked:
+            table.fetch_supports(pending[todo])
+    if table is not None:
+        gram.add_stats(0, 0, table.computed)
+        table.clear()
     return indices, values
 
 
@@ -367,23 +468,34 @@ def _omp_encode(
     tol=None,
     n_jobs=None,
     backend=None,
+    gram_memory="auto",
+    usage=None,
 ):
     """Batch-OMP codes in selection form (no validation).
 
     Blocks of samples as in :func:`~sklearn_dbksvd._encode._mp_encode`: the
     block's correlations (one GEMM in ``backend``, default from ``X``), then
     its codes; blocks run in threads and every sample is coded alone, so the
-    result does not depend on ``n_jobs``.
+    result does not depend on ``n_jobs``. Without ``gram``, the Gram rows
+    are planned within ``gram_memory`` bytes as for matching pursuit
+    (:func:`~sklearn_dbksvd._gram_rows.plan_gram`).
     """
     if backend is None:
         backend = _backend.resolve_backend("numpy", X)
     dictionary = _backend.to_numpy(dictionary)
     dictionary_dev = backend.asarray(dictionary) if cov is None else None
     if gram is None:
-        gram = _backend.gram(backend, dictionary)
-    gram = np.ascontiguousarray(gram)
+        gram = plan_gram(
+            dictionary, gram_memory, n_jobs=n_jobs, usage=usage, X=X,
+            n_nonzero_coefs=n_nonzero_coefs, backend=backend,
+            min_table_rows=n_nonzero_coefs,
+        )
     n_samples = X.shape[0] if cov is None else cov.shape[1]
-    step = _block_size(gram.shape[0], gram.itemsize)
+    if isinstance(gram, GramRows):
+        step = _block_size(gram.shape[0], gram.itemsize, _ROWS_BLOCK_BYTES)
+    else:
+        gram = np.ascontiguousarray(gram)
+        step = _block_size(gram.shape[0], gram.itemsize)
     blocks = [
         slice(start, min(start + step, n_samples))
         for start in range(0, n_samples, step)
@@ -424,6 +536,7 @@ def _omp_encode(
         "positive": ["boolean"],
         "tol": [Interval(Real, 0, 1, closed="both"), None],
         "n_jobs": [Integral, None],
+        "gram_memory": GRAM_MEMORY_CONSTRAINT,
     },
     prefer_skip_nested_validation=True,
 )
@@ -437,6 +550,7 @@ def sparse_encode_omp(
     positive=False,
     tol=None,
     n_jobs=None,
+    gram_memory="auto",
 ):
     """Sparse codes by orthogonal matching pursuit on the Gram matrix (Batch-OMP).
 
@@ -462,7 +576,8 @@ def sparse_encode_omp(
     dictionary : array-like of shape (n_components, n_features)
         Atoms, as rows; need not be unit-norm.
     n_nonzero_coefs : int
-        Largest number of nonzeros per code (``k``).
+        Largest number of nonzeros per code (``k``), at most
+        ``n_components`` (a larger value raises ``ValueError``).
     gram : array-like of shape (n_components, n_components), default=None
         Precomputed ``dictionary @ dictionary.T``.
     cov : array-like of shape (n_components, n_samples), default=None
@@ -482,6 +597,12 @@ def sparse_encode_omp(
         Number of threads coding blocks of samples in parallel. ``None``
         means 1 unless in a :obj:`joblib.parallel_backend` context. The result
         does not depend on it.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram rows the coder may hold when ``gram`` is not given, as
+        in :func:`~sklearn_dbksvd.sparse_encode_mp`: the whole matrix when it
+        fits, else a cache of the most used atoms' rows and rows computed
+        per block of samples (at least ``n_nonzero_coefs`` rows per worker).
+        The codes are the same to float32 rounding.
 
     Returns
     -------
@@ -514,11 +635,12 @@ def sparse_encode_omp(
     array([[0., 2.]])
     """
     X, dictionary, gram, cov = check_coder_inputs(
-        "sparse_encode_omp", X, dictionary, gram, cov, tol
+        "sparse_encode_omp", X, dictionary, gram, cov, tol,
+        n_nonzero_coefs=n_nonzero_coefs,
     )
     n_components = dictionary.shape[0]
     indices, values = _omp_encode(
         X, dictionary, n_nonzero_coefs, gram=gram, cov=cov, positive=positive,
-        tol=tol, n_jobs=n_jobs,
+        tol=tol, n_jobs=n_jobs, gram_memory=gram_memory,
     )
     return selections_to_csr(indices, values, n_components).toarray()

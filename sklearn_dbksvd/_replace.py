@@ -8,7 +8,7 @@ replace them by the worst-represented signals. Measured on a planted problem
 
 import numpy as np
 
-from . import _numba
+from . import _backend, _numba
 from ._update_positive import nonnegative_directions
 
 # Bytes of one block of rows of the Gram matrix in the NumPy near-duplicate
@@ -64,17 +64,71 @@ def near_duplicates(gram, usage, max_coherence):
 
 
 @_numba.jit()
-def _near_duplicates_jit(gram, usage, threshold, losers):  # pragma: no cover
-    """:func:`near_duplicates` in one pass over the upper triangle of ``gram``."""
-    n = gram.shape[0]
-    for i in range(n):
-        row = gram[i]
-        for j in range(i + 1, n):
-            if abs(row[j]) > threshold:
+def _near_duplicates_jit(gram, usage, threshold, losers, start=0):  # pragma: no cover
+    """:func:`near_duplicates` in one pass over the upper triangle of ``gram``.
+
+    ``gram`` may be the rows ``start:`` of the Gram matrix and its columns
+    ``start:`` (row ``r`` is atom ``start + r``, column ``c`` atom
+    ``start + c``): the pairs of a block of rows.
+    """
+    n_rows, n_cols = gram.shape
+    for r in range(n_rows):
+        row = gram[r]
+        i = start + r
+        for c in range(r + 1, n_cols):
+            if abs(row[c]) > threshold:
+                j = start + c
                 if usage[i] < usage[j]:
                     losers[i] = True
                 else:
                     losers[j] = True
+
+
+def near_duplicates_of_atoms(components, usage, max_coherence, *, backend=None):
+    """:func:`near_duplicates` without the whole Gram matrix.
+
+    The upper triangle is computed a block of rows at a time,
+    ``D[i:j] D[i:]ᵀ`` in ``_OVERLAP_BLOCK_BYTES``, and each block's pairs are
+    judged as they come: memory ``O(m)`` rows of one block, not ``m²``. The
+    same pairs as :func:`near_duplicates` on ``D Dᵀ``, to the rounding of
+    the products.
+
+    Parameters
+    ----------
+    components : ndarray of shape (n_components, n_features)
+        Unit-norm atoms, on the host.
+    usage : ndarray of shape (n_components,)
+        Number of samples using each atom.
+    max_coherence : float
+        Largest ``|cos|`` two atoms may have.
+    backend : ArrayBackend, default=None
+        Runs the products (NumPy by default).
+
+    Returns
+    -------
+    ndarray of int
+        Sorted atom indices.
+    """
+    if backend is None:
+        backend = _backend.ArrayBackend(np)
+    n_components = len(components)
+    usage = np.asarray(usage)
+    threshold = components.dtype.type(max_coherence)
+    losers = np.zeros(n_components, dtype=bool)
+    step = max(1, _OVERLAP_BLOCK_BYTES // max(1, n_components * components.itemsize))
+    for start in range(0, n_components, step):
+        stop = min(start + step, n_components)
+        block = _backend.correlations(
+            backend, components[start:stop], backend.asarray(components[start:])
+        )
+        if _numba.use_numba():
+            _near_duplicates_jit(block, usage, threshold, losers, start)
+            continue
+        i, j = np.nonzero(np.abs(block) > threshold)
+        upper = j > i
+        i, j = i[upper] + start, j[upper] + start
+        losers[np.where(usage[i] < usage[j], i, j)] = True
+    return np.flatnonzero(losers)
 
 
 def residual_sq_norms(residual):

@@ -12,9 +12,11 @@ from sklearn.decomposition import sparse_encode
 
 from . import _backend
 from ._encode import _mp_encode, selections_to_csr
+from ._gram_rows import CacheHint, gram_fits, plan_gram
 from ._omp import _omp_encode
 from ._replace import (
     near_duplicates,
+    near_duplicates_of_atoms,
     rare_atoms,
     replace_atoms,
     residual_sq_norms,
@@ -57,6 +59,7 @@ def encode_batch(
     alpha=None,
     max_iter=1000,
     gram=None,
+    gram_memory="auto",
 ):
     """Sparse codes of a batch as CSR, by matching pursuit, Batch-OMP or a lasso.
 
@@ -64,11 +67,16 @@ def encode_batch(
     runs the products ``X Dᵀ`` and ``D Dᵀ``. "lars" and "cd" are
     scikit-learn's lasso coders with penalty ``alpha`` and ``max_iter``
     iterations (``MiniBatchDictionaryLearning``'s). ``gram`` is ``D Dᵀ`` if
-    known.
+    known, or a :class:`~._gram_rows.CacheHint`; otherwise the Gram rows
+    are planned within ``gram_memory`` bytes (see :mod:`._gram_rows`).
     """
     backend = _as_backend(backend, X)
-    if gram is None:
-        gram = _backend.gram(backend, components)
+    gram = step_gram(
+        gram, components, gram_memory, X=X, n_jobs=n_jobs, backend=backend,
+        n_nonzero_coefs=n_nonzero_coefs,
+        min_table_rows=n_nonzero_coefs if algorithm == "omp" else 1,
+        whole=algorithm in _LASSO_CODERS,
+    )
     if algorithm == "mp":
         indices, values = _mp_encode(
             X,
@@ -101,6 +109,30 @@ def encode_batch(
         backend=backend,
     )
     return selections_to_csr(indices, values, components.shape[0])
+
+
+def step_gram(
+    gram, components, gram_memory, *, X, n_jobs, backend, n_nonzero_coefs,
+    min_table_rows=1, whole=False,
+):
+    """What the step's coder reads the Gram matrix from.
+
+    ``gram`` as given when it is the matrix; otherwise
+    :func:`~._gram_rows.plan_gram` within ``gram_memory``, its cache ranked
+    by a :class:`~._gram_rows.CacheHint`'s usage (the previous step's) or by
+    a pilot of ``X``. ``whole``: the coder needs the whole matrix
+    (scikit-learn's lasso), budget or not.
+    """
+    if gram is not None and not isinstance(gram, CacheHint):
+        return gram
+    if whole:
+        return _backend.gram(backend, components)
+    return plan_gram(
+        components, gram_memory, n_jobs=n_jobs,
+        usage=None if gram is None else gram.usage, X=X,
+        n_nonzero_coefs=n_nonzero_coefs, backend=backend,
+        min_table_rows=min_table_rows,
+    )
 
 
 def batch_residual(X, components, codes, out=None):
@@ -199,7 +231,7 @@ def refit_atoms(
 
 def clear_dictionary(
     components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence,
-    positive_dict=False, positive_code=False, sq_norms=None,
+    positive_dict=False, positive_code=False, sq_norms=None, gram_memory="auto",
 ):
     """Replace dead, rare and duplicated atoms; return how many were replaced.
 
@@ -208,19 +240,22 @@ def clear_dictionary(
     dead atoms from unlucky ones: nothing is replaced. With ``positive_dict``
     the new atoms are nonnegative (see ``_replace.replace_atoms``).
     ``sq_norms`` are the squared row norms of ``residual`` (float64) if
-    known, e.g. from the metrics pass; computed otherwise.
+    known, e.g. from the metrics pass; computed otherwise. The coherence
+    check holds the Gram matrix when it fits in ``gram_memory`` bytes and
+    goes through it a block of rows at a time otherwise.
     """
     return _clear_dictionary(
         components, codes, residual, n_nonzero_coefs=n_nonzero_coefs,
         min_usage=min_usage, max_coherence=max_coherence,
         positive_dict=positive_dict, positive_code=positive_code,
         backend=_backend.ArrayBackend(np), sq_norms=sq_norms,
+        gram_memory=gram_memory,
     )[0]
 
 
 def _clear_dictionary(
     components, codes, residual, *, n_nonzero_coefs, min_usage, max_coherence,
-    positive_dict, positive_code, backend, sq_norms=None,
+    positive_dict, positive_code, backend, sq_norms=None, gram_memory="auto",
 ):
     """:func:`clear_dictionary`, and the Gram matrix of the final atoms or None.
 
@@ -233,8 +268,21 @@ def _clear_dictionary(
     ``positive_dict`` rare atoms and the duplicates among the atoms before
     replacement are replaced together by ``_replace.replace_atoms`` (new
     atoms are nonnegative parts, not the residuals themselves); the Gram
-    matrix of that check is returned when no atom was replaced.
+    matrix of that check is returned when no atom was replaced. When the
+    Gram matrix does not fit in ``gram_memory``, the check goes a block of
+    rows at a time (:func:`~._replace.near_duplicates_of_atoms`) and None is
+    returned.
     """
+    whole = gram_fits(len(components), components.itemsize, gram_memory)
+
+    def duplicates_of(components):
+        if not whole:
+            return None, near_duplicates_of_atoms(
+                components, usage, max_coherence, backend=backend
+            )
+        gram = _backend.gram(backend, components)
+        return gram, near_duplicates(gram, usage, max_coherence)
+
     n_samples, n_components = codes.shape
     usage = np.diff(codes.indptr)
     mean_usage = n_samples * n_nonzero_coefs / n_components
@@ -248,8 +296,8 @@ def _clear_dictionary(
         if max_coherence < 1:
             # One Gram matrix for the check and, when no atom changes, for
             # the next step's encoder, as on the signed path.
-            gram = _backend.gram(backend, components)
-            atoms = np.union1d(atoms, near_duplicates(gram, usage, max_coherence))
+            gram, duplicates = duplicates_of(components)
+            atoms = np.union1d(atoms, duplicates)
         replaced = replace_atoms(
             components, atoms, residual,
             positive_dict=positive_dict, positive_code=positive_code,
@@ -264,8 +312,7 @@ def _clear_dictionary(
     components[rare] = residual[worst[: len(rare)]] / norms[worst[: len(rare)], None]
     if max_coherence >= 1:
         return len(rare), None
-    gram = _backend.gram(backend, components)
-    duplicates = near_duplicates(gram, usage, max_coherence)
+    gram, duplicates = duplicates_of(components)
     duplicates = duplicates[: len(worst) - len(rare)]
     if len(duplicates) == 0:
         return len(rare), gram
@@ -313,6 +360,7 @@ def dbksvd_step(
     gram=None,
     return_gram=False,
     residual_out=None,
+    gram_memory="auto",
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -356,13 +404,17 @@ def dbksvd_step(
         Nonnegative atoms: NN-K-SVD updates, nonnegative replacements.
     alpha, max_iter : float, int
         Penalty and iterations of the lasso coders ("lars", "cd").
-    gram : array of shape (n_components, n_components), default=None
+    gram : array of shape (n_components, n_components) or CacheHint, default=None
         ``components @ components.T`` in the backend's namespace, if known
-        (what the previous step returned with ``return_gram``).
+        (what the previous step returned with ``return_gram``), or the
+        previous step's :class:`~._gram_rows.CacheHint`.
     return_gram : bool, default=False
         Also return the Gram matrix of the new atoms when the step had it
-        exactly (its coherence check computes it), else None: passed to the
-        next step as ``gram``, it spares that step computing ``D Dᵀ`` again.
+        exactly (its coherence check computes it): passed to the next step as
+        ``gram``, it spares that step computing ``D Dᵀ`` again. When the
+        matrix does not fit in ``gram_memory``, a
+        :class:`~._gram_rows.CacheHint` with the step's usage of the atoms
+        instead; otherwise None.
     residual_out : ndarray, default=None
         Host array the step writes the batch's residual into (it holds the
         residual after the atom update when the step returns), so that a fit
@@ -370,6 +422,12 @@ def dbksvd_step(
         size per step. Used when it is C-ordered, of the batch's shape and of
         ``components``' dtype; otherwise the step allocates its own. It must
         not share memory with ``X``.
+    gram_memory : "auto", float or None, default="auto"
+        Bytes of Gram rows the coder and the coherence check may hold: the
+        whole matrix when it fits, else a cache of the most used atoms' rows
+        and rows computed on demand (:mod:`sklearn_dbksvd._gram_rows`); the
+        codes are the same to float32 rounding. "auto" is a quarter of the
+        memory available; None always holds the whole matrix.
 
     Returns
     -------
@@ -388,8 +446,10 @@ def dbksvd_step(
     buffer = _residual_buffer(residual_out, X, components.dtype)
     residual = None
     if codes is None and fit_algorithm == "mp":
-        if gram is None:
-            gram = _backend.gram(backend, components)
+        gram = step_gram(
+            gram, components, gram_memory, X=X, n_jobs=n_jobs, backend=backend,
+            n_nonzero_coefs=n_nonzero_coefs,
+        )
         indices, values, residual = _mp_encode(
             X,
             components,
@@ -418,6 +478,7 @@ def dbksvd_step(
             alpha=alpha,
             max_iter=max_iter,
             gram=gram,
+            gram_memory=gram_memory,
         )
         del gram
     if residual is None:
@@ -461,7 +522,12 @@ def dbksvd_step(
             positive_code=positive,
             backend=backend,
             sq_norms=sq_norms,
+            gram_memory=gram_memory,
         )
     if return_gram:
+        if final_gram is None and not gram_fits(
+            len(components), components.itemsize, gram_memory
+        ):
+            final_gram = CacheHint(np.diff(sp.csc_matrix(codes).indptr))
         return components, info, final_gram
     return components, info

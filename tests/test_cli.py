@@ -13,9 +13,9 @@ import scipy.sparse as sp
 from numpy.testing import assert_array_equal
 
 from sklearn_dbksvd import DBKSVDDictionaryLearning
-from sklearn_dbksvd.cli._resume import CHECKPOINT_NAME
-from sklearn_dbksvd.cli._io import atomic_write, load_dictionary
 from sklearn_dbksvd.cli import main as _main
+from sklearn_dbksvd.cli._io import atomic_write, load_dictionary
+from sklearn_dbksvd.cli._resume import CHECKPOINT_NAME
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
 # 2048 samples in batches of 256: 8 steps an epoch, each a few milliseconds.

@@ -1,17 +1,33 @@
 """Coders within a memory budget of Gram rows, against the full-Gram coders."""
 
+import pickle
+
 import numpy as np
 import pytest
+from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _numba, sparse_encode_mp
+from sklearn_dbksvd import (
+    DBKSVDDictionaryLearning,
+    _encode,
+    _numba,
+    _omp,
+    _replace,
+    sparse_encode_mp,
+    sparse_encode_omp,
+)
 from sklearn_dbksvd._encode import _mp_encode
 from sklearn_dbksvd._gram_rows import (
+    CacheHint,
     GramRows,
     plan_gram,
     resolve_gram_memory,
 )
+from sklearn_dbksvd._omp import _omp_encode
+from sklearn_dbksvd._step import dbksvd_step
 
+from . import _helpers
 from .test_encode import textbook_matching_pursuit
+from .test_update import count_gram_calls
 
 
 @pytest.fixture(params=["compiled", "numpy"])
@@ -75,9 +91,10 @@ def test_tolerance_and_refit_within_budget(kernels, share):
 
 
 @pytest.mark.parametrize("share", [0.3, "one row"])
-def test_codes_do_not_depend_on_n_jobs(kernels, share):
-    # Many blocks (larger than one correlation block), bit for bit.
-    X, dictionary = problem(n_samples=3000, n_components=2048, n_features=16)
+def test_codes_do_not_depend_on_n_jobs(kernels, share, monkeypatch):
+    # Many blocks of 64 samples, bit for bit.
+    monkeypatch.setattr(_encode, "_ROWS_BLOCK_BYTES", 2**10)
+    X, dictionary = problem(n_samples=1000, n_components=256, n_features=16)
     limit = budget(dictionary, share)
     runs = [
         _mp_encode(X, dictionary, 5, n_jobs=n_jobs, gram_memory=limit)
@@ -133,3 +150,165 @@ def test_gram_memory_is_validated():
         sparse_encode_mp(X, dictionary, 2, gram_memory="all")
     assert resolve_gram_memory(None) == np.inf
     assert 0 < resolve_gram_memory("auto") < np.inf
+
+
+@pytest.mark.parametrize("share", [1.0, 0.3, "one row"])
+@pytest.mark.parametrize("positive", [False, True])
+def test_batch_omp_equals_full_gram_batch_omp(kernels, share, positive):
+    X, dictionary = problem(n_samples=200, n_components=120)
+    full = sparse_encode_omp(X, dictionary, 6, positive=positive, gram_memory=None)
+    code = sparse_encode_omp(
+        X, dictionary, 6, positive=positive, gram_memory=budget(dictionary, share)
+    )
+    assert code.dtype == np.float32
+    np.testing.assert_array_equal(code != 0, full != 0)
+    np.testing.assert_allclose(code, full, rtol=1e-5, atol=2e-6)
+    # scikit-learn's OMP on the same atoms, in float64, as the oracle.
+    if not positive:
+        X64, D64 = X.astype(np.float64), dictionary.astype(np.float64)
+        reference = orthogonal_mp_gram(D64 @ D64.T, D64 @ X64.T, n_nonzero_coefs=6).T
+        np.testing.assert_allclose(code, reference, rtol=1e-3, atol=1e-4)
+
+
+def test_batch_omp_rows_do_not_depend_on_n_jobs(kernels, monkeypatch):
+    monkeypatch.setattr(_omp, "_ROWS_BLOCK_BYTES", 2**10)
+    X, dictionary = problem(n_samples=600, n_components=256, n_features=16)
+    runs = [
+        _omp_encode(X, dictionary, 5, n_jobs=n_jobs, gram_memory=row_bytes(dictionary))
+        for n_jobs in (1, 2)
+    ]
+    for first, second in zip(runs[0], runs[1], strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_near_duplicates_without_the_gram_matrix(kernels, monkeypatch, dtype):
+    rng = np.random.default_rng(3)
+    atoms = rng.standard_normal((90, 10))
+    # Planted near-duplicates (both signs), some among the same block.
+    atoms[10:20] = atoms[:10] + 1e-3 * rng.standard_normal((10, 10))
+    atoms[70:80] = -atoms[30:40] + 1e-3 * rng.standard_normal((10, 10))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    atoms = atoms.astype(dtype)
+    usage = rng.integers(0, 3, 90)
+    expected = _replace.near_duplicates(atoms @ atoms.T, usage, 0.99)
+    assert len(expected) == 20
+    monkeypatch.setattr(_replace, "_OVERLAP_BLOCK_BYTES", 7 * 90 * atoms.itemsize)
+    found = _replace.near_duplicates_of_atoms(atoms, usage, 0.99)
+    np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("fit_algorithm", ["mp", "omp"])
+def test_step_within_a_budget_equals_the_full_gram_step(fit_algorithm):
+    X, start = _helpers.planted(n_samples=400, n_components=40)
+    X, start = X.astype(np.float32), start.astype(np.float32)
+    settings = dict(fit_algorithm=fit_algorithm, return_gram=True)
+    full = dbksvd_step(
+        X, start, **_helpers.step_settings(**settings), gram_memory=None
+    )
+    small = dbksvd_step(
+        X, start, **_helpers.step_settings(**settings),
+        gram_memory=5 * row_bytes(start),
+    )
+    np.testing.assert_allclose(small[0], full[0], atol=2e-5)
+    assert small[1]["n_replaced"] == full[1]["n_replaced"]
+    assert isinstance(full[2], (np.ndarray, type(None)))
+    # The next step caches the rows of the atoms this step used most.
+    hint = small[2]
+    assert isinstance(hint, CacheHint)
+    assert hint.usage.sum() > 0
+    again = dbksvd_step(
+        X, small[0], **_helpers.step_settings(**settings), gram=hint,
+        gram_memory=5 * row_bytes(start),
+    )
+    follow = dbksvd_step(
+        X, full[0], **_helpers.step_settings(**settings), gram=full[2],
+        gram_memory=None,
+    )
+    np.testing.assert_allclose(again[0], follow[0], atol=1e-4)
+
+
+def partial_fits(batches, *, forget=False, edit=None, **params):
+    """``partial_fit`` on each batch; ``forget`` drops the carried state."""
+    model = DBKSVDDictionaryLearning(
+        n_components=20, n_nonzero_coefs=3, random_state=0, **params
+    )
+    for position, batch in enumerate(batches):
+        if forget and position:
+            model = pickle.loads(pickle.dumps(model))
+            assert model._carried_gram.for_atoms(model.components_) is None
+        if edit is not None and position == 2:
+            edit(model.components_)
+        model.partial_fit(batch)
+    return model
+
+
+def test_partial_fit_carries_the_gram_matrix(monkeypatch):
+    X, _ = _helpers.planted(n_samples=600)
+    batches = np.array_split(X, 5)
+    calls = count_gram_calls(monkeypatch)
+    carried = partial_fits(batches)
+    n_calls = len(calls)
+    calls.clear()
+    fresh = partial_fits(batches, forget=True)
+    assert len(calls) == 2 * len(batches)  # the encoder's and the check's
+    # One D Dᵀ per call but the first, unless duplicates were replaced.
+    assert n_calls <= len(batches) + 1 + sum(
+        h["n_replaced"] > 0 for h in carried.history_
+    )
+    assert n_calls < 2 * len(batches)
+    np.testing.assert_array_equal(carried.components_, fresh.components_)
+    assert carried.history_ == fresh.history_
+
+
+def test_partial_fit_does_not_carry_a_gram_matrix_to_edited_atoms():
+    X, _ = _helpers.planted(n_samples=600)
+    batches = np.array_split(X, 4)
+
+    def edit(atoms):
+        atoms[3] = atoms[4]
+
+    carried = partial_fits(batches, edit=edit)
+    fresh = partial_fits(batches, edit=edit, forget=True)
+    np.testing.assert_array_equal(carried.components_, fresh.components_)
+
+
+def test_partial_fit_within_a_budget_carries_the_usage():
+    X, _ = _helpers.planted(n_samples=600)
+    batches = np.array_split(X.astype(np.float32), 4)
+    model = partial_fits(batches, gram_memory=20 * 4 * 5)
+    assert isinstance(model._carried_gram.gram, CacheHint)
+    full = partial_fits(batches, gram_memory=None)
+    np.testing.assert_allclose(model.components_, full.components_, atol=1e-4)
+
+
+def test_partial_fit_does_not_copy_the_batch(monkeypatch):
+    from sklearn_dbksvd import _dbksvd
+
+    X, _ = _helpers.planted(n_samples=300)
+    X = X.astype(np.float32)
+    shared = []
+    step = _dbksvd.dbksvd_step
+
+    def spy(batch, *args, **kwargs):
+        shared.append(np.shares_memory(batch, X))
+        return step(batch, *args, **kwargs)
+
+    monkeypatch.setattr(_dbksvd, "dbksvd_step", spy)
+    model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
+    model.partial_fit(X).partial_fit(X)
+    assert shared == [True, True]
+
+
+def test_fit_refuses_a_fit_that_cannot_fit_and_stays_unfitted(monkeypatch):
+    from sklearn_dbksvd import _gram_rows
+
+    X, _ = _helpers.planted(n_samples=300)
+    model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
+    monkeypatch.setattr(_gram_rows, "available_memory", lambda: 10_000)
+    with pytest.raises(ValueError, match=r"needs at least .* of memory .* is available"):
+        model.fit(X)
+    assert not hasattr(model, "components_")
+    monkeypatch.undo()
+    model.fit(X)
+    assert model.components_.shape == (20, 12)

@@ -44,7 +44,7 @@ def _identity_dictionary(d=32):
 def _random_dictionary(d=32, m=64, k=3):
     rng = np.random.RandomState(1)
     estimator = DBKSVDDictionaryLearning(n_components=m, n_nonzero_coefs=k)
-    estimator.fit(rng.randn(50, d).astype(np.float32))
+    estimator.fit(rng.randn(2 * m, d).astype(np.float32))
     atoms = rng.randn(m, d).astype(np.float32)
     estimator.components_ = atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
     return estimator
@@ -293,9 +293,9 @@ def test_provenance_fills_in_and_refuses_another_layer(model, tokenizer):
 
 
 def test_progress_lines_off_a_terminal(model, tokenizer, capsys, monkeypatch):
-    from sklearn_dbksvd.lm import evaluate as evaluate_module
+    from sklearn_dbksvd.lm import _progress
 
-    monkeypatch.setattr(evaluate_module, "_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(_progress, "LINE_SECONDS", 0.0)
     results = evaluate_dictionary(
         _random_dictionary(), model, tokenizer, TEXTS[:4], layer=1,
         context_size=24, batch_size=2, progress="lines",
@@ -317,3 +317,85 @@ def test_progress_lines_off_a_terminal(model, tokenizer, capsys, monkeypatch):
         _random_dictionary(), model, tokenizer, TEXTS[:4], layer=1, progress=False
     )
     assert capsys.readouterr().err == ""
+
+
+def test_cli_evaluate_reads_the_provenance(tmp_path, model, tokenizer, capsys):
+    # The dictionary file carries the provenance: no --layer needed, another
+    # layer refused in one line, and progress lines in a log.
+    import json
+
+    from sklearn_dbksvd.cli import main
+    from sklearn_dbksvd.persistence import save_dictionary
+
+    model_dir = tmp_path / "tiny"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(TEXTS[:4]) + "\n")
+    estimator = _random_dictionary()
+    estimator.provenance_ = dict(PROVENANCE, model_name="tiny")
+    save_dictionary(estimator, tmp_path / "dict.npz")
+    command = ["evaluate", str(tmp_path / "dict.npz"), "--model", str(model_dir),
+               "--text", str(text)]
+    assert main([*command, "--json", "-q"]) == 0
+    captured = capsys.readouterr()
+    config = json.loads(captured.out)["config"]
+    assert config["hook_name"] == "blocks.1.hook_resid_post"
+    assert config["context_size"] == 24 and config["n_latents"] == 128
+    ours = [line for line in captured.err.splitlines() if "evaluate" in line]
+    assert ours == []  # -q: no progress; the settings are the fitted ones
+    assert main([*command, "--layer", "0", "-q"]) == 1
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if "evaluate" in line
+    ]
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("dbksvd evaluate: error: the dictionary was fitted on")
+    assert "--allow-other-layer" in err[0]
+    # Not a terminal (captured): progress as lines on stderr, not a bar.
+    assert main([*command, "--layer", "0", "--allow-other-layer",
+                 "--context-size", "16"]) == 0
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if "evaluate" in line
+    ]
+    assert err[0].startswith("dbksvd evaluate: warning: the dictionary was fitted on")
+    assert "context_size=24" in err[1] and "16" in err[1]
+    assert err[-1].startswith("evaluate: done: ")
+    # -o --force replaces a metrics file of evaluate, never another file.
+    metrics = tmp_path / "metrics.json"
+    assert main([*command, "-q", "-o", str(metrics)]) == 0
+    assert main([*command, "-q", "-o", str(metrics), "--force"]) == 0
+    assert "config" in json.loads(metrics.read_text())
+    capsys.readouterr()
+    for other in (text, tmp_path / "dict.npz", model_dir / "config.json"):
+        before = other.read_bytes()
+        assert main([*command, "-q", "-o", str(other), "--force"]) == 1
+        err = capsys.readouterr().err
+        assert "not a metrics file written by 'dbksvd evaluate'" in err
+        assert other.read_bytes() == before
+
+
+class _ReluCoder:
+    """Not a DB-KSVD estimator: nonnegative codes on the unit vectors."""
+
+    components_ = np.eye(32, dtype=np.float32)
+
+    def transform(self, X):
+        return np.maximum(np.asarray(X, dtype=np.float32), 0)
+
+    def inverse_transform(self, codes):
+        return np.asarray(codes) @ self.components_
+
+
+def test_any_transformer_counts_its_code_columns(tmp_path, model, tokenizer):
+    # Its codes are its latents, as they are (an SAE's ReLU latents).
+    results = evaluate_dictionary(
+        _ReluCoder(), model, tokenizer, TEXTS, layer=1, context_size=24
+    )
+    X = load_activations(
+        harvest_activations(
+            model, tokenizer, TEXTS, layer=1, context_size=24, output=tmp_path / "a"
+        )
+    )[:]
+    np.testing.assert_allclose(results["feature_density"], (X > 0).mean(0))
+    assert results["sparsity"]["l0"] == pytest.approx((X > 0).sum(1).mean())
+    assert results["config"]["n_latents"] == 32

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._data import RowConcatenation, check_lazy_array
 from .. import persistence
+from .._data import RowConcatenation, check_lazy_array
 from ..persistence import atomic_file
 
 _HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}
@@ -68,11 +68,23 @@ def _open_zarr(path, key):
     return store[_pick(names, key, path, "array")]
 
 
+def _load_npy(path):
+    """The array of a ``.npy`` file, memory-mapped; damage is a :class:`UserError`."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - EOFError, tokenize, ValueError...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path} is not a readable .npy file ({reason}); it is empty, "
+            "truncated or damaged."
+        ) from error
+
+
 def _open_shards(path):
     shards = sorted(path.glob("*.npy"))
     if not shards:
         raise UserError(f"{path} is a directory without .npy shards.")
-    arrays = [np.load(shard, mmap_mode="r") for shard in shards]
+    arrays = [_load_npy(shard) for shard in shards]
     try:
         return RowConcatenation(arrays)
     except ValueError as error:
@@ -124,10 +136,15 @@ def open_input(path, key=None):
     elif path.is_dir():
         X = _open_shards(path)
     elif suffix == ".npy":
-        X = np.load(path, mmap_mode="r")
+        X = _load_npy(path)
     elif suffix == ".npz":
-        with np.load(path) as archive:
-            X = archive[_pick(archive.files, key, path, "array")]
+        try:
+            members = persistence.read_npz(
+                path, "input", pick=lambda names: _pick(names, key, path, "array")
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        (X,) = members.values()
     elif suffix in _HDF5_SUFFIXES:
         X = _open_hdf5(path, key)
     else:
@@ -143,22 +160,51 @@ def open_input(path, key=None):
 
 
 def describe_input(path, X):
-    """What identifies the training data of a checkpoint."""
-    return {
+    """What identifies the training data of a checkpoint.
+
+    Its resolved path, shape, dtype and the fingerprint of the file or
+    directory (:func:`sklearn_dbksvd.persistence.fingerprint_path`: size,
+    modification time and sampled blocks of every file), so that a checkpoint
+    is not resumed on other contents at the same path.
+    """
+    description = {
         "path": str(Path(path).resolve()),
         "shape": [int(size) for size in X.shape],
         "dtype": str(np.dtype(X.dtype)),
+        "fingerprint": persistence.fingerprint_path(path),
     }
+    provenance = getattr(X, "provenance", None)
+    if provenance is not None:
+        description["provenance"] = provenance
+    return description
 
 
 # ----------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------
-def check_output(path, force):
-    """Fail early, before any work, when ``path`` cannot be written."""
+def check_output(path, force, replaceable=None, what="output"):
+    """Fail early, before any work, when ``path`` cannot be written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output file.
+    force : bool
+        ``--force``: an existing file may be replaced.
+    replaceable : callable, default=None
+        ``replaceable(path)`` says whether an existing file is one this tool
+        wrote (``--force`` replaces nothing else); None accepts any file.
+    what : str, default="output"
+        What the tool writes there, for the message.
+    """
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it.")
+    if path.exists() and replaceable is not None and not replaceable(path):
+        raise UserError(
+            f"{path} exists and is not a {what} written by dbksvd; refusing to "
+            "replace it, even with --force."
+        )
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such directory for the output.")
 
@@ -184,6 +230,11 @@ def save_npz_atomic(path, force=True, **arrays):
 # ----------------------------------------------------------------------
 # Dictionaries
 # ----------------------------------------------------------------------
+def check_dictionary_output(path, force):
+    """:func:`check_output` for a dictionary: ``--force`` replaces only one."""
+    check_output(path, force, persistence.is_dictionary_file, what="dictionary file")
+
+
 def estimator_classes():
     """Estimator classes a dictionary file may name."""
     return persistence.estimator_classes()
@@ -191,7 +242,7 @@ def estimator_classes():
 
 def save_dictionary(path, model, force):
     """Write a fitted estimator as ``.npz`` (:func:`sklearn_dbksvd.save_dictionary`)."""
-    check_output(path, force)
+    check_dictionary_output(path, force)
     persistence.save_dictionary(model, path, overwrite=True)
 
 

@@ -21,8 +21,9 @@ class Latents:
     Parameters
     ----------
     estimator : fitted estimator
-        A DB-KSVD estimator (or any transformer with ``components_``);
-        its codes are signed unless it has ``positive_code=True``.
+        A DB-KSVD estimator, whose codes are signed unless it has
+        ``positive_code=True``; or any other transformer with
+        ``components_`` (an SAE), whose code columns are its latents.
 
     Attributes
     ----------
@@ -35,7 +36,10 @@ class Latents:
 
     def __init__(self, estimator):
         self.n_atoms = int(np.shape(estimator.components_)[0])
-        self.signed = not bool(getattr(estimator, "positive_code", False))
+        params = estimator.get_params() if hasattr(estimator, "get_params") else {}
+        # Another transformer (an SAE, ...): its code columns are its latents.
+        self.splits = "split_sign" in params
+        self.signed = self.splits and not params.get("positive_code", False)
         self.n_latents = 2 * self.n_atoms if self.signed else self.n_atoms
 
     def atom(self, latent):
@@ -68,13 +72,20 @@ class Latents:
 
     def order(self):
         """Latents atom by atom: ``0+, 0-, 1+, 1-, ...``."""
+        return [self.at(position) for position in range(self.n_latents)]
+
+    def position(self, latent):
+        """Where ``latent`` comes in :meth:`order`."""
         if not self.signed:
-            return list(range(self.n_atoms))
-        return [
-            latent
-            for atom in range(self.n_atoms)
-            for latent in (atom, atom + self.n_atoms)
-        ]
+            return latent
+        return 2 * self.atom(latent) + (latent >= self.n_atoms)
+
+    def at(self, position):
+        """The latent at ``position`` of :meth:`order`."""
+        if not self.signed:
+            return position
+        atom, negative = divmod(position, 2)
+        return atom + negative * self.n_atoms
 
     def directions(self, components):
         """The decoder direction of every latent: ``[D; -D]`` or ``D``."""
@@ -82,19 +93,16 @@ class Latents:
         return np.concatenate([components, -components]) if self.signed else components
 
     def encoder(self, estimator, *, sparse_output, n_jobs=None):
-        """A shallow copy of ``estimator`` whose codes are one column per latent.
+        """An estimator whose codes are one column per latent.
 
-        The caller's estimator keeps its parameters; only ``split_sign``,
-        ``sparse_output`` and ``n_jobs`` of the copy are set.
+        For a DB-KSVD estimator, a shallow copy with ``split_sign``,
+        ``sparse_output`` and ``n_jobs`` set; the caller's estimator keeps
+        its parameters. Another transformer is returned as it is.
         """
+        if not self.splits:
+            return estimator
         encoder = copy.copy(estimator)
-        if hasattr(encoder, "set_params") and "split_sign" in encoder.get_params():
-            encoder.set_params(split_sign=self.signed, sparse_output=sparse_output)
-            if n_jobs is not None:
-                encoder.set_params(n_jobs=n_jobs)
-        elif self.signed:
-            raise TypeError(
-                f"{type(estimator).__name__} has no split_sign parameter: its "
-                "signed codes cannot be read as latents."
-            )
+        encoder.set_params(split_sign=self.signed, sparse_output=sparse_output)
+        if n_jobs is not None:
+            encoder.set_params(n_jobs=n_jobs)
         return encoder

@@ -19,7 +19,13 @@ from ._atomic import (
     fsync_directory,
     write_atomic,
 )
-from ._dictionary import load_dictionary, read_npz, save_dictionary
+from ._checkpoint import fingerprint_path
+from ._dictionary import (
+    is_dictionary_file,
+    load_dictionary,
+    read_npz,
+    save_dictionary,
+)
 from ._state import (
     ESTIMATOR_NAMES,
     check_components,
@@ -37,6 +43,8 @@ __all__ = [
     "check_estimator",
     "describe_estimator",
     "estimator_classes",
+    "fingerprint_path",
+    "is_dictionary_file",
     "load_dictionary",
     "read_npz",
     "rebuild_estimator",

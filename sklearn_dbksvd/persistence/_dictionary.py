@@ -31,12 +31,20 @@ from ._state import describe_estimator, rebuild_estimator
 FORMAT = 2
 
 
-def read_npz(path, what="file"):
-    """All members of the ``.npz`` at ``path``, read and checked.
+def read_npz(path, what="file", pick=None):
+    """The members of the ``.npz`` at ``path``, read and checked.
 
     Any damage (truncation, flipped bits, a bad header, an empty file, a
     pickled member) raises ``ValueError`` naming ``path``: the zip's CRC is
     checked as each member is read.
+
+    Parameters
+    ----------
+    path : path-like
+    what : str, default="file"
+        What the file is, for the messages.
+    pick : callable, default=None
+        ``pick(names)`` gives the one member to read; None reads all.
 
     Returns
     -------
@@ -45,22 +53,50 @@ def read_npz(path, what="file"):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {what}.")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("it holds one array, not an .npz archive")
-            return {name: archive[name] for name in archive.files}
-    except AttributeError:
-        # np.load gave a plain array, which has no context manager.
-        raise ValueError(
-            f"{path} is not a readable .npz {what} (it holds one array)."
-        ) from None
-    except Exception as error:  # noqa: BLE001 - zipfile, zlib, EOF, tokenize...
+
+    def damaged(error):
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(
+        return ValueError(
             f"{path} is not a readable .npz {what} ({reason}); it is damaged or "
             "of another kind."
-        ) from error
+        )
+
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != b"PK\x03\x04":
+        # Not a zip: an empty file, a .npy, anything else; never read whole.
+        raise damaged("it is not a zip archive")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - zipfile, zlib, EOF, tokenize...
+        raise damaged(error) from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise damaged("it holds one array, not an archive")
+    with archive:
+        names = archive.files if pick is None else [pick(archive.files)]
+        try:
+            return {name: archive[name] for name in names}
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as error:  # noqa: BLE001 - CRC, truncation, header...
+            raise damaged(error) from error
+
+
+def is_dictionary_file(path):
+    """Whether ``path`` is a dictionary file of this package (any format).
+
+    Reads only the zip's list of members: ``components_`` and ``estimator``.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return {"components_.npy", "estimator.npy"} <= names
 
 
 def json_member(members, name, where):

@@ -169,7 +169,8 @@ def random_state_to_json(random_state):
     name, keys, pos, has_gauss, cached = random_state.get_state()
     return {
         "bit_generator": str(name),
-        "keys": [int(key) for key in keys],
+        # 624 32-bit words as little-endian hex: one short line of JSON.
+        "keys": np.asarray(keys, dtype="<u4").tobytes().hex(),
         "pos": int(pos),
         "has_gauss": int(has_gauss),
         "cached_gaussian": float(cached),
@@ -179,7 +180,10 @@ def random_state_to_json(random_state):
 def random_state_from_json(data, *, where):
     """A ``numpy.random.RandomState`` in the state :func:`random_state_to_json` gave."""
     try:
-        keys = np.asarray(data["keys"], dtype=np.int64)
+        keys = data["keys"]
+        if isinstance(keys, str):
+            keys = np.frombuffer(bytes.fromhex(keys), dtype="<u4")
+        keys = np.asarray(keys, dtype=np.int64)
         if keys.shape != (624,) or keys.min() < 0 or keys.max() >= 2**32:
             raise ValueError("the keys are not 624 32-bit integers")
         random_state = np.random.RandomState()
@@ -193,7 +197,9 @@ def random_state_from_json(data, *, where):
             )
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{where}: the random state is unreadable ({error}).") from error
+        raise ValueError(
+            f"{where}: the random state is unreadable ({error})."
+        ) from error
     return random_state
 
 
