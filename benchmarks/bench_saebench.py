@@ -80,6 +80,11 @@ def main():
     parser.add_argument("dictionary", nargs="?")
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=500, help="tokens per encode")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's); on a loaded machine, 1 avoids "
+        "OpenMP threads waiting for each other",
+    )
     args = parser.parse_args()
     if (args.activations is None) != (args.dictionary is None):
         sys.exit("bench_saebench: give both ACTS and DICT.npz, or neither.")
@@ -90,6 +95,8 @@ def main():
         sys.exit(f"bench_saebench: needs torch and SAELens ({error}).")
     from sklearn_dbksvd.interop import save_sae, split_sign, to_saebench
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     model, X, what = _data(args)
     k = model._transform_n_nonzero_coefs()
     print(f"{what}: {X.shape[0]} tokens, d={X.shape[1]}, "
