@@ -153,13 +153,17 @@ def test_fields_come_from_the_provenance(data):
         "smollm2", "blocks.15.hook_resid_post", 15
     )
     assert (cfg.context_size, cfg.prepend_bos) == (64, False)
-    # What the caller types wins.
-    cfg = to_saebench(
-        model, model_name="other", hook_name="blocks.3.hook_resid_pre",
-        context_size=32, prepend_bos=True,
-    ).cfg
+    # What the caller types wins, with a warning when it is another model
+    # or layer than the dictionary's.
+    with pytest.warns(UserWarning, match="hook_name='blocks.3.hook_resid_pre', but"):
+        cfg = to_saebench(
+            model, model_name="smollm2", hook_name="blocks.3.hook_resid_pre",
+            context_size=32, prepend_bos=True,
+        ).cfg
+    with pytest.warns(UserWarning, match="model_name='other', but"):
+        to_saebench(model, model_name="other")
     assert (cfg.model_name, cfg.hook_name, cfg.hook_layer) == (
-        "other", "blocks.3.hook_resid_pre", 3
+        "smollm2", "blocks.3.hook_resid_pre", 3
     )
     assert (cfg.context_size, cfg.prepend_bos) == (32, True)
     with pytest.raises(ValueError, match="context_size must be a positive int"):
