@@ -32,9 +32,9 @@ def data():
     return X.astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["signed", "positive"])
+@pytest.fixture(scope="module", params=["signed", "positive", "nested"])
 def fitted(request, data):
-    model = DBKSVDDictionaryLearning(
+    params = dict(
         n_components=N_COMPONENTS,
         n_nonzero_coefs=K,
         max_steps=3,
@@ -42,7 +42,11 @@ def fitted(request, data):
         with_mean=True,
         positive_code=request.param == "positive",
     )
-    return model.fit(data)
+    if request.param == "nested":
+        from sklearn_dbksvd import MatryoshkaDBKSVD
+
+        return MatryoshkaDBKSVD(**params, transform_mode="nested").fit(data)
+    return DBKSVDDictionaryLearning(**params).fit(data)
 
 
 def _latents(model, X):
