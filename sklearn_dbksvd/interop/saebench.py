@@ -268,8 +268,8 @@ EVALS = {
     "ravel": ("ravel.main", "RAVELEvalConfig"),
     "autointerp": ("autointerp.main", "AutoInterpEvalConfig"),
 }
-# What ``multiple_evals`` of the core evaluation takes besides the SAEs; the
-# rest of ``options["core"]`` would be an error.
+# The arguments of the core evaluation's ``multiple_evals`` that options may
+# set, with the values of SAEBench's run_all_evals_custom_saes.py.
 _CORE_DEFAULTS = {
     "n_eval_reconstruction_batches": 200,
     "n_eval_sparsity_variance_batches": 2000,
@@ -299,28 +299,20 @@ def import_saebench():
     return sae_bench
 
 
-class _Collect:
-    """A logging handler that keeps the messages of errors."""
-
-    def __init__(self):
-        import logging
-
-        self.messages = []
-        self.handler = logging.Handler(level=logging.ERROR)
-        self.handler.emit = lambda record: self.messages.append(record.getMessage())
-
-
 @contextlib.contextmanager
 def _logged_errors(logger_name):
+    """The messages of the errors ``logger_name`` logs, as a list."""
     import logging
 
-    collect = _Collect()
+    messages = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = lambda record: messages.append(record.getMessage())
     logger = logging.getLogger(logger_name)
-    logger.addHandler(collect.handler)
+    logger.addHandler(handler)
     try:
-        yield collect.messages
+        yield messages
     finally:
-        logger.removeHandler(collect.handler)
+        logger.removeHandler(handler)
 
 
 @contextlib.contextmanager
