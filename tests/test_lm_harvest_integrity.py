@@ -432,3 +432,17 @@ def test_gguf_cache_is_keyed_by_the_file(tmp_path, tokenizer):
     weights.write_bytes(b"GGUF edited")
     with pytest.raises(ValueError, match="not a GGUF model that transformers"):
         load_model(weights, cache=cache)
+
+
+def test_stopped_harvest_of_an_earlier_version_is_not_resumed(tmp_path, tokenizer):
+    model, texts, out = tiny_llama(), random_texts(6), tmp_path / "acts"
+    harvest_activations(model, tokenizer, texts, layer=0, output=out, max_tokens=20)
+    path = out / "harvest.json"
+    manifest = json.loads(path.read_text())
+    for key in ("model_fingerprint", "compute_dtype"):  # not written before
+        del manifest["settings"][key]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="earlier version, without compute_dtype"):
+        harvest_activations(model, tokenizer, texts, layer=0, output=out)
+    harvest_activations(model, tokenizer, texts, layer=0, output=out, overwrite=True)
+    assert read_manifest(out)["complete"]
