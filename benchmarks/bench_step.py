@@ -314,12 +314,29 @@ def stream(n_batches, n_samples, n_features, n_components, k, n_jobs):
     )
     rng = np.random.default_rng(1)
     X = np.empty((n_samples, n_features), dtype=np.float32)
+    out = None
     for step in range(n_batches):
         X[:] = rng.standard_normal(X.shape, dtype=np.float32)
         tic = time.perf_counter()
         model.partial_fit(X)
         seconds = time.perf_counter() - tic
-        print(f"  step {step:3d}: {seconds:7.2f} s  peak RSS {max_rss_gb():.2f} GiB")
+        rss = max_rss_gb()
+        # The GEMM X Dᵀ of the same batch and atoms, right after, block by
+        # block into one 32 MiB buffer (a whole one would raise the peak RSS
+        # that the next steps report).
+        D = model.components_
+        rows = max(64, 2**25 // (4 * n_components))
+        if out is None:
+            out = np.empty((rows, n_components), dtype=np.float32)
+
+        def gemm_blocks():
+            for start in range(0, n_samples, rows):
+                block = X[start : start + rows]
+                np.matmul(block, D.T, out=out[: len(block)])  # noqa: B023
+
+        gemm, _ = best_time(gemm_blocks, 1)
+        print(f"  step {step:3d}: {seconds:7.2f} s  GEMM {gemm:6.2f} s  "
+              f"{seconds / gemm:5.2f} x GEMM  peak RSS {rss:.2f} GiB", flush=True)
 
 
 def zipf_problem(n_samples, n_features, n_components, zipf, n_active=8, seed=0):
@@ -364,7 +381,7 @@ def wide_step(args):
     from sklearn_dbksvd._step import dbksvd_step
 
     if args.zipf:
-        X, D = zipf_problem(args.n, args.d, args.m, args.zipf)
+        X, D = zipf_problem(args.n, args.d, args.m, args.zipf, args.active)
     else:
         X, D = problem(args.n, args.d, args.m)
     print(f"  data: {'zipf %.2f planted' % args.zipf if args.zipf else 'gaussian'}"
@@ -430,6 +447,8 @@ def main():
                         help="bytes of Gram rows for --wide")
     parser.add_argument("--zipf", type=float, default=0.0,
                         help="planted data with Zipf-distributed atom usage")
+    parser.add_argument("--active", type=int, default=8,
+                        help="planted atoms per sample of --zipf data")
     parser.add_argument("--wide-steps", type=int, default=1,
                         help="steps of --wide (later ones rank by usage)")
     args = parser.parse_args()

@@ -82,6 +82,8 @@ and ``load_sae`` need safetensors, ``to_torch`` and ``load_torch`` need torch
             "load_sae",
             "to_torch",
             "load_torch",
+            "to_saebench",
+            "run_saebench",
             "split_sign",
             "SplitSign",
         ],
@@ -106,14 +108,16 @@ See :ref:`lm`.
             "harvest_provenance",
             "evaluate_dictionary",
             "format_metrics",
+            "ProvenanceWarning",
         ],
     },
     {
         "title": "Dashboard",
         "module": "sklearn_dbksvd.lm",
         "description": """
-A static site of what each atom means, built from a harvest directory: the
-contexts where it fires, its histogram and its logit effects. Reading a
+A static site of what each latent (each sign of an atom) means, built from a
+harvest directory: the contexts where it fires, its histogram and its logit
+effects. Reading a
 harvest needs NumPy only; the logit effects need the model (torch). See
 :ref:`dashboard`.
 """,

@@ -2,7 +2,6 @@
 
 import copy
 import functools
-import os
 import warnings
 from numbers import Integral, Real
 
@@ -51,7 +50,9 @@ from ._fit_loop import (
     FitState,
     batch_scale,
     centred,
+    check_fit_memory,
     data_mean,
+    fit_memory,
     fitted_mean,
     initialise,
     plan_fit,
@@ -95,51 +96,6 @@ def _provenance_of(X):
     """
     provenance = getattr(X, "provenance", None)
     return copy.deepcopy(dict(provenance)) if provenance is not None else None
-
-
-def _physical_memory():
-    """Bytes of memory of this machine, or None where it cannot be known."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _format_bytes(n_bytes):
-    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n_bytes < 1024 or unit == "PiB":
-            break
-        n_bytes /= 1024
-    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
-
-
-def check_fit_memory(n_components, n_features, batch_size, dtype):
-    """Refuse a fit whose arrays cannot fit in this machine's memory.
-
-    Estimated before anything of that size is allocated: the atoms
-    ``(n_components, n_features)``, their Gram matrix ``(n_components,
-    n_components)`` and a batch with its residual ``(batch_size,
-    n_features)`` each.
-
-    Raises
-    ------
-    ValueError
-        Naming the estimate, when it exceeds the machine's physical memory.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    atoms = n_components * n_features * itemsize
-    gram = n_components * n_components * itemsize
-    batches = 2 * batch_size * n_features * itemsize
-    needed = atoms + gram + batches
-    available = _physical_memory()
-    if available is not None and needed > available:
-        raise ValueError(
-            f"n_components={n_components} with {n_features} features needs "
-            f"about {_format_bytes(needed)} of memory (atoms "
-            f"{_format_bytes(atoms)}, their Gram matrix {_format_bytes(gram)}), "
-            f"more than this machine's {_format_bytes(available)}."
-        )
 
 
 def _warn_if_more_atoms_than_samples(n_components, n_samples):
@@ -303,7 +259,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
-        check_fit_memory(n_components, X_batch.shape[1], X_batch.shape[0], dtype)
+        n_features = X_batch.shape[1]
+        memory = fit_memory(
+            n_components, n_features, X_batch.shape[0],
+            self._resolved_n_nonzero_coefs(n_features, n_components), dtype.itemsize,
+            gram_memory=self.gram_memory, n_jobs=self.n_jobs,
+        )
+        check_fit_memory(memory, n_components, n_features)
         if self.dict_init is not None:
             return self._unit_atoms(self._checked_dict_init(dtype), random_state)
         else:
@@ -641,6 +603,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
             return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        if isinstance(self.transform_n_nonzero_coefs, bool | np.bool_):
+            # Set after fit (as dbksvd encode -k does), so not validated there.
+            raise InvalidParameterError(
+                "The 'transform_n_nonzero_coefs' parameter of "
+                f"{type(self).__name__} must be an integer, not a bool; got "
+                f"{self.transform_n_nonzero_coefs!r}."
+            )
         if self.transform_n_nonzero_coefs > n_components:
             raise ValueError(
                 f"transform_n_nonzero_coefs={self.transform_n_nonzero_coefs} "
@@ -739,11 +708,12 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
+            _check_n_features(self, X, reset=False)
+            _check_feature_names(self, X, reset=False)
         else:
+            # Features and names checked here, on X as the user gave it.
             X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
             dtype = X.dtype
-        _check_n_features(self, X, reset=False)
-        _check_feature_names(self, X, reset=False)
         yield from self._iter_codes(X, dtype, chunk_size)
 
     def _iter_codes(self, X, dtype, chunk_size=None):
@@ -918,8 +888,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         score : float
         """
         check_is_fitted(self)
-        X = validate_data(self, to_numpy(X), dtype=_FLOAT_DTYPES, reset=False)
-        residual = X - self.inverse_transform(self.transform(X))
+        self._transform_n_nonzero_coefs()
+        # Validated once, as given (a DataFrame keeps its feature names).
+        X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
+        residual = X - self.inverse_transform(self._encode(X))
         return _variance_explained_of_residual(X, residual)
 
     @property

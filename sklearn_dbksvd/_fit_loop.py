@@ -205,13 +205,13 @@ def plan_fit(model, X):
     n_steps = model.max_iter * schedule.n_batches
     if model.max_steps is not None:
         n_steps = min(n_steps, model.max_steps)
+    dtype = host_dtype(X) if hasattr(X, "dtype") else np.dtype(np.float64)
     memory = fit_memory(
         n_components, n_features, min(batch_size, n_samples), k,
-        np.dtype(getattr(X, "dtype", np.float64)).itemsize
-        if np.dtype(getattr(X, "dtype", np.float64)).kind == "f" else 8,
+        dtype.itemsize if dtype.kind == "f" else 8,
         gram_memory=getattr(model, "gram_memory", "auto"), n_jobs=model.n_jobs,
     )
-    check_fit_memory(memory)
+    check_fit_memory(memory, n_components, n_features)
     return FitPlan(n_components, batch_size, schedule, n_steps, memory)
 
 
@@ -260,15 +260,29 @@ def fit_memory(
     return parts
 
 
-def check_fit_memory(memory):
-    """ValueError when even the fit's ``minimum`` exceeds the memory available."""
+def format_bytes(n_bytes):
+    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n_bytes < 1024 or unit == "PiB":
+            break
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
+
+
+def check_fit_memory(memory, n_components, n_features):
+    """ValueError when even the fit's ``minimum`` exceeds the memory available.
+
+    Called before anything of the fit's size is allocated (see
+    :func:`fit_memory`).
+    """
     if memory["minimum"] > memory["available"]:
         raise ValueError(
-            f"This fit needs at least {memory['minimum'] / 2**30:.2f} GiB "
-            f"(atoms {memory['atoms'] / 2**30:.2f}, batch and residual "
-            f"{memory['batch'] / 2**30:.2f}, codes {memory['codes'] / 2**30:.2f} "
-            f"GiB, one correlation block and one Gram row) but "
-            f"{memory['available'] / 2**30:.2f} GiB are available: use a "
+            f"n_components={n_components} with {n_features} features needs at "
+            f"least {format_bytes(memory['minimum'])} of memory (atoms "
+            f"{format_bytes(memory['atoms'])}, batch and residual "
+            f"{format_bytes(memory['batch'])}, codes {format_bytes(memory['codes'])}, "
+            f"one correlation block and one Gram row) but "
+            f"{format_bytes(memory['available'])} is available: use a "
             f"smaller batch_size or fewer n_components."
         )
 

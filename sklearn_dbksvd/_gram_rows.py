@@ -206,13 +206,20 @@ def pilot_usage(X, dictionary, n_nonzero_coefs, backend):
     for the cost of encoding that many samples' correlations.
     """
     n_components = dictionary.shape[0]
-    pilot = X[: min(X.shape[0], _PILOT_SAMPLES), :]
-    corr = np.abs(
-        _backend.correlations(backend, pilot, backend.asarray(dictionary))
-    )
+    dictionary_dev = backend.asarray(dictionary)
     k = min(n_nonzero_coefs, n_components)
-    top = np.argpartition(corr, n_components - k, axis=1)[:, n_components - k :]
-    return np.bincount(top.ravel(), minlength=n_components)
+    usage = np.zeros(n_components, dtype=np.int64)
+    # Chunks of about 64 MiB of correlations: the pilot never costs the
+    # memory of a batch's correlations.
+    step = max(1, 2**26 // (n_components * dictionary.itemsize))
+    for start in range(0, min(X.shape[0], _PILOT_SAMPLES), step):
+        stop = min(start + step, X.shape[0], _PILOT_SAMPLES)
+        corr = np.abs(
+            _backend.correlations(backend, X[start:stop, :], dictionary_dev)
+        )
+        top = np.argpartition(corr, n_components - k, axis=1)[:, n_components - k :]
+        usage += np.bincount(top.ravel(), minlength=n_components)
+    return usage
 
 
 def plan_gram(

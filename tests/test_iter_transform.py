@@ -81,6 +81,7 @@ def test_chunks_equal_textbook_matching_pursuit(
             id="harvest-rows",
         ),
         pytest.param(lambda X, tmp: _hdf5(X, tmp), id="hdf5"),
+        pytest.param(lambda X, tmp: _zarr(X, tmp), id="zarr"),
         pytest.param(lambda X, tmp: _torch(X), id="torch"),
     ],
 )
@@ -102,6 +103,15 @@ def _hdf5(X, tmp):
     file = h5py.File(tmp / "X.h5", "w")
     file["X"] = X
     return file["X"]
+
+
+def _zarr(X, tmp):
+    zarr = pytest.importorskip("zarr")
+    store = zarr.open_array(
+        str(tmp / "X.zarr"), mode="w", shape=X.shape, chunks=(50, D), dtype="f8"
+    )
+    store[:] = X
+    return store
 
 
 def _torch(X):
@@ -190,7 +200,7 @@ def test_cli_fit_refuses_a_dictionary_larger_than_memory(split_sign_files, capsy
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "n_components=100000000000" in err[0]
-    assert "needs about" in err[0] and "of memory" in err[0]
+    assert "needs at least" in err[0] and "of memory" in err[0]
     assert not out.exists()
 
 
@@ -222,3 +232,32 @@ def test_demo_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--report", "demo.png"]) == 0
     assert f"report: {tmp_path / 'demo.png'}" in capsys.readouterr().out
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_feature_names_are_checked_once_and_quietly(X, recwarn):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(D)])
+    model = fitted(frame)
+    codes = stacked(model.iter_transform(frame, chunk_size=100), N)
+    np.testing.assert_allclose(codes, oracle(model, X), atol=1e-10)
+    assert not [w for w in recwarn if "feature names" in str(w.message)]
+    renamed = frame.rename(columns={"x0": "other"})
+    with pytest.raises(ValueError, match="feature names"):
+        next(model.iter_transform(renamed))
+
+
+@pytest.mark.parametrize("namespace", ["array_api_strict", "torch"])
+def test_device_arrays_under_array_api_dispatch(X, namespace):
+    import sklearn
+
+    pytest.importorskip("array_api_compat")
+    if namespace == "torch":
+        torch = pytest.importorskip("torch")
+        data = torch.from_numpy(X)
+    else:
+        xp = pytest.importorskip("array_api_strict")
+        data = xp.asarray(X, device=xp.Device("device1"))
+    model = fitted(X, with_mean=True, split_sign=True, sparse_output=True)
+    with sklearn.config_context(array_api_dispatch=True):
+        codes = stacked(model.iter_transform(data, chunk_size=90), N)
+    np.testing.assert_allclose(codes, oracle(model, X), atol=1e-10)

@@ -785,3 +785,81 @@ def test_export_onto_a_full_disk_leaves_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_fit_onto_a_full_disk_is_one_line_and_leaves_nothing(
+    data, tmp_path, monkeypatch, capsys
+):
+    from sklearn_dbksvd.persistence import _dictionary
+
+    def no_space(file, **arrays):
+        file.write(b"part of the archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    np.save(tmp_path / "X.npy", data)
+    monkeypatch.setattr(_dictionary.np, "savez", no_space)
+    argv = ["fit", tmp_path / "X.npy", "-m", 24, "-k", 3, "--steps", 1, "-q"]
+    result = _run([*argv, "-o", tmp_path / "d.npz"], capsys)
+    _one_line_error(result, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.npy"]
+
+
+def test_write_atomic_without_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_atomic(tmp_path / "a", b"1", overwrite=False)
+    assert (tmp_path / "a").read_bytes() == b"1"
+    with pytest.raises(FileExistsError):
+        write_atomic(tmp_path / "a", b"2", overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_fit_force_replaces_only_a_dictionary(data, good_file, tmp_path, capsys):
+    np.save(tmp_path / "X.npy", data)
+    notes = tmp_path / "notes.npz"
+    np.savez(notes, results=np.arange(3))  # the user's own archive
+    argv = ["fit", tmp_path / "X.npy", "-m", 24, "-k", 3, "--steps", 1, "-q"]
+    _one_line_error(
+        _run([*argv, "-o", notes, "--force"], capsys), "not a dictionary file"
+    )
+    assert_array_equal(np.load(notes)["results"], np.arange(3))
+    _one_line_error(
+        _run([*argv, "-o", tmp_path / "X.npy", "--force"], capsys), "is the input"
+    )
+    assert_array_equal(np.load(tmp_path / "X.npy"), data)
+    old = tmp_path / "old.npz"
+    old.write_bytes(good_file.read_bytes())
+    assert _run([*argv, "-o", old, "--force"], capsys).returncode == 0
+    assert load_dictionary(old).n_steps_ == 1
+
+
+def test_checkpoint_inside_the_input_directory_resumes(data, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.save(shards / "0.npy", data[:300])
+    np.save(shards / "1.npy", data[300:])
+    argv = _fit_argv(shards, shards / "ckpt", tmp_path / "a.npz")
+    assert _run(argv, capsys).returncode == 0
+    again = _run(_fit_argv(shards, shards / "ckpt", tmp_path / "b.npz"), capsys)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step 3" in again.stdout
+
+
+def test_sae_directory_of_format_1_loads(sae_model, data, tmp_path):
+    from sklearn_dbksvd.interop import load_sae
+
+    path = _sae(sae_model, tmp_path / "sae")
+
+    def as_format_1(config):
+        ours = config["sklearn_dbksvd"]
+        ours["format"] = 1
+        del ours["random_state"], ours["provenance"]
+
+    _edit(path, as_format_1)
+    loaded = load_sae(path)
+    assert loaded.provenance_ is None
+    assert_array_equal(loaded.transform(data), sae_model.transform(data))
+    loaded.partial_fit(data[:100])  # a generator seeded from random_state
+    assert loaded.n_steps_ == sae_model.n_steps_ + 1

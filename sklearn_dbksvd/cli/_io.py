@@ -182,11 +182,29 @@ def describe_input(path, X):
 # ----------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------
-def check_output(path, force):
-    """Fail early, before any work, when ``path`` cannot be written."""
+def check_output(path, force, replaceable=None, what="output"):
+    """Fail early, before any work, when ``path`` cannot be written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output file.
+    force : bool
+        ``--force``: an existing file may be replaced.
+    replaceable : callable, default=None
+        ``replaceable(path)`` says whether an existing file is one this tool
+        wrote (``--force`` replaces nothing else); None accepts any file.
+    what : str, default="output"
+        What the tool writes there, for the message.
+    """
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it.")
+    if path.exists() and replaceable is not None and not replaceable(path):
+        raise UserError(
+            f"{path} exists and is not a {what} written by dbksvd; refusing to "
+            "replace it, even with --force."
+        )
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such directory for the output.")
 
@@ -212,6 +230,11 @@ def save_npz_atomic(path, force=True, **arrays):
 # ----------------------------------------------------------------------
 # Dictionaries
 # ----------------------------------------------------------------------
+def check_dictionary_output(path, force):
+    """:func:`check_output` for a dictionary: ``--force`` replaces only one."""
+    check_output(path, force, persistence.is_dictionary_file, what="dictionary file")
+
+
 def estimator_classes():
     """Estimator classes a dictionary file may name."""
     return persistence.estimator_classes()
@@ -219,7 +242,7 @@ def estimator_classes():
 
 def save_dictionary(path, model, force):
     """Write a fitted estimator as ``.npz`` (:func:`sklearn_dbksvd.save_dictionary`)."""
-    check_output(path, force)
+    check_dictionary_output(path, force)
     persistence.save_dictionary(model, path, overwrite=True)
 
 

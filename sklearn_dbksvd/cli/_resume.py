@@ -26,7 +26,7 @@ from .._fit_loop import FitState, plan_fit, run_fit, set_fitted
 from ..persistence import _checkpoint
 from ._io import UserError, to_json
 
-CHECKPOINT_NAME = "dbksvd-checkpoint.npz"
+CHECKPOINT_NAME = _checkpoint.CHECKPOINT_NAME
 
 # Parameters that may change between a run and its resumption: they do not
 # change the result (n_jobs) or only what is shown (verbose).

@@ -329,11 +329,15 @@ def _served_model(model, model_name):
             served = served.to(dtype)
         return served
 
+    # The evaluations move the model: give it back as it came.
+    device, dtype = model.cfg.device, model.cfg.dtype
     HookedTransformer.from_pretrained_no_processing = staticmethod(serve)
     try:
         yield
     finally:
         HookedTransformer.from_pretrained_no_processing = original
+        model.to(device)
+        model.to(dtype)
 
 
 @contextlib.contextmanager

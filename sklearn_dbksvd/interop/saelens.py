@@ -44,7 +44,11 @@ The directory layout
     can hold; ``dict_init``, ``code_init``, ``callback`` and a
     ``RandomState`` instance are left out and listed under
     ``dropped_params``), ``n_features_in``, ``feature_names_in``, the fitted
-    counters and ``history_``, the package version, ``centred``, and the
+    counters and ``history_``, the state of the random generator
+    (``random_state``), the ``provenance``, the package version (the
+    description of a fitted estimator of
+    :mod:`sklearn_dbksvd.persistence`, also in the dictionary file),
+    ``centred``, and the
     ``encoder``: the matching-pursuit settings of ``transform``
     (``n_nonzero_coefs`` resolved, ``positive``, ``tol``, ``refit``, the
     nested ``levels`` of a :class:`~sklearn_dbksvd.MatryoshkaDBKSVD` with
@@ -437,8 +441,14 @@ def load_sae(directory):
     with, so its :meth:`transform` gives the same codes (when the tensors
     were saved in the dtype of ``components_``). Parameters that were not
     saved (``dict_init``, ``code_init``, ``callback``, a ``RandomState``
-    instance) are None; a later :meth:`partial_fit` draws from a fresh
-    random state.
+    instance) are None; a later :meth:`partial_fit` continues from the saved
+    random generator (from ``random_state`` for directories of format 1).
+
+    A directory edited by hand is checked: a missing key, a ``b_dec`` or
+    ``W_dec`` of the wrong shape or with NaN, or ``d_in`` / ``d_sae`` that no
+    longer match the tensors raise ``ValueError`` naming the file; an edited
+    ``max_iterations`` (``k`` for ``"topk"``) is honoured, as SAELens
+    honours it, with a ``UserWarning``.
 
     Parameters
     ----------
@@ -450,7 +460,8 @@ def load_sae(directory):
     estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
         Fitted estimator with ``components_``, ``n_features_in_`` (and
         ``feature_names_in_``, ``n_iter_``, ``n_steps_``,
-        ``n_samples_seen_``, ``history_``, ``mean_`` when saved). Both
+        ``n_samples_seen_``, ``history_``, ``mean_``, ``provenance_`` when
+        saved). Both
         layouts are read: ``"matching_pursuit"`` and the ``"topk"`` one of
         earlier versions.
 

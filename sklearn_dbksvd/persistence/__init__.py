@@ -20,7 +20,12 @@ from ._atomic import (
     write_atomic,
 )
 from ._checkpoint import fingerprint_path
-from ._dictionary import load_dictionary, read_npz, save_dictionary
+from ._dictionary import (
+    is_dictionary_file,
+    load_dictionary,
+    read_npz,
+    save_dictionary,
+)
 from ._state import (
     ESTIMATOR_NAMES,
     check_components,
@@ -39,6 +44,7 @@ __all__ = [
     "describe_estimator",
     "estimator_classes",
     "fingerprint_path",
+    "is_dictionary_file",
     "load_dictionary",
     "read_npz",
     "rebuild_estimator",

@@ -68,6 +68,26 @@ def _check_file_target(path, overwrite):
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
 
 
+def _rename_if_absent(tmp, path):
+    """Rename ``tmp`` to ``path`` unless ``path`` was created meanwhile."""
+    try:
+        # A hard link fails if path exists: no window between check and rename.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path} exists; pass overwrite=True to replace it."
+        ) from None
+    except OSError:
+        # File systems without hard links: check, then rename.
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(
+                f"{path} exists; pass overwrite=True to replace it."
+            ) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_file(path, *, overwrite=True):
     """Write ``path`` through a temporary file renamed over it at the end.
@@ -99,12 +119,10 @@ def atomic_file(path, *, overwrite=True):
             os.fsync(file.fileno())
         # mkstemp makes the file private (0600); give it the usual mode.
         os.chmod(tmp, 0o666 & ~_umask())
-        if not overwrite:
-            # Created since the check: refuse rather than replace it.
-            os.link(tmp, path)
-            os.unlink(tmp)
-        else:
+        if overwrite:
             os.replace(tmp, path)
+        else:
+            _rename_if_absent(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -35,6 +35,8 @@ from ._dictionary import json_member, read_npz
 from ._state import random_state_from_json, random_state_to_json, to_json_value
 
 FORMAT = 2
+# File name of the checkpoint in its directory (dbksvd fit --checkpoint DIR).
+CHECKPOINT_NAME = "dbksvd-checkpoint.npz"
 # Bytes read at each sampled place of a file by fingerprint_path.
 BLOCK = 1 << 16
 # Places sampled in a single file (evenly spaced, first and last included).
@@ -62,7 +64,8 @@ def fingerprint_path(path):
     """A cheap fingerprint of a file or directory of data, as sha256 hex.
 
     It covers, for the file (or every file under the directory, by relative
-    path in sorted order, hidden files and the lock left out): its size, its
+    path in sorted order; hidden files, locks, temporary files and a
+    checkpoint kept inside the directory left out): its size, its
     modification time in nanoseconds and 64 KiB read at 16 evenly spaced
     places (the first and last included; the whole file when smaller than
     1 MiB; the first and last 64 KiB of each file of a directory). It reads
@@ -84,6 +87,7 @@ def fingerprint_path(path):
             p
             for p in path.rglob("*")
             if p.is_file()
+            and p.name != CHECKPOINT_NAME
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         for file in files:

@@ -52,7 +52,7 @@ def read_npz(path, what="file", pick=None):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file ({what}).")
+        raise FileNotFoundError(f"{path}: no such {what}.")
 
     def damaged(error):
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -82,6 +82,21 @@ def read_npz(path, what="file", pick=None):
             raise
         except Exception as error:  # noqa: BLE001 - CRC, truncation, header...
             raise damaged(error) from error
+
+
+def is_dictionary_file(path):
+    """Whether ``path`` is a dictionary file of this package (any format).
+
+    Reads only the zip's list of members: ``components_`` and ``estimator``.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return {"components_.npy", "estimator.npy"} <= names
 
 
 def json_member(members, name, where):

@@ -6,6 +6,7 @@ fetched at all by script (browsers refuse that for ``file://`` pages): the
 index's table is inline JSON.
 """
 
+import functools
 import html
 import json
 import math
@@ -29,6 +30,12 @@ def token_text(text, alone=False):
     if alone:
         text = text.replace(" ", "\u2423")
     return text if text else "\u2205"
+
+
+@functools.lru_cache(maxsize=2**16)
+def _markup(text):
+    """HTML of a token's text in context (cached: tokens repeat)."""
+    return html.escape(token_text(text))
 
 
 def shade_class(code, scale):
@@ -78,20 +85,23 @@ def render_context(example, scale, decode, sign=1):
     sign : {1, -1}, default=1
         The sign of the atom's codes that the latent carries: its colour.
     """
-    tokens, codes = example["tokens"], example["codes"]
+    # Plain Python numbers: a page has a few thousand tokens to shade.
+    tokens, codes = example["tokens"].tolist(), example["codes"].tolist()
     centre = len(tokens) // 2
     spans = []
     for slot, (token, code) in enumerate(zip(tokens, codes, strict=True)):
         if token < 0:
             continue
-        code = float(code)
-        cls = shade_class(sign * code, scale)
+        if code == 0:
+            cls, title = "z", "0"
+        elif math.isnan(code):
+            cls, title = "x", "not harvested"
+        else:
+            cls, title = shade_class(sign * code, scale), _fmt(code, 4)
         if slot == centre:
             cls += " c"
-        title = "not harvested" if math.isnan(code) else _fmt(code, 4)
         spans.append(
-            f'<span class="t {cls}" title="{title}">'
-            f"{html.escape(token_text(decode(int(token))))}</span>"
+            f'<span class="t {cls}" title="{title}">{_markup(decode(token))}</span>'
         )
     value = float(example["value"])
     colour = "pos" if sign * value > 0 else "neg"

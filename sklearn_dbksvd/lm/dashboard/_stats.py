@@ -1,8 +1,11 @@
-"""Per-atom statistics of sparse codes, streamed chunk by chunk.
+"""Per-column statistics of sparse codes, streamed chunk by chunk.
 
-Memory is bounded by the dictionary, never by the number of rows: for each
-atom a fixed number of kept examples (the strongest codes, a uniform sample)
-with their contexts, and a fixed number of histogram bins. NumPy only.
+The dashboard feeds it one column per latent (both signs of an atom are two
+columns, see :mod:`sklearn_dbksvd.lm._latents`); the statistics themselves
+only see columns, called atoms below. Memory is bounded by the dictionary,
+never by the number of rows: for each column a fixed number of kept examples
+(the strongest codes, a uniform sample) with their contexts, and a fixed
+number of histogram bins. NumPy only.
 """
 
 import numpy as np
