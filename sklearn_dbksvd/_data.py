@@ -17,6 +17,7 @@ Nothing here reads more than one batch (or one chunk of rows) at a time.
 
 import math
 import os
+import weakref
 
 import numpy as np
 import scipy.sparse as sp
@@ -124,6 +125,9 @@ class RowConcatenation:
 # to keep a disk or a network volume busy; the threads wait on the reads.
 _READ_THREADS = 16
 
+# (device, inode) of the file behind each memory map when first read by path.
+_FILE_IDENTITY = weakref.WeakKeyDictionary()
+
 
 def _file_layout(X):
     """``(path, offset of row 0, bytes per row)`` of a memory-mapped file, or None.
@@ -197,6 +201,14 @@ def gather_rows(X, rows):
     lasts = np.concatenate([breaks, [len(rows)]])
     fd = os.open(path, os.O_RDONLY)
     try:
+        status = os.fstat(fd)
+        identity = _FILE_IDENTITY.setdefault(X._mmap, (status.st_dev, status.st_ino))
+        if identity != (status.st_dev, status.st_ino) or (
+            status.st_size < start + X.shape[0] * row_bytes
+        ):
+            # The path now names another file (replaced since it was
+            # mapped): the memory map still reads the one it mapped.
+            return np.asarray(X[rows])
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 

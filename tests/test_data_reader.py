@@ -105,3 +105,15 @@ def test_batch_reader_prefetches_the_rows_asked_for(values, mapped, tmp_path):
         read_batch(bad, a)
     # In-memory data is read as it is, nothing in the background.
     assert not BatchReader(values).enabled
+
+
+def test_a_file_replaced_after_mapping_is_read_through_the_map(values, tmp_path):
+    np.save(tmp_path / "X.npy", values)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    rows = np.array([1, 2, 50])
+    assert_array_equal(gather_rows(mapped, rows), values[rows])
+    # Replaced by another file under the same name (a harvest written again):
+    # the memory map still holds the old file, and so do the rows read.
+    np.save(tmp_path / "new.npy", values + 1)
+    (tmp_path / "new.npy").replace(tmp_path / "X.npy")
+    assert_array_equal(gather_rows(mapped, rows), values[rows])
