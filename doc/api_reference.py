@@ -82,6 +82,8 @@ and ``load_sae`` need safetensors, ``to_torch`` and ``load_torch`` need torch
             "load_sae",
             "to_torch",
             "load_torch",
+            "to_saebench",
+            "run_saebench",
             "split_sign",
             "SplitSign",
         ],

@@ -664,9 +664,22 @@ def test_provenance_refuses_another_layer(planted_model, tmp_path, capsys, monke
     from sklearn_dbksvd.cli import _io, main
     from sklearn_dbksvd.lm import ProvenanceWarning, build_dashboard, read_manifest
 
-    _, _, acts, estimator, _ = planted_model
+    model, tokenizer, acts, estimator, _ = planted_model
     settings = read_manifest(acts)["settings"]
     assert settings["hook_name"] == "blocks.0.hook_resid_post"
+    # Fitted on the harvest: the dictionary knows its layer, and a harvest of
+    # another layer of the same model is refused.
+    assert estimator.provenance_["hook_name"] == "blocks.0.hook_resid_post"
+    from sklearn_dbksvd.lm import harvest_activations
+
+    from ._lm_models import random_texts
+
+    other = harvest_activations(
+        model, tokenizer, random_texts(4, (10, 20), seed=3), layer=1,
+        output=tmp_path / "layer1", context_size=32,
+    )
+    with pytest.raises(ValueError, match=r"fitted on blocks\.0.*blocks\.1"):
+        build_dashboard(estimator, other, tmp_path / "site1")
     fitted = copy.copy(estimator)
     fitted.provenance_ = {
         "model_name": settings["model_name"],
@@ -820,6 +833,13 @@ def test_positive_code_dictionary_is_one_latent_per_atom(tmp_path):
     np.testing.assert_allclose(
         [r["frequency"] for r in rows], (codes != 0).mean(0), rtol=1e-6
     )
+    # Nonnegative codes cannot reach -d: the nearest latent is by signed cos.
+    estimator.components_[5] = -estimator.components_[1]
+    estimator.components_[6] = estimator.components_[1] + 0.1
+    build_site(estimator, X, tokens, tmp_path / "other", decode=_decode)
+    rows = json.loads((tmp_path / "other" / "latents.json").read_text())
+    assert rows[1]["nearest"] == 6 and rows[6]["nearest"] == 1
+    assert rows[5]["max_cos"] < 1 - 1e-3
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
@@ -907,3 +927,28 @@ def test_unused_atom_pages(tmp_path):
         page = (tmp_path / "site" / "latents" / name).read_text(encoding="utf-8")
         assert "Never used." in page and "a dead latent" in page
         assert "Examples by activation quantile" not in page
+
+
+def test_matryoshka_dictionary_latents(tmp_path):
+    # The nested dictionary is shown like any other: two latents per atom,
+    # counted from the codes of its transform.
+    import json
+
+    from sklearn_dbksvd import MatryoshkaDBKSVD
+
+    X, tokens, _, _ = _planted_data(400)
+    estimator = MatryoshkaDBKSVD(
+        8, group_sizes=[4, 4], n_nonzero_coefs=2, max_iter=2, random_state=0
+    ).fit(X)
+    build_site(estimator, X, tokens, tmp_path / "site")
+    rows = sorted(
+        json.loads((tmp_path / "site" / "latents.json").read_text()),
+        key=lambda r: r["latent"],
+    )
+    assert len(list((tmp_path / "site" / "latents").iterdir())) == 16
+    codes = estimator.transform(X)
+    np.testing.assert_allclose(
+        [r["frequency"] for r in rows],
+        np.r_[(codes > 0).mean(0), (codes < 0).mean(0)],
+        rtol=1e-6,
+    )

@@ -360,6 +360,18 @@ def test_cli_evaluate_reads_the_provenance(tmp_path, model, tokenizer, capsys):
     assert err[0].startswith("dbksvd evaluate: warning: the dictionary was fitted on")
     assert "context_size=24" in err[1] and "16" in err[1]
     assert err[-1].startswith("evaluate: done: ")
+    # -o --force replaces a metrics file of evaluate, never another file.
+    metrics = tmp_path / "metrics.json"
+    assert main([*command, "-q", "-o", str(metrics)]) == 0
+    assert main([*command, "-q", "-o", str(metrics), "--force"]) == 0
+    assert "config" in json.loads(metrics.read_text())
+    capsys.readouterr()
+    for other in (text, tmp_path / "dict.npz", model_dir / "config.json"):
+        before = other.read_bytes()
+        assert main([*command, "-q", "-o", str(other), "--force"]) == 1
+        err = capsys.readouterr().err
+        assert "not a metrics file written by 'dbksvd evaluate'" in err
+        assert other.read_bytes() == before
 
 
 class _ReluCoder:

@@ -409,3 +409,26 @@ def test_gguf_model_is_cached_dequantized(tmp_path):
     # Another dtype from the same float32 cache.
     half, _ = load_model(gguf, cache=cache, dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16
+
+
+def test_gguf_cache_is_keyed_by_the_file(tmp_path, tokenizer):
+    # Without a real GGUF: the cache directory of a file's SHA-256 is what a
+    # .gguf loads from once it exists, and _save_dequantized writes a model
+    # that loads back with the same outputs.
+    weights = tmp_path / "Tiny.Q8_0.gguf"
+    weights.write_bytes(b"GGUF not parsed when cached")
+    cache = tmp_path / "cache"
+    entry = cache / "gguf" / _sha256sum(weights)
+    model = tiny_llama(seed=2)
+    _model._save_dequantized(model, tokenizer, entry)
+    assert (entry / "model.safetensors").is_file()
+    loaded, tok = load_model(weights, cache=cache)
+    ids = torch.tensor([tok("w1 w2 w3", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert _model.model_name(loaded) == "Tiny.Q8_0"
+    assert _model.model_fingerprint(loaded) == _sha256sum(weights)
+    # Another file, even of the same name, has another entry: not this model.
+    weights.write_bytes(b"GGUF edited")
+    with pytest.raises(ValueError, match="not a GGUF model that transformers"):
+        load_model(weights, cache=cache)

@@ -491,3 +491,72 @@ def test_command(tiny, dictionaries, tmp_path, capsys, monkeypatch):
     assert [line for line in err if "dbksvd saebench" in line] == err[-1:]
     assert err[-1].startswith("dbksvd saebench: error: Failed to evaluate")
     assert "blocks.7.hook_resid_post" in err[-1]
+
+
+@pytest.fixture
+def local_ag_news(monkeypatch):
+    """SAEBench's ``fancyzhx/ag_news`` replaced by local texts of 4 topics.
+
+    Topic ``c`` is written with the words of 6 first letters of its own, so
+    that the first-letter features of the tiny model tell the topics apart.
+    """
+    import datasets
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    rng = np.random.RandomState(2)
+    words = np.array(_words())
+    initials = np.array([word[0] for word in words])
+
+    def split(n):
+        texts, labels = [], []
+        for label in range(4):
+            letters = list("abcdefghijklmnopqrstuvwx"[6 * label :][:6])
+            group = words[np.isin(initials, letters)]
+            for _ in range(n):
+                texts.append(" ".join(rng.choice(group, size=20)))
+                labels.append(label)
+        return datasets.Dataset.from_dict({"text": texts, "label": labels})
+
+    local = datasets.DatasetDict({"train": split(80), "test": split(40)})
+
+    def load_dataset(name, *args, **kwargs):
+        assert name == "fancyzhx/ag_news", name
+        return local
+
+    monkeypatch.setattr(dataset_utils, "load_dataset", load_dataset)
+
+
+@SAEBENCH
+def test_sparse_probing_runs_our_codes(
+    tiny, dictionaries, encode_calls, local_ag_news, tmp_path
+):
+    from sklearn_dbksvd.interop.saebench import run_saebench
+
+    model, _, _ = tiny
+    fitted, random = dictionaries
+    options = {
+        "sparse_probing": {
+            "dataset_names": ["fancyzhx/ag_news"],
+            "probe_train_set_size": 120,
+            "probe_test_set_size": 60,
+            "context_length": 20,
+            "k_values": [1, 2, 5],
+            "llm_batch_size": 16,
+            "sae_batch_size": 32,
+        }
+    }
+    metrics = {}
+    for label, estimator in (("fitted", fitted), ("random", random)):
+        encode_calls.clear()
+        results = run_saebench(
+            estimator, model, tmp_path / label, evals=["sparse_probing"],
+            options=options,
+        )
+        _assert_codes_are_transform(encode_calls, estimator)
+        metrics[label] = results["sparse_probing"]["eval_result_metrics"]
+    ours, other = metrics["fitted"]["sae"], metrics["random"]["sae"]
+    # k above 5 is not asked for: SAEBench writes None.
+    values = [value for value in ours.values() if value is not None]
+    assert len(values) == 4 and np.isfinite(values).all()
+    assert ours["sae_top_1_test_accuracy"] > other["sae_top_1_test_accuracy"]
+    assert ours["sae_top_1_test_accuracy"] > 0.8

@@ -46,7 +46,11 @@ def add_parser(commands):
         help="print the metrics as JSON (SAEBench's groups and names)",
     )
     evaluate.add_argument(
-        "-o", "--output", default=None, help="also write the JSON to this file"
+        "-o",
+        "--output",
+        default=None,
+        help="also write the JSON to this file (--force replaces only a "
+        "metrics file of this command)",
     )
     add_common(evaluate, key=False, n_jobs=True, output=None, force=True)
     evaluate.set_defaults(handler=run)
@@ -65,14 +69,45 @@ def _load(path):
     return load_dictionary(path)
 
 
+# Groups every metrics file of 'dbksvd evaluate' has: --force replaces only
+# such a file.
+_METRIC_GROUPS = ("model_performance_preservation", "config", "token_stats")
+
+
+def _check_replaceable(path, force):
+    """Refuse an existing ``path`` that is not a metrics file of this command."""
+    import json
+    from pathlib import Path
+
+    from ._io import UserError, check_output
+
+    check_output(path, force)
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise ValueError
+        if path.stat().st_size > 2**20:
+            raise ValueError
+        written = json.loads(path.read_text(encoding="utf-8"))
+        if not all(group in written for group in _METRIC_GROUPS):
+            raise ValueError
+    except (ValueError, OSError, UnicodeDecodeError, TypeError):
+        raise UserError(
+            f"{path} is not a metrics file written by 'dbksvd evaluate'; --force "
+            "never replaces it: choose another output."
+        ) from None
+
+
 def run(args):
     """Handler of ``dbksvd evaluate``."""
     from ..lm import evaluate_dictionary, format_metrics, load_model
     from ..lm._provenance import provenance_warnings_to
-    from ._io import atomic_write, check_output, to_json
+    from ._io import atomic_write, to_json
 
     if args.output is not None:
-        check_output(args.output, args.force)
+        _check_replaceable(args.output, args.force)
     estimator = _load(args.dictionary)
     if args.n_jobs is not None:
         estimator.set_params(n_jobs=args.n_jobs)
@@ -101,6 +136,7 @@ def run(args):
     results.pop("feature_density")
     text = to_json(results)
     if args.output is not None:
+        _check_replaceable(args.output, args.force)
         with atomic_write(args.output, args.force) as file:
             file.write(text.encode("utf-8") + b"\n")
     print(text if args.json else format_metrics(results))

@@ -137,7 +137,8 @@ def add_parser(commands):
     harvest.add_argument(
         "--force",
         action="store_true",
-        help="replace a harvest made with other settings in the output",
+        help="start again: replace the harvest in the output (needed when its "
+        "settings or texts differ); removes only the files the harvest wrote",
     )
     harvest.set_defaults(handler=run)
     return harvest

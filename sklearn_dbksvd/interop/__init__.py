@@ -37,6 +37,7 @@ load_sae : Rebuild the estimator from such a directory.
 to_torch : Matching pursuit of a fitted estimator as a ``torch.nn.Module``.
 load_torch : The same module, straight from a directory.
 to_saebench : The same module as an SAE for SAEBench's evaluations.
+run_saebench : SAEBench's own evaluations of a fitted estimator.
 SplitSign : Nonnegative split-sign codes in a scikit-learn pipeline.
 
 Examples
@@ -87,7 +88,7 @@ In PyTorch (see :func:`to_torch`), on a GPU where there is one::
 from .._split_sign import SplitSign, split_sign
 from ._common import load_torch_encoder
 from .pytorch import load_torch, to_torch
-from .saebench import to_saebench
+from .saebench import run_saebench, to_saebench
 from .saelens import load_sae, save_sae
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "SplitSign",
     "load_sae",
     "load_torch",
+    "run_saebench",
     "save_sae",
     "split_sign",
     "to_saebench",

@@ -6,6 +6,7 @@ functions that run a model.
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 #: Files whose bytes are a model's weights, in a model directory.
@@ -154,8 +155,9 @@ def load_model(model, *, device=None, dtype=None, cache=None):
     if gguf:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such GGUF file.")
-        fingerprint = weights_fingerprint(path)
-        cached = _gguf_cache(cache, fingerprint)
+        if cache_directory(cache) is not None:  # the cache's key
+            fingerprint = weights_fingerprint(path)
+            cached = _gguf_cache(cache, fingerprint)
     if cached is not None and (cached / "config.json").is_file():
         kwargs, source = {}, str(cached)
     elif gguf:
@@ -176,6 +178,13 @@ def load_model(model, *, device=None, dtype=None, cache=None):
         raise FileNotFoundError(
             f"cannot load the model {model!r}: not a model directory, a .gguf "
             f"file or a name in the Hugging Face cache ({error})."
+        ) from error
+    except (struct.error, ValueError, KeyError, IndexError, EOFError) as error:
+        if "gguf_file" not in kwargs:
+            raise
+        raise ValueError(
+            f"{path} is not a GGUF model that transformers can read "
+            f"({type(error).__name__}: {error})."
         ) from error
     if "gguf_file" in kwargs and cached is not None:
         _save_dequantized(loaded, tokenizer, cached)

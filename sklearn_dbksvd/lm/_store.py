@@ -532,6 +532,7 @@ def prepare_directory(directory, settings, overwrite):
     """
     directory = Path(directory)
     check_output(directory, overwrite)
+    old_files = []
     if is_harvest(directory):
         manifest = read_manifest(directory)
         if not overwrite:
@@ -544,11 +545,10 @@ def prepare_directory(directory, settings, overwrite):
                 )
             return manifest
         # overwrite: remove only what a harvest wrote, never the directory
-        # nor the user's files in it.
-        for path in _harvest_files(directory, manifest):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        fsync_directory(directory)
+        # nor the user's files in it; once the new (empty) manifest is in
+        # place, so that a kill on the way leaves an empty harvest.
+        old_files = _harvest_files(directory, manifest)
+        old_files = [path for path in old_files if path.name != MANIFEST]
     directory.mkdir(exist_ok=True)
     manifest = {
         "format": FORMAT,
@@ -563,6 +563,11 @@ def prepare_directory(directory, settings, overwrite):
         "shards": [],
     }
     write_manifest(directory, manifest)
+    for path in old_files:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if old_files:
+        fsync_directory(directory)
     return manifest
 
 

@@ -282,9 +282,10 @@ def harvest_activations(
         Rows per shard (whole documents, so a shard may hold a few more);
         None: 256 MiB of activations.
     overwrite : bool, default=False
-        Replace a harvest with other settings in ``output``, removing only
-        the files the harvest wrote (never the directory, nor other files in
-        it). A harvest with the same settings is resumed, never replaced;
+        Start again: replace the harvest in ``output`` (which is refused
+        without it when its settings or texts differ), removing only the
+        files the harvest wrote, never the directory nor other files in it.
+        Without it, a harvest with the same settings and texts is resumed;
         one that is complete (its texts ran out, or it holds ``max_tokens``
         rows) is returned as it is once ``texts`` are checked to be the
         texts it was made of.

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..._data import RowConcatenation
 from .._provenance import check_same_layer, provenance_of, warn_if_different
-from ._site import MARKER, build_site, is_site
+from ._site import MARKER, build_site, check_output, is_site
 
 __all__ = ["MARKER", "build_dashboard", "build_site", "is_site"]
 
@@ -161,6 +161,7 @@ def build_dashboard(
     """
     from .. import _store
 
+    check_output(output, overwrite)  # before any work
     manifest = _store.read_manifest(acts_dir)
     settings = manifest.get("settings", {})
     provenance = provenance_of(estimator)
