@@ -131,6 +131,21 @@ def test_sample_is_uniform_over_uses():
     assert hits.min() > 12 and hits.max() < 50
 
 
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_nonnegative_histograms_match_dense_codes(chunk):
+    # Activations of latents: every bin over [0, 2**e], counts exact.
+    tokens = _token_table(300, doc_length=11)
+    dense = np.abs(_random_codes(300, 6, 2))
+    dense[:100] /= 50  # the range doubles many times along the stream
+    stats = _stream(dense, tokens, chunk, n_bins=16, nonnegative=True)
+    for atom in range(6):
+        counts, edges = stats.histogram(atom)
+        values = dense[dense[:, atom] != 0, atom]
+        assert edges[0] >= 0 and edges[-1] >= values.max()
+        assert len(counts) > 8  # from near 0 to the largest: bins of [0, 2**e]
+        np.testing.assert_array_equal(counts, np.histogram(values, edges)[0])
+
+
 def test_rebin_histogram_moves_counts_exactly():
     rng = np.random.RandomState(0)
     values = rng.uniform(-1, 1, 500)
@@ -140,6 +155,14 @@ def test_rebin_histogram_moves_counts_exactly():
         wide = np.linspace(-(2.0**doublings), 2.0**doublings, 17)
         np.testing.assert_array_equal(
             rebin_histogram(counts, doublings)[0], np.histogram(values, wide)[0]
+        )
+    positive = np.abs(values)
+    counts = np.histogram(positive, np.linspace(0, 1, 17))[0][None]
+    for doublings in (1, 2, 3):
+        wide = np.linspace(0, 2.0**doublings, 17)
+        np.testing.assert_array_equal(
+            rebin_histogram(counts, doublings, nonnegative=True)[0],
+            np.histogram(positive, wide)[0],
         )
 
 
@@ -952,3 +975,24 @@ def test_matryoshka_dictionary_latents(tmp_path):
         np.r_[(codes > 0).mean(0), (codes < 0).mean(0)],
         rtol=1e-6,
     )
+
+
+def test_progress_lines_off_a_terminal(tmp_path, capsys, monkeypatch):
+    from sklearn_dbksvd.lm import _progress
+
+    monkeypatch.setattr(_progress, "LINE_SECONDS", 0.0)
+    X, tokens, _, _ = _planted_data(200)
+    estimator = DBKSVDDictionaryLearning(
+        3, n_nonzero_coefs=1, max_iter=1, random_state=0
+    ).fit(X)
+    build_site(estimator, X, tokens, tmp_path / "site", chunk_size=64,
+               progress="lines")
+    lines = capsys.readouterr().err.splitlines()
+    # One line per chunk of 64 rows, then the last.
+    assert [line.split(",")[0] for line in lines] == [
+        "dashboard: 64 of 200 rows",
+        "dashboard: 128 of 200 rows",
+        "dashboard: 192 of 200 rows",
+        "dashboard: 200 of 200 rows",
+        "dashboard: done: 200 of 200 rows encoded",
+    ]

@@ -293,9 +293,9 @@ def test_provenance_fills_in_and_refuses_another_layer(model, tokenizer):
 
 
 def test_progress_lines_off_a_terminal(model, tokenizer, capsys, monkeypatch):
-    from sklearn_dbksvd.lm import evaluate as evaluate_module
+    from sklearn_dbksvd.lm import _progress
 
-    monkeypatch.setattr(evaluate_module, "_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(_progress, "LINE_SECONDS", 0.0)
     results = evaluate_dictionary(
         _random_dictionary(), model, tokenizer, TEXTS[:4], layer=1,
         context_size=24, batch_size=2, progress="lines",

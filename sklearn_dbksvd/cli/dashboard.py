@@ -98,7 +98,8 @@ def run(args):
             n_jobs=args.n_jobs,
             title=args.title,
             overwrite=args.force,
-            progress=progress_wanted(args),
+            # Off a terminal (a log, a batch job): plain lines, unless -q.
+            progress=progress_wanted(args) or (False if args.quiet else "lines"),
             allow_other_layer=args.allow_other_layer,
         )
     print(

@@ -112,11 +112,8 @@ def run(args):
     if args.n_jobs is not None:
         estimator.set_params(n_jobs=args.n_jobs)
     model, tokenizer = load_model(args.model, device=args.device)
-    if progress_wanted(args):
-        progress = True
-    else:
-        # Off a terminal (a log, a batch job): plain lines, unless --quiet.
-        progress = False if args.quiet else "lines"
+    # Off a terminal (a log, a batch job): plain lines, unless -q.
+    progress = progress_wanted(args) or (False if args.quiet else "lines")
     with provenance_warnings_to(sys.stderr, prefix="dbksvd evaluate: "):
         results = evaluate_dictionary(
             estimator,

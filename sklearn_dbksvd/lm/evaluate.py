@@ -58,18 +58,14 @@ Language Model Interpretability", ICML 2025. https://arxiv.org/abs/2503.09532
 """
 
 import math
-import sys
-import time
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _model
 from ._latents import Latents
+from ._progress import Progress
 from ._provenance import check_same_layer, provenance_of, warn_if_different
-
-# Seconds between two progress lines (progress="lines").
-_LINE_SECONDS = 10.0
 
 # (group, key, label): the order and wording of the printed table.
 METRICS = [
@@ -304,47 +300,6 @@ def _reconstruct(encoder, x):
     return codes, np.asarray(encoder.inverse_transform(codes))
 
 
-class _Progress:
-    """A tqdm bar (``True``), lines on stderr (``"lines"``) or nothing."""
-
-    def __init__(self, progress, max_tokens):
-        self.bar = None
-        self.lines = progress == "lines"
-        self.max_tokens = max_tokens
-        self.start = self.last = time.monotonic()
-        if progress and not self.lines:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                self.lines = True
-            else:
-                self.bar = tqdm(total=max_tokens, unit="tok", desc="evaluate")
-
-    def _line(self, n_tokens, n_documents, done=False):
-        of = "" if self.max_tokens is None else f" of {self.max_tokens}"
-        elapsed = time.monotonic() - self.start
-        state = "done: " if done else ""
-        print(
-            f"evaluate: {state}{n_tokens}{of} tokens, {n_documents} documents, "
-            f"{elapsed:.1f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def update(self, n_new, n_tokens, n_documents):
-        if self.bar is not None:
-            self.bar.update(n_new)
-        elif self.lines and time.monotonic() - self.last >= _LINE_SECONDS:
-            self.last = time.monotonic()
-            self._line(n_tokens, n_documents)
-
-    def close(self, n_tokens, n_documents):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.lines:
-            self._line(n_tokens, n_documents, done=True)
-
-
 # ----------------------------------------------------------------------
 # Public
 # ----------------------------------------------------------------------
@@ -474,7 +429,7 @@ def evaluate_dictionary(
     losses = {"without_sae": [], "with_sae": [], "with_ablation": []}
     kls = {"with_sae": [], "with_ablation": []}
     n_documents = 0
-    shown = _Progress(progress, max_tokens)
+    shown = Progress(progress, "evaluate", max_tokens)
     try:
         for batch in _model.batches(documents, batch_size):
             input_ids, mask = _model.pad_batch(batch, pad_id, device)
@@ -502,11 +457,11 @@ def evaluate_dictionary(
             kls["with_ablation"].append(kl_divergences(clean, ablated, keep))
             del clean, spliced, ablated
             n_documents += len(batch)
-            shown.update(len(x), stats.n_tokens, n_documents)
+            shown.update(len(x), f", {n_documents} documents")
             if stats.n_tokens >= limit:
                 break
     finally:
-        shown.close(stats.n_tokens, n_documents)
+        shown.close(f", {n_documents} documents")
     if stats.n_tokens == 0:
         raise ValueError("the texts gave no token to evaluate.")
 

@@ -146,8 +146,9 @@ def build_dashboard(
         Replace an existing ``output`` that the dashboard wrote.
     title : str, default=None
         Title of the site.
-    progress : bool, default=False
-        Show a progress bar (needs tqdm).
+    progress : bool or "lines", default=False
+        ``True``: a progress bar of the encoding (needs tqdm); ``"lines"``: a
+        line on stderr every 10 seconds and at the end, for logs.
     allow_other_layer : bool, default=False
         Show a harvest of another layer than the one recorded in the
         estimator's ``provenance_`` (with a warning); refused otherwise.

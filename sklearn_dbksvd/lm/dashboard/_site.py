@@ -1,6 +1,5 @@
 """Build the dashboard: stream the codes, pick the examples, write the site."""
 
-import contextlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -12,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 from ..._data import check_lazy_array, chunk_rows, read_rows
 from ...persistence import atomic_directory
 from .._latents import MINUS, Latents
+from .._progress import Progress
 from . import _effects, _render
 from ._stats import TOKEN_FIELDS, AtomStatistics
 
@@ -84,6 +84,7 @@ def stream_statistics(
         n_samples=n_samples,
         window=window,
         random_state=random_state,
+        nonnegative=True,  # activations of latents
     )
 
     def count(previous, current, following):
@@ -321,12 +322,7 @@ def build_site(
     check_output(output, overwrite)
     if decode is None:
         decode = _decode_with(tokenizer)
-    bar = None
-    if progress:
-        with contextlib.suppress(ImportError):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=X.shape[0], unit="tok", desc="dashboard")
+    bar = Progress(progress, "dashboard", X.shape[0], noun="rows")
     try:
         stats = stream_statistics(
             estimator,
@@ -341,8 +337,7 @@ def build_site(
             bar=bar,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(" encoded")
     if documents is not None:
         for kept in (stats.top_, stats.sample_):
             flat = {
