@@ -117,3 +117,16 @@ def test_a_file_replaced_after_mapping_is_read_through_the_map(values, tmp_path)
     np.save(tmp_path / "new.npy", values + 1)
     (tmp_path / "new.npy").replace(tmp_path / "X.npy")
     assert_array_equal(gather_rows(mapped, rows), values[rows])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_reads_with_its_own_threads(values, mapped):
+    import os
+
+    rows = np.arange(0, 700, 3)
+    assert_array_equal(gather_rows(mapped, rows), values[rows])  # threads started
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's threads
+        os._exit(0 if np.array_equal(gather_rows(mapped, rows), values[rows]) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
