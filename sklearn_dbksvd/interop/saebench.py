@@ -592,9 +592,11 @@ def run_saebench(
                         llm_dtype,
                         api_key,
                     )
-                written = work / "results" / file_name
-                if not written.is_file():
+                # SCR and TPP write to a folder of their name below it.
+                written = sorted((work / "results").rglob(file_name))
+                if len(written) != 1:
                     raise SAEBenchError(f"{item}: SAEBench wrote no {file_name}")
+                written = written[0]
                 with open(written, encoding="utf-8") as file:
                     results[item] = json.load(file)
                 targets[item].parent.mkdir(exist_ok=True)
