@@ -33,6 +33,16 @@ The coders of the estimators, usable on their own with any dictionary (see
         "names": ["sparse_encode_mp", "sparse_encode_omp"],
     },
     {
+        "title": "Saving and loading",
+        "module": "sklearn_dbksvd",
+        "description": """
+A fitted estimator as one ``.npz`` file, the one ``dbksvd fit`` writes: atoms,
+parameters, fitted state, random generator and provenance. See
+:ref:`ug_saving`.
+""",
+        "names": ["save_dictionary", "load_dictionary"],
+    },
+    {
         "title": "Metrics",
         "module": "sklearn_dbksvd.metrics",
         "description": """
@@ -72,6 +82,8 @@ and ``load_sae`` need safetensors, ``to_torch`` and ``load_torch`` need torch
             "load_sae",
             "to_torch",
             "load_torch",
+            "to_saebench",
+            "run_saebench",
             "split_sign",
             "SplitSign",
         ],
@@ -93,16 +105,19 @@ See :ref:`lm`.
             "load_tokens",
             "load_documents",
             "read_manifest",
+            "harvest_provenance",
             "evaluate_dictionary",
             "format_metrics",
+            "ProvenanceWarning",
         ],
     },
     {
         "title": "Dashboard",
         "module": "sklearn_dbksvd.lm",
         "description": """
-A static site of what each atom means, built from a harvest directory: the
-contexts where it fires, its histogram and its logit effects. Reading a
+A static site of what each latent (each sign of an atom) means, built from a
+harvest directory: the contexts where it fires, its histogram and its logit
+effects. Reading a
 harvest needs NumPy only; the logit effects need the model (torch). See
 :ref:`dashboard`.
 """,

@@ -151,16 +151,19 @@ if HAVE_MODEL:
         print(f"atom {atom:3d} ({usage[atom]:.1%} of tokens): {words}")
 
 # %%
-# A dashboard of the atoms
-# ------------------------
+# A dashboard of the latents
+# --------------------------
 # :func:`~sklearn_dbksvd.lm.build_dashboard` (``dbksvd dashboard`` on the
-# command line) encodes the harvest chunk by chunk and writes a static site:
-# an index of the atoms, sortable and filterable, and one page per atom with
-# its strongest uses in context (each token shaded by the atom's code there),
-# examples from quantiles of its uses, a histogram of its codes and the tokens
-# it promotes and suppresses through the final norm and the unembedding (see
-# :ref:`dashboard`). Open ``site/index.html`` in a browser; here headless
-# Chromium, when it is installed, takes a screenshot of one atom's page.
+# command line) encodes the harvest chunk by chunk and writes a static site.
+# Its unit is the latent: atom ``i``'s positive codes (``i+``) and its
+# negative codes (``i-``) are two latents, as in the SAELens export. An index
+# of the latents, sortable and filterable, and one page per latent with its
+# strongest uses in context (each token shaded by the latent's activation
+# there), examples from quantiles of its uses, a histogram of its activations
+# and the tokens it promotes and suppresses through the final norm and the
+# unembedding (see :ref:`dashboard`). Open ``site/index.html`` in a browser;
+# here headless Chromium, when it is installed, takes a screenshot of one
+# latent's page.
 if HAVE_MODEL:
     import json
     import shutil
@@ -173,22 +176,22 @@ if HAVE_MODEL:
         dictionary, acts_dir, workdir / "site", model=model, tokenizer=tokenizer
     )
     print(f"{site / 'index.html'} ({time.perf_counter() - tic:.0f} s)")
-    # An atom used by at least 0.5 % of the tokens whose strongest uses
+    # A latent used by at least 0.5 % of the tokens whose strongest uses
     # share the fewest distinct tokens.
-    rows = json.loads((site / "atoms.json").read_text())
+    rows = json.loads((site / "latents.json").read_text())
     common = [row for row in rows if row["frequency"] >= 0.005] or rows
     shown = min(
         common,
         key=lambda row: (len(row["top_tokens"].split(" | ")), -row["frequency"]),
     )
-    print(f"atom {shown['atom']}: {shown['frequency']:.1%} of tokens, "
+    print(f"latent {shown['label']}: {shown['frequency']:.1%} of tokens, "
           f"strongest on {shown['top_tokens']!r}, promotes {shown['promoted']!r}")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("Chromium is not installed: no screenshot.")
     else:
         shot = workdir / "atom.png"
-        page = site / "atoms" / f"{shown['atom']:05d}.html"
+        page = site / shown["page"]
         subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu",
              "--hide-scrollbars", "--window-size=1000,1300",

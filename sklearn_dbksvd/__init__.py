@@ -4,6 +4,7 @@ from ._dbksvd import DBKSVDDictionaryLearning
 from ._encode import sparse_encode_mp
 from ._matryoshka import MatryoshkaDBKSVD
 from ._omp import sparse_encode_omp
+from .persistence import load_dictionary, save_dictionary
 
 __version__ = "0.1.0.dev0"
 
@@ -11,6 +12,8 @@ __all__ = [
     "DBKSVDDictionaryLearning",
     "MatryoshkaDBKSVD",
     "__version__",
+    "load_dictionary",
+    "save_dictionary",
     "sparse_encode_mp",
     "sparse_encode_omp",
 ]

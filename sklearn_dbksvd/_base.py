@@ -1,5 +1,8 @@
 """Shared base of the DB-KSVD estimators: parameters, fit loop, transform."""
 
+import copy
+import functools
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,11 +17,16 @@ from sklearn.base import (
 from sklearn.decomposition import sparse_encode
 from sklearn.utils import check_random_state
 from sklearn.utils._array_api import get_namespace
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+)
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_feature_names_in,
     _check_n_features,
+    _get_feature_names,
     check_array,
     check_is_fitted,
     validate_data,
@@ -42,7 +50,9 @@ from ._fit_loop import (
     FitState,
     batch_scale,
     centred,
+    check_fit_memory,
     data_mean,
+    fit_memory,
     fitted_mean,
     initialise,
     plan_fit,
@@ -60,6 +70,45 @@ from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
 _FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def _takes_integer(constraints):
+    """Whether a parameter's constraints ask for an integer and not a bool."""
+    if "boolean" in constraints:
+        return False
+    return any(
+        constraint is Integral
+        or (isinstance(constraint, Interval) and constraint.type is Integral)
+        for constraint in constraints
+    )
+
+
+def _encode_chunk(estimator, gram, chunk):
+    """Codes of one validated chunk of rows with a shared Gram matrix."""
+    return estimator._encode(chunk, gram)
+
+
+def _provenance_of(X):
+    """A copy of the ``provenance`` dict of a harvest's activations, else None.
+
+    :func:`sklearn_dbksvd.lm.load_activations` returns rows that carry where
+    they come from (model, hook, harvest); other inputs carry nothing.
+    """
+    provenance = getattr(X, "provenance", None)
+    return copy.deepcopy(dict(provenance)) if provenance is not None else None
+
+
+def _warn_if_more_atoms_than_samples(n_components, n_samples):
+    """Warn that a dictionary of at least as many atoms as samples memorises them."""
+    if n_components >= n_samples:
+        warnings.warn(
+            f"n_components={n_components} is at least n_samples={n_samples}: "
+            "the atoms can copy the samples, so the fit's variance explained "
+            "(near 1.0) says nothing about new data. Use fewer atoms or more "
+            "samples, and score held-out data.",
+            UserWarning,
+            stacklevel=4,  # the caller of fit, past scikit-learn's wrapper
+        )
 
 
 class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -115,6 +164,21 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         "verbose": ["verbose"],
         "callback": [callable, None],
     }
+
+    def _validate_params(self):
+        """scikit-learn's parameter validation; bools are not integers here.
+
+        Python counts ``True`` as the integer 1, so ``n_nonzero_coefs=True``
+        would pass ``Interval(Integral, ...)`` and fail late, or mean one.
+        """
+        for name, constraints in self._parameter_constraints.items():
+            value = getattr(self, name, None)
+            if isinstance(value, bool | np.bool_) and _takes_integer(constraints):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be "
+                    f"an integer, not a bool; got {value!r}."
+                )
+        super()._validate_params()
 
     # ------------------------------------------------------------------
     # Resolving defaults
@@ -195,6 +259,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         X_batch = to_numpy(X_batch)  # atoms live on the host
         dtype = X_batch.dtype
+        n_features = X_batch.shape[1]
+        memory = fit_memory(
+            n_components, n_features, X_batch.shape[0],
+            self._resolved_n_nonzero_coefs(n_features, n_components), dtype.itemsize,
+            gram_memory=self.gram_memory, n_jobs=self.n_jobs,
+        )
+        check_fit_memory(memory, n_components, n_features)
         if self.dict_init is not None:
             return self._unit_atoms(self._checked_dict_init(dtype), random_state)
         else:
@@ -275,35 +346,83 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     # ------------------------------------------------------------------
     # Fitting
     # ------------------------------------------------------------------
-    def _validate_fit_data(self, X, reset, keep_lazy=False):
-        """Validate training data; lazy arrays are checked without reading.
+    def _validate_fit_data(self, X, first, keep_lazy=False):
+        """Validate training data without touching the estimator.
 
         With ``keep_lazy`` a lazy array (see ``_data.is_lazy_array``) is
         returned as is, its metadata checked and its values left to be
         validated batch by batch; otherwise it is read whole (one batch).
+
+        Parameters
+        ----------
+        X : array-like or lazy array of shape (n_samples, n_features)
+            Training data.
+        first : bool
+            Whether ``X`` starts a new fit (``fit``, first ``partial_fit``):
+            its features are then recorded once the call has succeeded (see
+            ``_set_fit_input``); otherwise they are checked against those
+            seen.
+
+        Returns
+        -------
+        X : array or lazy array
+            Validated data.
+        fit_input : dict
+            What :meth:`_set_fit_input` records when the call succeeds:
+            ``provenance_`` (a copy of the ``provenance`` of a harvest's
+            rows, else None) and, with ``first``, ``n_features_in_`` and
+            ``feature_names_in_`` (None without names).
         """
+        fit_input = {"provenance_": _provenance_of(X)}
+        names = _get_feature_names(X) if first else None
         if is_lazy_array(X):
             check_lazy_array(X)
-            if keep_lazy:
-                _check_n_features(self, X, reset=reset)
-                _check_feature_names(self, X, reset=reset)
-                return X
-            rows = [slice(0, X.shape[0])]
-            X = check_batch(read_rows(X, rows), rows)
-        return self._validate_data_where_it_lives(X, reset)
+            if not first:
+                _check_n_features(self, X, reset=False)
+                _check_feature_names(self, X, reset=False)
+            if not keep_lazy:
+                rows = [slice(0, X.shape[0])]
+                X = check_batch(read_rows(X, rows), rows)
+        else:
+            X = self._validate_data_where_it_lives(X, reset=False, check=not first)
+        if first:
+            fit_input.update(n_features_in_=int(X.shape[1]), feature_names_in_=names)
+        return X, fit_input
 
-    def _validate_data_where_it_lives(self, X, reset):
+    def _set_fit_input(self, fit_input):
+        """Record what ``_validate_fit_data`` found, once the call has succeeded.
+
+        A new fit records its features and provenance; a later
+        ``partial_fit`` keeps the provenance unless its batch carries one.
+        """
+        if "n_features_in_" in fit_input:
+            self.n_features_in_ = fit_input["n_features_in_"]
+            if fit_input["feature_names_in_"] is not None:
+                self.feature_names_in_ = fit_input["feature_names_in_"]
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self.provenance_ = fit_input["provenance_"]
+        elif fit_input["provenance_"] is not None:
+            self.provenance_ = fit_input["provenance_"]
+
+    def _validate_data_where_it_lives(self, X, reset, check=True):
         """``validate_data``, keeping device arrays on their device.
 
         With scikit-learn's ``array_api_dispatch`` on, torch, CuPy or other
         array-API inputs are validated in their own namespace and stay where
         they are; the sample-dependent products then run there. Otherwise
-        everything becomes a NumPy array, as in scikit-learn.
+        everything becomes a NumPy array, as in scikit-learn. With
+        ``check=False`` the features are not compared with those of the fit
+        (a new fit records them when it succeeds) and nothing is set.
         """
         if get_config()["array_api_dispatch"] and is_device_array(X):
             xp, _ = get_namespace(X)
-            return validate_data(self, X, dtype=[xp.float64, xp.float32], reset=reset)
-        return validate_data(self, X, dtype=_FLOAT_DTYPES, reset=reset)
+            dtype = [xp.float64, xp.float32]
+        else:
+            dtype = _FLOAT_DTYPES
+        if not check:
+            return check_array(X, dtype=dtype, estimator=self, input_name="X")
+        return validate_data(self, X, dtype=dtype, reset=reset)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -322,6 +441,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         With ``shuffle=False`` and ``max_no_improvement=None``, ``fit`` is
         the sequence of :meth:`partial_fit` calls on its batches (see there).
+
+        A fit that fails leaves the estimator exactly as it was (unfitted, or
+        with its previous fit): everything is validated and computed first,
+        and the fitted attributes are set at the end. Sizes whose atoms and
+        Gram matrix would not fit in this machine's memory are refused with
+        a ``ValueError`` naming the estimate, before anything that large is
+        allocated. With at least as many atoms as samples a ``UserWarning``
+        says that the atoms can copy the samples (the fit's variance
+        explained then says nothing about new data). Rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`) leave their provenance
+        in ``provenance_``.
 
         Out-of-core data is read one batch at a time and validated as it is
         read (so NaN in a part never read raises nothing), never loaded
@@ -345,18 +475,24 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self : object
             Fitted estimator.
         """
-        X = self._validate_fit_data(X, reset=True, keep_lazy=True)
+        # Everything is validated and computed into locals; the fitted state
+        # is set at the end, so a failed fit leaves the estimator as it was.
+        X, fit_input = self._validate_fit_data(X, first=True, keep_lazy=True)
         plan = plan_fit(self, X)
+        dtype = host_dtype(X) if not is_lazy_array(X) else check_lazy_array(X)
         code_init = self._check_code_init(X.shape[0], plan.n_components)
         state = FitState(check_random_state(self.random_state))
         if plan.n_steps == 0 and self.dict_init is not None:
             # As MiniBatchDictionaryLearning: the initial dictionary as given.
-            dtype = host_dtype(X) if not is_lazy_array(X) else check_lazy_array(X)
             state.components = self._checked_dict_init(dtype)
         elif plan.n_steps == 0:
             initialise(self, X, plan, state, code_init=code_init)
         run_fit(self, X, plan, state, code_init=code_init)
-        return set_fitted(self, plan, state)
+        # Once the fit has run: a fit refused for its size warns of nothing.
+        _warn_if_more_atoms_than_samples(plan.n_components, X.shape[0])
+        set_fitted(self, plan, state)
+        self._set_fit_input(fit_input)
+        return self
 
     def _partial_fit_replaces(self, step):
         """Whether step ``step`` of :meth:`partial_fit` replaces atoms.
@@ -402,7 +538,11 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             Updated estimator.
         """
         first_call = not hasattr(self, "components_")
-        X = self._validate_fit_data(X, reset=first_call)
+        if not first_call:
+            # scikit-learn validates parameters at the first call only; a
+            # step costs far more than checking them again.
+            self._validate_params()
+        X, fit_input = self._validate_fit_data(X, first=first_call)
         n_components, _ = self._check_settings(X.shape[1])
         step = getattr(self, "n_steps_", 0)
         # The mean is that of the first batch, kept for the later ones.
@@ -452,15 +592,30 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self.n_iter_ = getattr(self, "n_iter_", 0)
         self.n_samples_seen_ = info["n_samples_seen"]
         self.history_ = [*getattr(self, "history_", []), info]
+        self._set_fit_input(fit_input)
         return self
 
     # ------------------------------------------------------------------
     # Coding
     # ------------------------------------------------------------------
     def _transform_n_nonzero_coefs(self):
+        """Nonzeros per code in transform; more than the atoms is refused."""
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
             return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+        if isinstance(self.transform_n_nonzero_coefs, bool | np.bool_):
+            # Set after fit (as dbksvd encode -k does), so not validated there.
+            raise InvalidParameterError(
+                "The 'transform_n_nonzero_coefs' parameter of "
+                f"{type(self).__name__} must be an integer, not a bool; got "
+                f"{self.transform_n_nonzero_coefs!r}."
+            )
+        if self.transform_n_nonzero_coefs > n_components:
+            raise ValueError(
+                f"transform_n_nonzero_coefs={self.transform_n_nonzero_coefs} "
+                f"exceeds n_components={n_components}: a code cannot use more "
+                "atoms than the dictionary has."
+            )
         return self.transform_n_nonzero_coefs
 
     def transform(self, X):
@@ -484,16 +639,17 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             ``dask.distributed`` cluster.
         """
         check_is_fitted(self)
+        self._transform_n_nonzero_coefs()  # refused before reading X
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
             _check_n_features(self, X, reset=False)
             _check_feature_names(self, X, reset=False)
-            # One Gram matrix for all chunks: it costs as much as encoding
-            # a few thousand samples.
-            gram = self._transform_gram(dtype)
             if is_dask_array(X):
-                return dask_map_encode(self, X, gram, dtype, self.sparse_output)
-            parts = [code for _, code in self._iter_codes(X, dtype, gram)]
+                return dask_map_encode(
+                    self._chunk_encoder(dtype), X, self._n_features_out, dtype,
+                    self.sparse_output,
+                )
+            parts = [code for _, code in self._iter_codes(X, dtype)]
             return stack_codes(parts, self._n_features_out, dtype, self.sparse_output)
         X = self._validate_data_where_it_lives(X, reset=False)
         if is_device_array(X):
@@ -506,17 +662,23 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """Codes of ``X`` chunk by chunk, the Gram matrix computed once.
 
         The one streaming encode: ``transform`` of a memory-mapped or chunked
-        input, ``dbksvd encode``, the report, the dashboard and
-        ``evaluate_dictionary`` all read their codes from here.
+        input, ``dbksvd encode``, the report and the dashboard read their
+        codes from here (``evaluate_dictionary``, whose contexts are in
+        memory, through ``transform``, which codes alike). Centring,
+        the scale of the data, ``positive_code`` and ``split_sign`` are
+        handled as in :meth:`transform`, whose codes of the whole of ``X``
+        are the chunks' codes stacked.
 
         Parameters
         ----------
-        X : array-like, np.memmap, h5py.Dataset or zarr.Array of shape \
-                (n_samples, n_features)
-            Data, read ``chunk_size`` rows at a time.
+        X : array-like, np.memmap, h5py.Dataset, zarr.Array, the rows of a \
+                harvest (:func:`sklearn_dbksvd.lm.load_activations`) or an \
+                array-API device array of shape (n_samples, n_features)
+            Data, read ``chunk_size`` rows at a time. A device array is
+            encoded on the host, and its codes are NumPy arrays.
         chunk_size : int, default=None
             Rows per chunk; None keeps each chunk's data and codes within a
-            few tens of megabytes.
+            few hundred megabytes.
 
         Yields
         ------
@@ -525,23 +687,53 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         code : ndarray or scipy.sparse.csr_matrix of shape (n_rows, \
                 n_features_out)
             Their codes, as ``transform`` returns them (CSR when
-            ``sparse_output=True``; split into signs with ``split_sign``).
+            ``sparse_output=True``; ``2 * n_components`` columns, split into
+            signs, with ``split_sign``).
+
+        Raises
+        ------
+        ValueError
+            At the first chunk asked for, when ``X`` does not match the
+            fitted dictionary or ``transform_n_nonzero_coefs`` exceeds
+            ``n_components``.
         """
         check_is_fitted(self)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, Integral)
+            or chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive integer; got {chunk_size!r}."
+            )
+        self._transform_n_nonzero_coefs()
         if is_lazy_array(X):
             dtype = check_lazy_array(X)
+            _check_n_features(self, X, reset=False)
+            _check_feature_names(self, X, reset=False)
         else:
+            # Features and names checked here, on X as the user gave it.
             X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
             dtype = X.dtype
-        _check_n_features(self, X, reset=False)
-        _check_feature_names(self, X, reset=False)
-        yield from self._iter_codes(X, dtype, self._transform_gram(dtype), chunk_size)
+        yield from self._iter_codes(X, dtype, chunk_size)
 
-    def _iter_codes(self, X, dtype, gram, chunk_size=None):
+    def _iter_codes(self, X, dtype, chunk_size=None):
+        """``(rows, codes)`` of ``X`` chunk by chunk, one Gram matrix for all."""
         if chunk_size is None:
-            chunk_size = chunk_rows(X.shape[1], self.components_.shape[0], dtype.itemsize)
+            n_components = self.components_.shape[0]
+            chunk_size = chunk_rows(X.shape[1], n_components, dtype.itemsize)
+        encode = self._chunk_encoder(dtype)
         for rows, chunk in iter_row_chunks(X, chunk_size):
-            yield rows, self._encode(chunk, gram)
+            yield rows, encode(chunk)
+
+    def _chunk_encoder(self, dtype):
+        """A function from a chunk of rows of ``dtype`` to its codes.
+
+        It holds one Gram matrix for all the chunks (it costs as much as
+        encoding a few thousand samples) and can be pickled to the workers
+        of a dask cluster. The one way codes are made out of chunks.
+        """
+        return functools.partial(_encode_chunk, self, self._transform_gram(dtype))
 
     def _transform_gram(self, dtype):
         """``D Dᵀ`` in ``dtype`` when the transform coder uses it, else None.
@@ -697,8 +889,10 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         score : float
         """
         check_is_fitted(self)
-        X = validate_data(self, to_numpy(X), dtype=_FLOAT_DTYPES, reset=False)
-        residual = X - self.inverse_transform(self.transform(X))
+        self._transform_n_nonzero_coefs()
+        # Validated once, as given (a DataFrame keeps its feature names).
+        X = to_numpy(self._validate_data_where_it_lives(X, reset=False))
+        residual = X - self.inverse_transform(self._encode(X))
         return _variance_explained_of_residual(X, residual)
 
     @property

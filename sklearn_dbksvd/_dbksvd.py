@@ -74,7 +74,9 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         :func:`sklearn.decomposition.sparse_encode`.
     transform_n_nonzero_coefs : int, default=None
         Nonzeros per code in :meth:`transform` for "mp" and "omp". None means
-        the fitted ``n_nonzero_coefs``.
+        the fitted ``n_nonzero_coefs``. A value above ``n_components`` makes
+        :meth:`transform` raise ``ValueError``, as ``n_nonzero_coefs`` does
+        in :meth:`fit`.
     transform_alpha : float, default=None
         Regularisation of the lasso and threshold coders; with "omp", the
         target squared residual norm, as in scikit-learn. None means
@@ -217,6 +219,13 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         One record per step: ``step``, ``relative_error`` (paper Eq. 6),
         ``variance_explained`` (Eq. 7), both of the batch after the atom
         update, ``n_replaced``, ``seconds`` and ``n_samples_seen``.
+    provenance_ : dict or None
+        Where the training rows come from, copied from the rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`): ``model_name``,
+        ``model_fingerprint``, ``module``, ``hook_name``, ``layer``,
+        ``context_size``, ``prepend_bos``, ``dtype`` and ``harvest``
+        (``path``, ``fingerprint``, ``n_rows``). None for other data. A
+        :meth:`partial_fit` batch without provenance keeps the one recorded.
 
     See Also
     --------

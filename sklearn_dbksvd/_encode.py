@@ -677,16 +677,25 @@ def _drop_rounding_level(code):
     code.data[magnitude <= np.repeat(threshold, np.diff(code.indptr))] = 0
 
 
-def check_coder_inputs(name, X, dictionary, gram, cov, tol):
+def check_coder_inputs(
+    name, X, dictionary, gram, cov, tol, *, n_nonzero_coefs=None, unit_norm=False
+):
     """Validate the arguments shared by the public Gram-domain coders.
 
     Returns ``X``, ``dictionary``, ``gram`` and ``cov`` as arrays of the
     dictionary's dtype (float32 or float64); ``gram`` C-ordered, as the
     kernels read its rows. ``name`` is the public function, for messages.
+    ``n_nonzero_coefs`` above the number of atoms is refused; with
+    ``unit_norm`` so are atoms whose norm is not 1 within 1e-3.
     """
     dictionary = check_array(dictionary, dtype=[np.float64, np.float32])
     dtype = dictionary.dtype
     n_components, n_features = dictionary.shape
+    if n_nonzero_coefs is not None and n_nonzero_coefs > n_components:
+        raise ValueError(
+            f"n_nonzero_coefs={n_nonzero_coefs} exceeds the {n_components} "
+            "atoms of the dictionary: a code cannot use more atoms than it has."
+        )
     if X is None and cov is None:
         raise ValueError(f"{name} needs X or cov; both are None.")
     if tol is not None and X is None:
@@ -714,7 +723,24 @@ def check_coder_inputs(name, X, dictionary, gram, cov, tol):
             raise ValueError(
                 f"cov has {cov.shape[1]} columns but X has {X.shape[0]} samples."
             )
+    if unit_norm:
+        _check_unit_atoms(name, dictionary, gram)
     return X, dictionary, gram, cov
+
+
+def _check_unit_atoms(name, dictionary, gram):
+    """Refuse atoms whose norm is not 1 (matching pursuit's steps assume it)."""
+    if gram is not None:
+        norms = np.sqrt(np.abs(np.diagonal(gram)))
+    else:
+        norms = np.linalg.norm(dictionary, axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1) <= 1e-3))
+    if len(bad):
+        raise ValueError(
+            f"{name} needs unit-norm atoms; atom {bad[0]} has norm "
+            f"{norms[bad[0]]:.6g} ({len(bad)} atom(s) off by more than 1e-3). "
+            "Normalise the rows of the dictionary first."
+        )
 
 
 @validate_params(
@@ -761,7 +787,9 @@ def sparse_encode_mp(
     X : array-like of shape (n_samples, n_features) or None
         Data. May be None when ``cov`` is given.
     dictionary : array-like of shape (n_components, n_features)
-        Atoms, as rows. Matching pursuit assumes unit-norm atoms.
+        Atoms, as rows, of unit norm: matching pursuit's steps assume it,
+        and a ``ValueError`` names the first atom whose norm is not 1
+        within 1e-3 (normalise the rows first).
     n_nonzero_coefs : int
         Number of selections per sample (``k``).
     gram : array-like of shape (n_components, n_components), default=None
@@ -825,7 +853,7 @@ def sparse_encode_mp(
             "refit=False."
         )
     X, dictionary, gram, cov = check_coder_inputs(
-        "sparse_encode_mp", X, dictionary, gram, cov, tol
+        "sparse_encode_mp", X, dictionary, gram, cov, tol, unit_norm=True
     )
     n_components = dictionary.shape[0]
     indices, values = _mp_encode(

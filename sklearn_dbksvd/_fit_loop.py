@@ -12,8 +12,9 @@ import numpy as np
 from joblib import effective_n_jobs
 from sklearn.utils._array_api import get_namespace
 
-from ._backend import is_device_array, to_namespace_of, to_numpy
+from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
 from ._data import (
+    BatchReader,
     is_lazy_array,
     iter_row_chunks,
     read_batch,
@@ -46,7 +47,10 @@ def batch_scale(X):
     top = max(float(xp.max(X)), -float(xp.min(X))) if X.shape[0] else 0.0
     if top == 0 or 2.0**-_SAFE_EXPONENT <= top <= 2.0**_SAFE_EXPONENT:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(top)[1] + 1)
+    # Subnormal data (below 2**-1022, or 2**-126 in float32) would need a
+    # scale past the dtype's range: the largest power of two it holds.
+    largest = np.finfo(host_dtype(X)).maxexp - 1
+    return math.ldexp(1.0, min(-math.frexp(top)[1] + 1, largest))
 
 
 def scaled(X, scale):
@@ -201,13 +205,13 @@ def plan_fit(model, X):
     n_steps = model.max_iter * schedule.n_batches
     if model.max_steps is not None:
         n_steps = min(n_steps, model.max_steps)
+    dtype = host_dtype(X) if hasattr(X, "dtype") else np.dtype(np.float64)
     memory = fit_memory(
         n_components, n_features, min(batch_size, n_samples), k,
-        np.dtype(getattr(X, "dtype", np.float64)).itemsize
-        if np.dtype(getattr(X, "dtype", np.float64)).kind == "f" else 8,
+        dtype.itemsize if dtype.kind == "f" else 8,
         gram_memory=getattr(model, "gram_memory", "auto"), n_jobs=model.n_jobs,
     )
-    check_fit_memory(memory)
+    check_fit_memory(memory, n_components, n_features)
     return FitPlan(n_components, batch_size, schedule, n_steps, memory)
 
 
@@ -256,15 +260,29 @@ def fit_memory(
     return parts
 
 
-def check_fit_memory(memory):
-    """ValueError when even the fit's ``minimum`` exceeds the memory available."""
+def format_bytes(n_bytes):
+    """``n_bytes`` in binary units, as NumPy's memory errors write them."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n_bytes < 1024 or unit == "PiB":
+            break
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
+
+
+def check_fit_memory(memory, n_components, n_features):
+    """ValueError when even the fit's ``minimum`` exceeds the memory available.
+
+    Called before anything of the fit's size is allocated (see
+    :func:`fit_memory`).
+    """
     if memory["minimum"] > memory["available"]:
         raise ValueError(
-            f"This fit needs at least {memory['minimum'] / 2**30:.2f} GiB "
-            f"(atoms {memory['atoms'] / 2**30:.2f}, batch and residual "
-            f"{memory['batch'] / 2**30:.2f}, codes {memory['codes'] / 2**30:.2f} "
-            f"GiB, one correlation block and one Gram row) but "
-            f"{memory['available'] / 2**30:.2f} GiB are available: use a "
+            f"n_components={n_components} with {n_features} features needs at "
+            f"least {format_bytes(memory['minimum'])} of memory (atoms "
+            f"{format_bytes(memory['atoms'])}, batch and residual "
+            f"{format_bytes(memory['batch'])}, codes {format_bytes(memory['codes'])}, "
+            f"one correlation block and one Gram row) but "
+            f"{format_bytes(memory['available'])} is available: use a "
             f"smaller batch_size or fewer n_components."
         )
 
@@ -332,6 +350,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     verbose = model.verbose if verbose is None else verbose
     order = None
     _ensure_mean(model, X, state)
+    reader = BatchReader(X)
     try:
         with ProgressReporter(
             plan.n_steps, verbose, initial=state.step, samples_seen=seen
@@ -343,8 +362,12 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                     order = _epoch_order(plan, state, model, order)
                 position = state.step % plan.schedule.n_batches
                 batch, scale = step_batch(
-                    X, plan.schedule.rows(order, position), state
+                    X, plan.schedule.rows(order, position), state, reader
                 )
+                if position + 1 < plan.schedule.n_batches and (
+                    state.step + 1 < plan.n_steps
+                ):  # read the next batch of the epoch while this step runs
+                    reader.prefetch(plan.schedule.rows(order, position + 1))
                 tic = time.perf_counter()
                 state.components, info, state.gram = model._step(
                     batch,
@@ -383,10 +406,11 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
         # An (m, m) array and two of the batch's size: not kept past the fit,
         # however it ends.
         state.gram = state.residual = state.batch = None
+        reader.close()
     return state
 
 
-def step_batch(X, rows, state):
+def step_batch(X, rows, state, reader=None):
     """Batch ``rows`` of ``X`` as a step sees it: centred, scaled; and the scale.
 
     In-memory NumPy data is gathered into ``state.batch`` (see
@@ -400,7 +424,8 @@ def step_batch(X, rows, state):
         and reads_into_buffer(X)
         and isinstance(rows, np.ndarray)
     ):
-        batch = centred(read_batch(X, rows), state.mean)
+        read = read_batch(X, rows) if reader is None else reader.read(rows)
+        batch = centred(read, state.mean)
         scale = batch_scale(batch)
         return scaled(batch, scale), scale
     batch = read_batch(

@@ -352,7 +352,8 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
             "threshold"}, default="mp"
         Coder of :meth:`transform`.
     transform_n_nonzero_coefs : int, default=None
-        Nonzeros per code in :meth:`transform`; None means ``k``.
+        Nonzeros per code in :meth:`transform`; None means ``k``. A value
+        above ``n_components`` makes :meth:`transform` raise ``ValueError``.
     transform_alpha : float, default=None
         Regularisation of the lasso and threshold coders; None means
         ``alpha``.
@@ -443,6 +444,13 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         One record per step: ``relative_error`` and ``variance_explained`` of
         the residual left by the last group against the batch,
         ``n_replaced`` (all groups), ``seconds``, ``n_samples_seen``.
+    provenance_ : dict or None
+        Where the training rows come from, copied from the rows of a harvest
+        (:func:`sklearn_dbksvd.lm.load_activations`): ``model_name``,
+        ``model_fingerprint``, ``module``, ``hook_name``, ``layer``,
+        ``context_size``, ``prepend_bos``, ``dtype`` and ``harvest``
+        (``path``, ``fingerprint``, ``n_rows``). None for other data. A
+        :meth:`partial_fit` batch without provenance keeps the one recorded.
 
     See Also
     --------

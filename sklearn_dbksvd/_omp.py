@@ -576,7 +576,8 @@ def sparse_encode_omp(
     dictionary : array-like of shape (n_components, n_features)
         Atoms, as rows; need not be unit-norm.
     n_nonzero_coefs : int
-        Largest number of nonzeros per code (``k``).
+        Largest number of nonzeros per code (``k``), at most
+        ``n_components`` (a larger value raises ``ValueError``).
     gram : array-like of shape (n_components, n_components), default=None
         Precomputed ``dictionary @ dictionary.T``.
     cov : array-like of shape (n_components, n_samples), default=None
@@ -634,7 +635,8 @@ def sparse_encode_omp(
     array([[0., 2.]])
     """
     X, dictionary, gram, cov = check_coder_inputs(
-        "sparse_encode_omp", X, dictionary, gram, cov, tol
+        "sparse_encode_omp", X, dictionary, gram, cov, tol,
+        n_nonzero_coefs=n_nonzero_coefs,
     )
     n_components = dictionary.shape[0]
     indices, values = _omp_encode(

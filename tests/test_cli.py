@@ -13,9 +13,9 @@ import scipy.sparse as sp
 from numpy.testing import assert_array_equal
 
 from sklearn_dbksvd import DBKSVDDictionaryLearning
-from sklearn_dbksvd.cli._resume import CHECKPOINT_NAME
-from sklearn_dbksvd.cli._io import atomic_write, load_dictionary
 from sklearn_dbksvd.cli import main as _main
+from sklearn_dbksvd.cli._io import atomic_write, load_dictionary
+from sklearn_dbksvd.cli._resume import CHECKPOINT_NAME
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
 
 # 2048 samples in batches of 256: 8 steps an epoch, each a few milliseconds.
@@ -76,8 +76,8 @@ def test_fit_matches_estimator_and_writes_everything(data_path, dictionary_path)
     with np.load(dictionary_path) as saved:
         assert_array_equal(saved["components_"], model.components_)
         assert saved["components_"].dtype == np.float32
-        params = json.loads(str(saved["params"]))
-        history = json.loads(str(saved["history_"]))
+        state = json.loads(str(saved["state"]))
+        params, history = state["params"], state["fitted"]["history_"]
         assert str(saved["version"]) == __import__("sklearn_dbksvd").__version__
     assert params["n_components"] == N_COMPONENTS and params["random_state"] == 3
     assert [h["relative_error"] for h in history] == [
@@ -143,7 +143,7 @@ def test_fit_killed_then_resumed_equals_uninterrupted(data_path, tmp_path):
     assert f"resumed from step {stopped_at}" in resumed.stdout
     with np.load(reference) as a, np.load(output) as b:
         assert_array_equal(a["components_"], b["components_"])
-        errors = [json.loads(str(f["history_"])) for f in (a, b)]
+        errors = [json.loads(str(f["state"]))["fitted"]["history_"] for f in (a, b)]
     assert len(errors[0]) == len(errors[1]) == n_steps
     assert [h["relative_error"] for h in errors[0]] == [
         h["relative_error"] for h in errors[1]

@@ -1,6 +1,7 @@
 """DBKSVDDictionaryLearning as a user sees it."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from sklearn.preprocessing import StandardScaler
 
 from sklearn_dbksvd import DBKSVDDictionaryLearning
 from sklearn_dbksvd.datasets import make_sparse_dictionary_problem
-from sklearn_dbksvd.metrics import atom_recovery, variance_explained
+from sklearn_dbksvd.metrics import atom_recovery
+from tests import _oracles as oracles
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,9 @@ def test_dtype_is_preserved(dtype, n_jobs):
     # scikit-learn 1.9's sparse_encode returns float64 for float32 with n_jobs > 1.
     X = small_data(dtype=dtype)
     # scikit-learn's coders run in processes with n_jobs > 1: keep that case short.
-    algorithms = ["mp", "omp"] if n_jobs > 1 else ["mp", "omp", "lasso_lars", "threshold"]
+    algorithms = ["mp", "omp"]
+    if n_jobs == 1:
+        algorithms += ["lasso_lars", "threshold"]
     for algorithm in algorithms:
         model = small_model(
             n_jobs=n_jobs, transform_algorithm=algorithm, transform_alpha=0.1
@@ -199,8 +203,12 @@ def test_verbose_shows_progress(capsys):
 def test_score_is_variance_explained_and_beats_random_atoms():
     X, _, _ = make_sparse_dictionary_problem(1000, 16, 32, 3, random_state=0)
     model = DBKSVDDictionaryLearning(32, n_nonzero_coefs=3, random_state=0).fit(X)
-    reconstruction = model.inverse_transform(model.transform(X))
-    assert model.score(X) == pytest.approx(variance_explained(X, reconstruction))
+    # Eq. 7 of the paper on the textbook matching-pursuit reconstruction.
+    atoms = model.components_
+    reconstruction = oracles.matching_pursuit(X, atoms, 3) @ atoms
+    assert model.score(X) == pytest.approx(
+        oracles.variance_explained(X, reconstruction), rel=1e-10
+    )
     assert 0.8 < model.score(X) <= 1.0
     random_atoms = DBKSVDDictionaryLearning(
         32, n_nonzero_coefs=3, max_steps=1, replace_until=0, init="uniform",
@@ -403,6 +411,8 @@ def test_split_sign_transform_names_and_inverse():
     np.testing.assert_array_equal(
         split_code, np.hstack([np.maximum(code, 0), np.maximum(-code, 0)])
     )
+    expected = oracles.matching_pursuit(X, split.components_, 3)
+    np.testing.assert_allclose(split_code, oracles.split_signs(expected), atol=1e-12)
     np.testing.assert_allclose(
         split.inverse_transform(split_code), code @ split.components_
     )
@@ -529,3 +539,196 @@ def test_every_minibatch_dictionary_learning_argument_is_accepted(model_class):
     ours = Model().get_params()
     assert set(theirs) <= set(ours)
     assert set(theirs) <= set(Model._parameter_constraints)
+
+
+# ----------------------------------------------------------------------
+# Robustness: odd input and failed calls (issue 19)
+# ----------------------------------------------------------------------
+def _fitted_state(model):
+    """Everything a fitted estimator holds, comparable with ==."""
+    return pickle.dumps(model)
+
+
+@pytest.mark.parametrize(
+    "bad_fit, message",
+    [
+        (lambda m: m.fit(np.full((30, 10), np.nan)), "NaN"),
+        (lambda m: m.fit(small_data(n_features=7), None), None),
+        (lambda m: m.set_params(n_nonzero_coefs=99).fit(small_data()), "exceeds"),
+        (lambda m: m.set_params(n_nonzero_coefs=True).fit(small_data()), "bool"),
+        (lambda m: m.set_params(n_components=10**11).fit(small_data()), "memory"),
+        (
+            lambda m: m.set_params(callback=_raise_at_second_step).fit(small_data()),
+            "callback failed",
+        ),
+    ],
+    ids=["nan", "pandas-other-features", "k", "bool", "memory", "callback"],
+)
+def test_failed_fit_leaves_a_fitted_estimator_exactly_as_it_was(bad_fit, message):
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(small_data(), columns=[f"f{i}" for i in range(10)])
+    model = small_model().fit(X)
+    before = _fitted_state(model)
+    components = model.components_.copy()
+    if message is None:
+        # A fit that fails late, after X (7 features, no names) was validated.
+        message = "exceeds"
+        model.set_params(n_nonzero_coefs=99)
+        bad_fit = lambda m: m.fit(small_data(n_features=7))  # noqa: E731
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        bad_fit(model)
+    model.set_params(n_nonzero_coefs=3, n_components=16, callback=None)
+    assert _fitted_state(model) == before
+    assert model.n_features_in_ == 10
+    assert list(model.feature_names_in_) == [f"f{i}" for i in range(10)]
+    np.testing.assert_array_equal(model.components_, components)
+    model.transform(X)  # still usable
+
+
+def _raise_at_second_step(info):
+    if info["step"] == 1:
+        raise RuntimeError("callback failed")
+
+
+def test_failed_partial_fit_keeps_features_and_names():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(small_data(), columns=[f"f{i}" for i in range(10)])
+    model = small_model().partial_fit(X)
+    before = _fitted_state(model)
+    with pytest.raises(ValueError, match="feature names"):
+        model.partial_fit(pd.DataFrame(small_data(), columns=list("abcdefghij")))
+    model.set_params(n_nonzero_coefs=True)
+    with pytest.raises(ValueError, match="not a bool"):
+        model.partial_fit(X)
+    # A step that ran, then a callback that failed: the step is not kept,
+    # nor the random numbers it drew.
+    model.set_params(n_nonzero_coefs=3, callback=_raise_at_second_step)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        model.partial_fit(X)
+    model.set_params(callback=None)
+    assert _fitted_state(model) == before
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_failed_first_fit_leaves_the_estimator_unfitted(method):
+    from sklearn.exceptions import NotFittedError
+
+    model = small_model(n_nonzero_coefs=99)
+    with pytest.raises(ValueError, match="exceeds"):
+        getattr(model, method)(small_data())
+    assert not hasattr(model, "n_features_in_")
+    with pytest.raises(NotFittedError):
+        model.transform(small_data())
+
+
+def test_refit_without_names_drops_the_old_names():
+    pd = pytest.importorskip("pandas")
+    X = small_data()
+    model = small_model().fit(pd.DataFrame(X, columns=[f"f{i}" for i in range(10)]))
+    model.fit(X)
+    assert not hasattr(model, "feature_names_in_")
+
+
+@pytest.mark.parametrize(
+    "param", ["n_nonzero_coefs", "n_components", "max_iter", "batch_size", "n_jobs"]
+)
+def test_bools_are_not_integers(param):
+    with pytest.raises(ValueError, match=f"'{param}' parameter .* not a bool"):
+        small_model(**{param: True}).fit(small_data())
+
+
+def test_bool_transform_nonzeros_set_after_fit_is_refused():
+    model = small_model().fit(small_data())
+    model.set_params(transform_n_nonzero_coefs=True)
+    with pytest.raises(ValueError, match="'transform_n_nonzero_coefs' .* not a bool"):
+        model.transform(small_data())
+
+
+@pytest.mark.parametrize("algorithm", ["mp", "omp", "lasso_lars"])
+def test_transform_refuses_more_nonzeros_than_atoms(algorithm):
+    # fit refuses n_nonzero_coefs > n_components; transform follows the same
+    # rule rather than clipping k=17 to the 16 atoms.
+    model = small_model(transform_algorithm=algorithm).fit(small_data())
+    model.set_params(transform_n_nonzero_coefs=17)
+    message = "transform_n_nonzero_coefs=17 exceeds n_components=16"
+    with pytest.raises(ValueError, match=message):
+        model.transform(small_data())
+    with pytest.raises(ValueError, match=message):
+        next(model.iter_transform(small_data()))
+    model.set_params(transform_n_nonzero_coefs=16)
+    assert model.transform(small_data()).shape == (200, 16)
+
+
+def test_huge_dictionary_is_refused_with_a_memory_estimate_before_allocating():
+    # 10**11 atoms of 10 float64 features: 7.28 TiB of atoms alone, and a
+    # Gram matrix beyond any machine. Refused at once, naming the estimate.
+    for method in ("fit", "partial_fit"):
+        with pytest.raises(ValueError, match="n_components=100000000000") as error:
+            getattr(small_model(n_components=10**11), method)(small_data())
+        needed = re.search(r"needs at least ([\d.]+) TiB of memory", str(error.value))
+        assert needed and float(needed.group(1)) >= 10**11 * 10 * 8 / 2**40
+
+
+@pytest.mark.parametrize(
+    "dtype, exponent, rtol",
+    # Subnormal magnitudes: 2**-1040 keeps 34 of float64's 52 mantissa bits,
+    # 2**-130 keeps 19 of float32's 23.
+    [(np.float64, -1040, 1e-8), (np.float32, -130, 1e-3)],
+)
+def test_subnormal_data_is_encoded_like_the_same_data_at_unit_scale(
+    dtype, exponent, rtol
+):
+    X = small_data(dtype=dtype)
+    tiny = X * dtype(2.0**exponent) if dtype == np.float64 else np.ldexp(X, exponent)
+    assert 0 < np.abs(tiny).max() < np.finfo(dtype).tiny  # subnormal
+    model = small_model(max_iter=1).fit(X)
+    expected = model.transform(X)
+    codes = np.ldexp(model.transform(tiny).astype(np.float64), -exponent)
+    atol = rtol * abs(expected).max()
+    np.testing.assert_allclose(codes, expected, rtol=rtol, atol=atol)
+    # Fitting on it works too, and learns atoms as good as at unit scale.
+    fitted = small_model(max_iter=1).fit(tiny)
+    assert np.all(np.isfinite(fitted.components_))
+    np.testing.assert_allclose(
+        np.linalg.norm(fitted.components_, axis=1), 1, rtol=1e-5
+    )
+
+
+def test_more_atoms_than_samples_warns():
+    X = small_data(n_samples=12)
+    with pytest.warns(UserWarning, match="n_components=16 is at least n_samples=12"):
+        model = small_model(n_nonzero_coefs=1).fit(X)
+    # What the warning is about: the fit reconstructs its samples exactly.
+    assert model.history_[-1]["variance_explained"] > 0.99
+
+
+def test_provenance_is_recorded_from_a_harvest_and_kept_by_partial_fit():
+    from sklearn_dbksvd._data import RowConcatenation
+
+    X = small_data()
+    rows = RowConcatenation([X[:120], X[120:]])
+    provenance = {"model_name": "m", "hook_name": "blocks.1.hook_resid_post",
+                  "harvest": {"path": "h", "fingerprint": "ab", "n_rows": 200}}
+    rows.provenance = provenance
+    model = small_model().fit(rows)
+    assert model.provenance_ == provenance
+    assert model.provenance_ is not provenance
+    provenance["harvest"]["n_rows"] = 0  # the copy is the estimator's own
+    assert model.provenance_["harvest"]["n_rows"] == 200
+    model.partial_fit(X)  # a batch without provenance keeps it
+    assert model.provenance_["model_name"] == "m"
+    assert small_model().fit(X).provenance_ is None
+    assert small_model().partial_fit(X).provenance_ is None
+
+
+def test_score_of_a_dataframe(recwarn):
+    pd = pytest.importorskip("pandas")
+    X = small_data()
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(10)])
+    model = small_model().fit(frame)
+    atoms = model.components_
+    expected = oracles.variance_explained(
+        X, oracles.matching_pursuit(X, atoms, 3) @ atoms
+    )
+    assert model.score(frame) == pytest.approx(expected, rel=1e-10)
+    assert not [w for w in recwarn if "feature names" in str(w.message)]

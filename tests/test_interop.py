@@ -576,7 +576,7 @@ def test_cli_export_writes_a_loadable_directory(fitted, data, tmp_path, capsys):
     assert json.loads((out / "cfg.json").read_text())["d_sae"] == 2 * N_COMPONENTS
 
     assert _export(tmp_path / "missing.npz", "-o", tmp_path / "x", *hook) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "no such dictionary file" in capsys.readouterr().err
     hook_embed = ["--hook-name", "hook_embed", "--model-name", "gpt2"]
     assert _export(dictionary, "-o", tmp_path / "y", *hook_embed) == 1
     assert "hook_layer" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Harvesting the residual stream of tiny random language models."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -280,12 +281,18 @@ def test_manifest_is_plain_json(tmp_path, tokenizer):
     )
     manifest = json.loads((directory / "harvest.json").read_text())
     assert manifest["format"] == 1
-    assert manifest["shards"][0] == {
+    names = {
         "acts": "acts-00000.npy",
         "tokens": "tokens-00000.npy",
         "documents": "documents-00000.npy",
-        "n_rows": 3,
-        "n_documents": 1,
+    }
+    # Each file's digest is that of its bytes on disk (as sha256sum prints).
+    digests = {
+        kind: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        for kind, name in names.items()
+    }
+    assert manifest["shards"][0] == {
+        **names, "n_rows": 3, "n_documents": 1, "sha256": digests
     }
 
 

@@ -11,6 +11,7 @@ from sklearn_dbksvd.metrics import (
     relative_error,
     variance_explained,
 )
+from tests import _oracles as oracles
 
 
 def test_relative_error_is_mean_of_ratios():
@@ -74,9 +75,18 @@ def test_batch_metrics_equal_the_metrics(monkeypatch, compiled, dtype, rtol, n_j
     X[4] = 0
     X_hat = (X + rng.randn(*X.shape)).astype(dtype)
     error, explained = batch_metrics(X, X - X_hat, n_jobs=n_jobs)
+    # Eq. 6 and 7 written out, sample by sample and feature by feature.
     X64, X_hat64 = X.astype(np.float64), X_hat.astype(np.float64)
-    assert error == pytest.approx(relative_error(X64, X_hat64), rel=rtol)
-    assert explained == pytest.approx(variance_explained(X64, X_hat64), rel=rtol)
+    assert error == pytest.approx(oracles.relative_error(X64, X_hat64), rel=rtol)
+    assert explained == pytest.approx(
+        oracles.variance_explained(X64, X_hat64), rel=rtol
+    )
+    assert relative_error(X64, X_hat64) == pytest.approx(
+        oracles.relative_error(X64, X_hat64), rel=1e-12
+    )
+    assert variance_explained(X64, X_hat64) == pytest.approx(
+        oracles.variance_explained(X64, X_hat64), rel=1e-12
+    )
 
 
 def test_batch_metrics_of_constant_features():

@@ -18,6 +18,7 @@ from ._io import UserError
 # their heavy dependencies inside ``run``, so ``--help`` stays fast.
 SUBCOMMANDS = (
     "demo", "harvest", "fit", "encode", "report", "export", "evaluate", "dashboard",
+    "saebench",
 )
 
 

@@ -6,8 +6,9 @@ import io
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
-from .._data import check_batch, chunk_rows, read_rows
+from .._data import check_batch, read_rows
 
 # Pairs of atoms compared at once for the per-atom coherence: 1024 rows of
 # the (m, m) overlap matrix, never all of it (2 GiB at m = 16384).
@@ -45,17 +46,22 @@ def sample_rows(X, max_samples):
 
 
 def atom_usage(model, X, max_samples):
-    """Number of sampled codes using each atom, and the number of samples."""
+    """Number of sampled codes using each atom, and the number of samples.
+
+    With ``split_sign`` an atom is used by a sample whose code takes it with
+    either sign (the codes' columns ``i`` and ``m + i``).
+    """
     rows = sample_rows(X, max_samples)
     sample = check_batch(read_rows(X, rows), rows)
     n_components = model.components_.shape[0]
-    model.set_params(sparse_output=True)
-    gram = model._transform_gram(sample.dtype)
     usage = np.zeros(n_components, dtype=np.int64)
-    step = chunk_rows(sample.shape[1], n_components, sample.itemsize)
-    for start in range(0, len(sample), step):
-        code = model._encode(sample[start : start + step], gram)
-        usage += np.bincount(code.indices, minlength=n_components)
+    for _, code in model.iter_transform(sample):
+        if sp.issparse(code):
+            used = np.bincount(code.indices, minlength=code.shape[1])
+        else:
+            used = np.count_nonzero(code, axis=0)
+        # A code takes an atom with one sign at most: the halves add up.
+        usage += used.reshape(-1, n_components).sum(axis=0)
     return usage, len(sample)
 
 

@@ -2,16 +2,15 @@
 
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import persistence
 from .._data import RowConcatenation, check_lazy_array
+from ..persistence import atomic_file
 
 _HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".he5"}
-_DICTIONARY_FORMAT = 1
 
 
 class UserError(Exception):
@@ -19,14 +18,12 @@ class UserError(Exception):
 
 
 def to_json(obj):
-    """JSON text of ``obj``; NumPy scalars and arrays become plain numbers."""
+    """JSON text of ``obj`` under the package's one JSON policy.
 
-    def default(value):
-        if isinstance(value, np.generic | np.ndarray):
-            return value.tolist()
-        return repr(value)
-
-    return json.dumps(obj, default=default, sort_keys=True)
+    See :func:`sklearn_dbksvd.persistence.to_json_value`: NumPy scalars and
+    arrays become plain numbers and lists, non-finite floats null.
+    """
+    return json.dumps(persistence.to_json_value(obj), sort_keys=True)
 
 
 # ----------------------------------------------------------------------
@@ -71,11 +68,23 @@ def _open_zarr(path, key):
     return store[_pick(names, key, path, "array")]
 
 
+def _load_npy(path):
+    """The array of a ``.npy`` file, memory-mapped; damage is a :class:`UserError`."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - EOFError, tokenize, ValueError...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path} is not a readable .npy file ({reason}); it is empty, "
+            "truncated or damaged."
+        ) from error
+
+
 def _open_shards(path):
     shards = sorted(path.glob("*.npy"))
     if not shards:
         raise UserError(f"{path} is a directory without .npy shards.")
-    arrays = [np.load(shard, mmap_mode="r") for shard in shards]
+    arrays = [_load_npy(shard) for shard in shards]
     try:
         return RowConcatenation(arrays)
     except ValueError as error:
@@ -127,10 +136,15 @@ def open_input(path, key=None):
     elif path.is_dir():
         X = _open_shards(path)
     elif suffix == ".npy":
-        X = np.load(path, mmap_mode="r")
+        X = _load_npy(path)
     elif suffix == ".npz":
-        with np.load(path) as archive:
-            X = archive[_pick(archive.files, key, path, "array")]
+        try:
+            members = persistence.read_npz(
+                path, "input", pick=lambda names: _pick(names, key, path, "array")
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        (X,) = members.values()
     elif suffix in _HDF5_SUFFIXES:
         X = _open_hdf5(path, key)
     else:
@@ -146,59 +160,65 @@ def open_input(path, key=None):
 
 
 def describe_input(path, X):
-    """What identifies the training data of a checkpoint."""
-    return {
+    """What identifies the training data of a checkpoint.
+
+    Its resolved path, shape, dtype and the fingerprint of the file or
+    directory (:func:`sklearn_dbksvd.persistence.fingerprint_path`: size,
+    modification time and sampled blocks of every file), so that a checkpoint
+    is not resumed on other contents at the same path.
+    """
+    description = {
         "path": str(Path(path).resolve()),
         "shape": [int(size) for size in X.shape],
         "dtype": str(np.dtype(X.dtype)),
+        "fingerprint": persistence.fingerprint_path(path),
     }
+    provenance = getattr(X, "provenance", None)
+    if provenance is not None:
+        description["provenance"] = provenance
+    return description
 
 
 # ----------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------
-def check_output(path, force):
-    """Fail early, before any work, when ``path`` cannot be written."""
+def check_output(path, force, replaceable=None, what="output"):
+    """Fail early, before any work, when ``path`` cannot be written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output file.
+    force : bool
+        ``--force``: an existing file may be replaced.
+    replaceable : callable, default=None
+        ``replaceable(path)`` says whether an existing file is one this tool
+        wrote (``--force`` replaces nothing else); None accepts any file.
+    what : str, default="output"
+        What the tool writes there, for the message.
+    """
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it.")
+    if path.exists() and replaceable is not None and not replaceable(path):
+        raise UserError(
+            f"{path} exists and is not a {what} written by dbksvd; refusing to "
+            "replace it, even with --force."
+        )
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such directory for the output.")
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_write(path, force=True):
-    """Write ``path`` through a temporary file renamed over it at the end.
+    """Write ``path`` through :func:`sklearn_dbksvd.persistence.atomic_file`.
 
-    The temporary file lives in the same directory, so ``os.replace`` is an
-    atomic rename: readers see the old file or the complete new one, never a
-    half-written one, even if the process is killed.
-
-    Yields
-    ------
-    file : binary file object
+    Checks the output first (:func:`check_output`), then yields a binary
+    file object; readers see the old file or the complete new one.
     """
-    path = Path(path)
     check_output(path, force)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        # mkstemp makes the file private (0600); give it the usual mode.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, overwrite=True) as file:
+        yield file
 
 
 def save_npz_atomic(path, force=True, **arrays):
@@ -210,80 +230,25 @@ def save_npz_atomic(path, force=True, **arrays):
 # ----------------------------------------------------------------------
 # Dictionaries
 # ----------------------------------------------------------------------
+def check_dictionary_output(path, force):
+    """:func:`check_output` for a dictionary: ``--force`` replaces only one."""
+    check_output(path, force, persistence.is_dictionary_file, what="dictionary file")
+
+
 def estimator_classes():
     """Estimator classes a dictionary file may name."""
-    import sklearn_dbksvd
-
-    names = ["DBKSVDDictionaryLearning", "MatryoshkaDBKSVD"]
-    return {
-        name: getattr(sklearn_dbksvd, name)
-        for name in names
-        if hasattr(sklearn_dbksvd, name)
-    }
+    return persistence.estimator_classes()
 
 
 def save_dictionary(path, model, force):
-    """Write a fitted estimator as ``.npz``: atoms, parameters, history, version.
-
-    Parameters and history are JSON strings so that the file loads with
-    ``np.load(path)`` (no pickle) and stays readable without this package.
-    """
-    from .. import __version__
-
-    save_npz_atomic(
-        path,
-        force,
-        components_=model.components_,
-        mean_=getattr(model, "mean_", np.zeros(model.components_.shape[1])),
-        estimator=np.array(type(model).__name__),
-        params=np.array(to_json(model.get_params(deep=False))),
-        history_=np.array(to_json(model.history_)),
-        n_steps_=np.array(model.n_steps_),
-        n_iter_=np.array(model.n_iter_),
-        n_samples_seen_=np.array(model.n_samples_seen_),
-        version=np.array(__version__),
-        format=np.array(_DICTIONARY_FORMAT),
-    )
+    """Write a fitted estimator as ``.npz`` (:func:`sklearn_dbksvd.save_dictionary`)."""
+    check_dictionary_output(path, force)
+    persistence.save_dictionary(model, path, overwrite=True)
 
 
 def load_dictionary(path):
-    """A fitted estimator from a file written by :func:`save_dictionary`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file.")
+    """A fitted estimator from a dictionary file; damage is a :class:`UserError`."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is not a readable .npz file ({error}).") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UserError(f"{path} is not a readable .npz file (it holds one array).")
-    with archive:
-        contents = {name: archive[name] for name in archive.files}
-    missing = {"components_", "estimator", "params"} - set(contents)
-    if missing:
-        raise UserError(
-            f"{path} is not a dbksvd dictionary (missing {', '.join(sorted(missing))})."
-        )
-    name = str(contents["estimator"])
-    classes = estimator_classes()
-    if name not in classes:
-        raise UserError(f"{path} was made by {name}, which this version lacks.")
-    cls = classes[name]
-    params = json.loads(str(contents["params"]))
-    accepted = cls().get_params(deep=False)
-    model = cls(**{key: value for key, value in params.items() if key in accepted})
-    components = contents["components_"]
-    if components.ndim != 2 or components.dtype.kind != "f":
-        raise UserError(f"{path}: components_ is not a 2D float array.")
-    model.components_ = components
-    model.n_features_in_ = components.shape[1]
-    # Files written before centring have no mean_: the mean was zero.
-    mean = contents.get("mean_", np.zeros(components.shape[1]))
-    if mean.shape != (components.shape[1],) or mean.dtype.kind != "f":
-        raise UserError(f"{path}: mean_ does not match components_.")
-    model.mean_ = mean.astype(components.dtype)
-    model.history_ = json.loads(str(contents.get("history_", "[]")))
-    for attribute in ("n_steps_", "n_iter_", "n_samples_seen_"):
-        if attribute in contents:
-            setattr(model, attribute, int(contents[attribute]))
-    return model
+        return persistence.load_dictionary(path)
+    except (ValueError, OSError) as error:
+        raise UserError(str(error)) from error

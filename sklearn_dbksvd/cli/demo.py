@@ -1,6 +1,7 @@
 """``dbksvd demo``: a dictionary of image patches, its quality and timing."""
 
 import time
+from pathlib import Path
 
 from ._common import positive_int
 from .report import report_format
@@ -12,8 +13,8 @@ def add_parser(commands):
         "demo",
         help="fit a dictionary on scikit-learn's sample-image patches",
         description="Fit a dictionary on 8x8 patches of scikit-learn's bundled "
-        "sample image, print held-out relative error, variance explained "
-        "and time, and write a report image.",
+        "sample image and print held-out relative error, variance explained "
+        "and time; with --report, also write a report image.",
     )
     demo.add_argument("--n-patches", type=positive_int, default=20000)
     demo.add_argument("-m", "--n-components", type=positive_int, default=256)
@@ -23,16 +24,19 @@ def add_parser(commands):
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--report",
-        default="dbksvd-demo-report.png",
-        help="report image (.png or .html), replaced if it exists "
-        "(default: %(default)s)",
+        default=None,
+        metavar="PATH",
+        help="also write a report image (.png or .html) to PATH; none by default",
     )
     demo.add_argument(
         "--no-report",
         dest="report",
         action="store_const",
         const=None,
-        help="do not write the report",
+        help="do not write the report (the default)",
+    )
+    demo.add_argument(
+        "--force", action="store_true", help="overwrite an existing report file"
     )
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(handler=run)
@@ -40,16 +44,19 @@ def add_parser(commands):
 
 
 def run(args):
-    """Fit a dictionary on image patches, print quality and timing, write a report."""
+    """Fit a dictionary on image patches, print quality and timing (and a report)."""
     from sklearn.model_selection import train_test_split
 
     from .. import DBKSVDDictionaryLearning
     from ..datasets import load_sample_patches
     from ..metrics import relative_error, variance_explained
     from ._figures import atom_usage, make_figure, render
-    from ._io import atomic_write
+    from ._io import atomic_write, check_output
 
-    fmt = None if args.report is None else report_format(args.report)
+    fmt = None
+    if args.report is not None:
+        fmt = report_format(args.report)
+        check_output(args.report, args.force)
     patches = load_sample_patches(max_patches=args.n_patches, random_state=args.seed)
     train, test = train_test_split(patches, test_size=0.2, random_state=args.seed)
     model = DBKSVDDictionaryLearning(
@@ -75,8 +82,7 @@ def run(args):
     if args.report is not None:
         usage, n_used = atom_usage(model, test, len(test))
         fig, summary = make_figure(model, usage, n_used)
-        # The demo's own artefact: rerunning the README command replaces it.
-        with atomic_write(args.report, force=True) as file:
+        with atomic_write(args.report, args.force) as file:
             file.write(render(fig, summary, fmt))
-        print(f"report: {args.report}")
+        print(f"report: {Path(args.report).resolve()}")
     return 0

@@ -45,7 +45,6 @@ def run(args):
     import numpy as np
     import scipy.sparse as sp
 
-    from .._data import check_lazy_array, chunk_rows, iter_row_chunks
     from ._io import atomic_write, check_output, load_dictionary, open_input
 
     check_output(args.output, args.force)
@@ -55,21 +54,18 @@ def run(args):
     model.set_params(sparse_output=True, n_jobs=args.n_jobs)
     if args.n_nonzero_coefs is not None:
         model.set_params(transform_n_nonzero_coefs=args.n_nonzero_coefs)
-    dtype = check_lazy_array(X)
-    gram = model._transform_gram(dtype)
-    n_samples, n_components = X.shape[0], model.components_.shape[0]
-    rows = args.chunk_size or chunk_rows(X.shape[1], n_components, dtype.itemsize)
+    n_samples = X.shape[0]
     # Only CSR pieces are kept: k nonzeros per sample, never n_samples x m.
     data, indices, counts = [], [], []
     bar = progress_bar(
         progress_wanted(args), total=n_samples, unit="sample", desc="encode"
     )
     try:
-        for block, chunk in iter_row_chunks(X, rows):
-            code = model._encode(chunk, gram)
+        for block, code in model.iter_transform(X, chunk_size=args.chunk_size):
             data.append(code.data)
             indices.append(code.indices)
             counts.append(np.diff(code.indptr))
+            n_columns = code.shape[1]  # 2 m with split_sign
             if bar is not None:
                 bar.update(block.stop - block.start)
     finally:
@@ -79,7 +75,7 @@ def run(args):
     np.cumsum(np.concatenate(counts), out=indptr[1:])
     codes = sp.csr_matrix(
         (np.concatenate(data), np.concatenate(indices), indptr),
-        shape=(n_samples, n_components),
+        shape=(n_samples, n_columns),
     )
     with atomic_write(args.output, args.force) as file:
         sp.save_npz(file, codes)

@@ -32,18 +32,39 @@ def add_parser(commands):
     export.add_argument("-o", "--output", required=True, help="directory to write")
     export.add_argument(
         "--hook-name",
-        required=True,
-        help="TransformerLens hook of the activations, e.g. blocks.8.hook_resid_post",
+        default=None,
+        help="TransformerLens hook of the activations, e.g. "
+        "blocks.8.hook_resid_post (default: the one the dictionary was fitted "
+        "on, recorded when it was fitted on a harvest; needed otherwise)",
     )
     export.add_argument(
-        "--model-name", required=True, help="language model, e.g. pythia-70m-deduped"
+        "--model-name",
+        default=None,
+        help="language model, e.g. pythia-70m-deduped (default: as --hook-name)",
     )
     export.add_argument(
         "--hook-layer",
         type=int,
         default=None,
-        help="layer of the hook (default: read from 'blocks.<layer>.' in the name)",
+        help="layer of the hook (default: the recorded one, else read from "
+        "'blocks.<layer>.' in the name)",
     )
+    export.add_argument(
+        "--context-size",
+        type=int,
+        default=None,
+        help="tokens per context of the activations (default: the recorded one)",
+    )
+    bos = export.add_mutually_exclusive_group()
+    bos.add_argument(
+        "--prepend-bos",
+        dest="prepend_bos",
+        action="store_true",
+        default=None,
+        help="the activations were taken with a BOS token (default: the "
+        "recorded setting, else yes)",
+    )
+    bos.add_argument("--no-prepend-bos", dest="prepend_bos", action="store_false")
     export.add_argument(
         "--architecture",
         choices=("matching_pursuit", "topk"),
@@ -72,6 +93,9 @@ def add_parser(commands):
 
 def run(args):
     """Handler of ``dbksvd export``: load the dictionary, write the directory."""
+    import json
+    import sys
+    import warnings
     from pathlib import Path
 
     from ..interop import save_sae
@@ -80,18 +104,30 @@ def run(args):
     if Path(args.output).exists() and not args.force:
         raise UserError(f"{args.output} exists; pass --force to replace it.")
     model = load_dictionary(args.dictionary)
-    path = save_sae(
-        model,
-        args.output,
-        hook_name=args.hook_name,
-        model_name=args.model_name,
-        hook_layer=args.hook_layer,
-        architecture=args.architecture,
-        split_sign=args.split_sign,
-        dtype=args.dtype,
-        overwrite=args.force,
-    )
-    import json
+    if getattr(model, "provenance_", None) is None and (
+        args.hook_name is None or args.model_name is None
+    ):
+        raise UserError(
+            f"{args.dictionary} does not record its model and hook (it was not "
+            "fitted on a harvest): pass --hook-name and --model-name."
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = save_sae(
+            model,
+            args.output,
+            hook_name=args.hook_name,
+            model_name=args.model_name,
+            hook_layer=args.hook_layer,
+            context_size=args.context_size,
+            prepend_bos=args.prepend_bos,
+            architecture=args.architecture,
+            split_sign=args.split_sign,
+            dtype=args.dtype,
+            overwrite=args.force,
+        )
+    for warning in caught:
+        print(f"dbksvd export: warning: {warning.message}", file=sys.stderr)
 
     with open(path / "cfg.json", encoding="utf-8") as file:
         config = json.load(file)

@@ -108,10 +108,17 @@ def add_parser(commands):
 
 def run(args):
     """Learn a dictionary from INPUT and write it to OUTPUT."""
-    from ._io import check_output, describe_input, open_input, save_dictionary
+    from ._io import (
+        check_dictionary_output,
+        describe_input,
+        open_input,
+        save_dictionary,
+    )
     from ._resume import fit_resumable
 
-    check_output(args.output, args.force)
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise UserError(f"{args.output} is the input; write the dictionary elsewhere.")
+    check_dictionary_output(args.output, args.force)
     X = open_input(args.input, args.key)
     cls = _estimator_class(args.matryoshka)
     model = cls(

@@ -5,6 +5,7 @@ the model, reads the text files and maps the options.
 """
 
 from ._common import positive_int, progress_wanted
+from ._io import UserError
 
 # Texts are read in pieces of about this many characters, cut at a blank line
 # when there is one, so that a large file never sits in memory whole.
@@ -27,9 +28,13 @@ def read_texts(paths):
                 yield "".join(lines)
 
 
-def add_model_options(parser):
-    """Options shared by ``harvest`` and ``evaluate``: where and what to run."""
-    where = parser.add_mutually_exclusive_group(required=True)
+def add_model_options(parser, *, fitted_defaults=False):
+    """Options shared by ``harvest`` and ``evaluate``: where and what to run.
+
+    ``fitted_defaults``: the layer, context size and BOS setting default to
+    the dictionary's provenance (``evaluate``), so none is required.
+    """
+    where = parser.add_mutually_exclusive_group(required=not fitted_defaults)
     where.add_argument(
         "--layer",
         type=int,
@@ -49,8 +54,9 @@ def add_model_options(parser):
     parser.add_argument(
         "--context-size",
         type=positive_int,
-        default=128,
-        help="tokens per document, BOS included (default: %(default)s)",
+        default=None if fitted_defaults else 128,
+        help="tokens per document, BOS included (default: "
+        + ("the dictionary's, else 128)" if fitted_defaults else "%(default)s)"),
     )
     parser.add_argument(
         "--batch-size",
@@ -64,6 +70,7 @@ def add_model_options(parser):
     parser.add_argument(
         "--no-bos",
         action="store_true",
+        default=None if fitted_defaults else False,
         help="do not start every document with the tokenizer's BOS token",
     )
     parser.add_argument(
@@ -102,6 +109,20 @@ def add_parser(commands):
         "%(default)s)",
     )
     harvest.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="dtype of the model's weights and forward pass; bfloat16 is faster "
+        "on CPUs with bfloat16 instructions (AVX-512 BF16, AMX) and GPUs, and "
+        "moves the rows by about their bfloat16 rounding (default: %(default)s)",
+    )
+    harvest.add_argument(
+        "--no-model-cache",
+        action="store_true",
+        help="do not keep a .gguf model dequantized in the cache "
+        "($SKLEARN_DBKSVD_CACHE, else ~/.cache/sklearn_dbksvd), nor read it there",
+    )
+    harvest.add_argument(
         "--keep-special",
         action="store_true",
         help="also harvest the rows of special tokens (BOS, EOS, padding)",
@@ -116,17 +137,41 @@ def add_parser(commands):
     harvest.add_argument(
         "--force",
         action="store_true",
-        help="replace a harvest made with other settings in the output",
+        help="start again: replace the harvest in the output (needed when its "
+        "settings or texts differ); removes only the files the harvest wrote",
     )
     harvest.set_defaults(handler=run)
     return harvest
 
 
+def check_texts(paths):
+    """Refuse text files that cannot be read, before any model is loaded."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                file.read(1)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise UserError(f"--text {path}: {reason}.") from None
+
+
 def run(args):
     """Handler of ``dbksvd harvest``."""
     from ..lm import harvest_activations, load_model, read_manifest
+    from ..lm._store import check_output
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    # Everything that can be checked without the model is checked first, so
+    # that a mistake costs no model load and leaves nothing behind.
+    check_texts(args.text)
+    check_output(args.output, args.force)
+    import torch
+
+    model, tokenizer = load_model(
+        args.model,
+        device=args.device,
+        dtype=getattr(torch, args.compute_dtype),
+        cache=False if args.no_model_cache else None,
+    )
     directory = harvest_activations(
         model,
         tokenizer,

@@ -50,7 +50,8 @@ def run(args):
     if args.input is not None:
         X = open_input(args.input, args.key)
         check_compatible(model, X, args.dictionary, args.input)
-        model.set_params(n_jobs=args.n_jobs)
+        # Codes as CSR: k nonzeros per sample rather than n_components.
+        model.set_params(n_jobs=args.n_jobs, sparse_output=True)
         usage, n_used = atom_usage(model, X, args.max_samples)
     fig, summary = make_figure(model, usage, n_used)
     with atomic_write(args.output, args.force) as file:

@@ -36,6 +36,8 @@ save_sae : Write a fitted estimator as an SAELens directory.
 load_sae : Rebuild the estimator from such a directory.
 to_torch : Matching pursuit of a fitted estimator as a ``torch.nn.Module``.
 load_torch : The same module, straight from a directory.
+to_saebench : The same module as an SAE for SAEBench's evaluations.
+run_saebench : SAEBench's own evaluations of a fitted estimator.
 SplitSign : Nonnegative split-sign codes in a scikit-learn pipeline.
 
 Examples
@@ -86,6 +88,7 @@ In PyTorch (see :func:`to_torch`), on a GPU where there is one::
 from .._split_sign import SplitSign, split_sign
 from ._common import load_torch_encoder
 from .pytorch import load_torch, to_torch
+from .saebench import run_saebench, to_saebench
 from .saelens import load_sae, save_sae
 
 __all__ = [
@@ -93,8 +96,10 @@ __all__ = [
     "SplitSign",
     "load_sae",
     "load_torch",
+    "run_saebench",
     "save_sae",
     "split_sign",
+    "to_saebench",
     "to_torch",
 ]
 

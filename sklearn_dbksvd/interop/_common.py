@@ -6,27 +6,34 @@ dependencies.
 """
 
 import json
-import math
 import re
-from numbers import Integral, Real
+import warnings
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
+
+from ..persistence._state import (
+    ESTIMATOR_NAMES,
+    UNSAVED_PARAMS,
+    check_estimator,
+    to_json_value,
+)
 
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAE_CFG_FILENAME = "cfg.json"
 # Key of our own block in cfg.json; SAELens and SAEBench ignore unknown keys.
 CONFIG_KEY = "sklearn_dbksvd"
-# Version of that block; load_sae refuses newer ones it cannot read.
-_FORMAT = 1
-# Estimators that save_sae writes and load_sae rebuilds, by class name. A
-# directory can only name one of these: load_sae never imports a class
-# named by a file.
-_ESTIMATOR_NAMES = ("DBKSVDDictionaryLearning", "MatryoshkaDBKSVD")
-# Parameters that are arrays or callables: components_ supersedes the
-# initialisations, and a callback cannot be written as data.
-_UNSAVED_PARAMS = ("dict_init", "code_init", "callback")
+# Version of that block; load_sae refuses newer ones it cannot read. Format 2
+# adds the random generator and the provenance to the estimator's state.
+_FORMAT = 2
+# The registry of estimator classes, the parameter policy and the JSON policy
+# are the persistence layer's (sklearn_dbksvd.persistence._state): a
+# directory can only name one of its classes.
+_ESTIMATOR_NAMES = ESTIMATOR_NAMES
+_UNSAVED_PARAMS = UNSAVED_PARAMS
+_check_estimator = check_estimator
+_plain = to_json_value
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _LAYER_IN_HOOK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
@@ -55,17 +62,6 @@ def _safetensors_numpy():
 # ----------------------------------------------------------------------
 # What the encoder does, as data
 # ----------------------------------------------------------------------
-def _check_estimator(estimator):
-    if type(estimator).__name__ not in _ESTIMATOR_NAMES or not type(
-        estimator
-    ).__module__.startswith("sklearn_dbksvd"):
-        raise TypeError(
-            f"expected a fitted {' or '.join(_ESTIMATOR_NAMES)}; got "
-            f"{type(estimator).__name__}."
-        )
-    check_is_fitted(estimator, "components_")
-
-
 def _encoder_settings(estimator, *, split_sign=False):
     """Matching-pursuit settings of ``transform``, resolved, as plain data.
 
@@ -105,52 +101,6 @@ def _encoder_settings(estimator, *, split_sign=False):
     }
 
 
-# ----------------------------------------------------------------------
-# JSON
-# ----------------------------------------------------------------------
-def _plain(value):
-    """``value`` with NumPy scalars and arrays as Python numbers and lists.
-
-    Non-finite floats become None: strict JSON has no NaN.
-    """
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _is_json_value(value):
-    if value is None or isinstance(value, bool | str):
-        return True
-    if isinstance(value, Integral | Real):
-        return isinstance(value, Integral) or math.isfinite(value)
-    if isinstance(value, list | tuple):
-        return all(_is_json_value(item) for item in value)
-    return False
-
-
-def _params_block(estimator):
-    """Parameters as JSON data, and the names of those left out or tuples."""
-    params, dropped, tuples = {}, [], []
-    for name, value in estimator.get_params(deep=False).items():
-        if name in _UNSAVED_PARAMS and value is not None:
-            dropped.append(name)
-            value = None
-        elif not _is_json_value(value):
-            # A RandomState instance: the loaded estimator gets a fresh one.
-            dropped.append(name)
-            value = None
-        elif isinstance(value, tuple):
-            tuples.append(name)
-        params[name] = _plain(value)
-    return params, dropped, tuples
-
-
 def _resolve_hook_layer(hook_name, hook_layer):
     if hook_layer is not None:
         if not isinstance(hook_layer, Integral) or hook_layer < 0:
@@ -168,15 +118,22 @@ def _resolve_hook_layer(hook_name, hook_layer):
 
 
 def _read_directory(directory):
-    """``(config, our block)`` of a directory written by :func:`save_sae`."""
+    """``(config, our block)`` of a directory written by :func:`save_sae`.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError``
+    naming the file for anything unreadable.
+    """
     directory = Path(directory)
     cfg_path = directory / SAE_CFG_FILENAME
     weights_path = directory / SAE_WEIGHTS_FILENAME
     for path in (cfg_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; is {directory} an SAE?")
-    with open(cfg_path, encoding="utf-8") as file:
-        config = json.load(file)
+    try:
+        with open(cfg_path, encoding="utf-8") as file:
+            config = json.load(file)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{cfg_path} is not valid JSON ({error}).") from error
     ours = config.get(CONFIG_KEY) if isinstance(config, dict) else None
     if not isinstance(ours, dict):
         raise ValueError(
@@ -184,10 +141,17 @@ def _read_directory(directory):
             "sklearn_dbksvd.interop.save_sae, and a plain SAE has no "
             "matching-pursuit settings to rebuild."
         )
-    if ours.get("format", 0) > _FORMAT:
+    version = ours.get("format", 0)
+    if not isinstance(version, int) or version > _FORMAT:
         raise ValueError(
-            f"{cfg_path} was written in format {ours['format']} by sklearn-dbksvd "
+            f"{cfg_path} was written in format {version!r} by sklearn-dbksvd "
             f"{ours.get('version')}; this version reads format {_FORMAT}: upgrade."
+        )
+    name = ours.get("estimator")
+    if name not in ESTIMATOR_NAMES:
+        raise ValueError(
+            f"{directory} holds a {name!r}, which this version of sklearn-dbksvd "
+            "does not have."
         )
     return config, ours
 
@@ -207,3 +171,110 @@ def _atoms_from_decoder(W_dec, ours, where):
     return W_dec
 
 
+def _positive_int(value):
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
+
+def _read_sae(directory):
+    """A directory of :func:`save_sae`, read and checked against itself.
+
+    Everything SAELens would use is checked against what rebuilding needs:
+    the tensors ``W_dec`` and ``b_dec`` (present, finite, of the shapes
+    ``d_sae``, ``d_in`` and our block say), and the number of selections.
+    An edited ``max_iterations`` (``k`` for ``"topk"``) is honoured, as
+    SAELens honours it, with a warning; an edited ``d_in``, ``d_sae`` or
+    ``b_dec`` that no longer matches the weights is an error.
+
+    Returns
+    -------
+    sae : dict
+        ``config``, ``ours``, ``components`` (the atoms), ``b_dec`` (the mean,
+        or None without centring) and ``n_nonzero_coefs`` (selections per
+        sample).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the field.
+    """
+    directory = Path(directory)
+    config, ours = _read_directory(directory)
+    cfg_path = directory / SAE_CFG_FILENAME
+    weights_path = directory / SAE_WEIGHTS_FILENAME
+    encoder = ours.get("encoder")
+    required = ("n_components", "n_features_in", "params")
+    missing = [key for key in required if key not in ours]
+    if not isinstance(encoder, dict) or "split_sign" not in encoder:
+        missing.append("encoder")
+    missing += [key for key in ("d_in", "d_sae") if key not in config]
+    if missing:
+        raise ValueError(f"{cfg_path} lacks {', '.join(missing)}; it was edited.")
+    try:
+        weights = _safetensors_numpy().load_file(weights_path)
+    except ImportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - safetensors' own errors
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{weights_path} is unreadable ({reason}).") from error
+    for key in ("W_dec", "b_dec"):
+        if key not in weights:
+            raise ValueError(f"{weights_path} has no tensor {key!r}.")
+    W_dec, b_dec = weights["W_dec"], weights["b_dec"]
+    if W_dec.ndim != 2 or W_dec.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"{weights_path}: W_dec is not a 2D float32 or float64 tensor "
+            f"(shape {W_dec.shape}, dtype {W_dec.dtype})."
+        )
+    if (config["d_sae"], config["d_in"]) != W_dec.shape:
+        raise ValueError(
+            f"{cfg_path} says d_sae={config['d_sae']}, d_in={config['d_in']}, but "
+            f"W_dec in {weights_path.name} has shape {W_dec.shape}."
+        )
+    if b_dec.shape != (W_dec.shape[1],):
+        raise ValueError(
+            f"{weights_path}: b_dec has shape {b_dec.shape}; expected "
+            f"({W_dec.shape[1]},)."
+        )
+    if not np.isfinite(b_dec).all():
+        raise ValueError(f"{weights_path}: b_dec holds NaN or infinity.")
+    if not np.isfinite(W_dec).all():
+        bad = np.flatnonzero(~np.isfinite(W_dec).all(axis=1))
+        raise ValueError(
+            f"{weights_path}: W_dec holds NaN or infinity in {bad.size} row(s) "
+            f"(first: {bad[0]}); the dictionary is corrupt."
+        )
+    components = _atoms_from_decoder(W_dec, ours, weights_path)
+    if ours.get("centred"):
+        mean = b_dec
+    elif np.any(b_dec):
+        raise ValueError(
+            f"{weights_path}: b_dec is nonzero but the dictionary was saved "
+            "without centring; it was edited."
+        )
+    else:
+        mean = None
+    k = encoder.get("n_nonzero_coefs")
+    field = (
+        "max_iterations" if config.get("architecture") == "matching_pursuit" else "k"
+    )
+    edited = config.get(field, k)
+    if not _positive_int(edited) or edited > components.shape[0]:
+        raise ValueError(
+            f"{cfg_path}: {field}={edited!r} is not a number of selections "
+            f"between 1 and {components.shape[0]}."
+        )
+    if edited != k:
+        warnings.warn(
+            f"{cfg_path}: {field}={edited} differs from the saved "
+            f"n_nonzero_coefs={k}; encoding with {edited} selections, as SAELens "
+            "does.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {
+        "config": config,
+        "ours": ours,
+        "components": components,
+        "b_dec": mean,
+        "n_nonzero_coefs": int(edited),
+    }

@@ -18,6 +18,8 @@ from torch import nn
 # (1 MiB) keeps the buffers in cache, which made encoding 1.7x faster.
 _CHUNK_ELEMENTS = {"cpu": 2**18}
 _DEFAULT_CHUNK_ELEMENTS = 2**25
+# Dtypes too coarse for the pursuit: it runs in float32 instead.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 # SAEBench's custom-SAE config asks for these fields; their values only
 # matter to evaluations that the caller configures anyway.
@@ -247,8 +249,17 @@ class MatchingPursuitEncoder(nn.Module):
     The Gram matrix ``W Wᵀ`` of the atoms is computed once per device, dtype
     and change of ``W_dec`` (``n_components²`` entries: 1 GiB in float32 at
     16384 atoms). Samples are encoded in chunks of ``2**25 / n_components``
-    rows on a GPU (``2**18 / n_components`` on the CPU, to stay in cache). In
-    float16 or bfloat16 the pursuit runs in float32. On a CPU the estimator's
+    rows on a GPU (``2**18 / n_components`` on the CPU, to stay in cache).
+
+    Half precision: a module cast to float16 or bfloat16 (``.to(dtype=...)``,
+    as SAEBench casts every SAE to the language model's dtype) keeps a copy
+    of ``W_dec`` and ``b_dec`` as they were before the cast, and
+    :meth:`encode` and :meth:`decode` compute with it in float32: inputs are
+    cast up, outputs cast back to the module's dtype. The codes then select
+    the atoms that ``transform`` selects, with values rounded once, at the
+    end (a pursuit in bfloat16 selected other atoms for 4 % of the tokens of
+    a language model). Built directly in half precision (``dtype=``), the
+    module has only the rounded weights. On a CPU the estimator's
     ``transform`` is faster (NumPy's arg-max is vectorised, torch's CPU one is
     not): this module is meant for GPUs and torch pipelines. On NVIDIA GPUs,
     ``torch.set_float32_matmul_precision("high")`` (TF32, set by some
@@ -333,6 +344,9 @@ class MatchingPursuitEncoder(nn.Module):
         )
         self.cfg = _Config(**fields)
         self._gram_cache = (None, None)
+        # (W_dec, b_dec) as they were before a cast to half precision: the
+        # pursuit and the decoder keep using them, on the module's device.
+        self._precise = None
         self._sync_config()
 
     # -- SAE-style attributes ------------------------------------------
@@ -356,8 +370,18 @@ class MatchingPursuitEncoder(nn.Module):
         self.cfg.device = str(self.W_dec.device)
 
     def _apply(self, fn, *args, **kwargs):
-        # .to(), .cuda(), .double() ... : keep cfg.dtype and cfg.device true.
+        # .to(), .cuda(), .double() ... : keep cfg.dtype and cfg.device true,
+        # and keep the full-precision weights when cast to half precision.
+        before = self._precise
+        if self.W_dec.dtype not in _HALF_DTYPES:
+            before = (self.W_dec.detach(), self.b_dec.detach())
         result = super()._apply(fn, *args, **kwargs)
+        if self.W_dec.dtype in _HALF_DTYPES and before is not None:
+            device = self.W_dec.device
+            self._precise = tuple(tensor.to(device) for tensor in before)
+        else:
+            self._precise = None
+        self._gram_cache = (None, None)
         self._sync_config()
         return result
 
@@ -371,14 +395,24 @@ class MatchingPursuitEncoder(nn.Module):
     def _compute_dtype(self):
         # Half precision loses the small correlations matching pursuit needs.
         dtype = self.W_dec.dtype
-        return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+    def _weights(self):
+        """``(W_dec, b_dec)`` in the precision of the pursuit.
+
+        After a cast to half precision, the weights as they were before it
+        (float32 or float64), so that the codes do not depend on the cast.
+        """
+        if self._precise is not None:
+            return self._precise
+        return self.W_dec, self.b_dec
 
     def _atoms(self):
-        return self.W_dec[: self.n_components].to(self._compute_dtype())
+        return self._weights()[0][: self.n_components].to(self._compute_dtype())
 
     def _gram(self):
         """``D Dᵀ`` of the atoms, recomputed when ``W_dec`` changes."""
-        W = self.W_dec
+        W = self._weights()[0]
         key = (W.data_ptr(), W._version, W.dtype, W.device)
         cached_key, gram = self._gram_cache
         if cached_key != key:
@@ -411,7 +445,7 @@ class MatchingPursuitEncoder(nn.Module):
         batch_shape = x.shape[:-1]
         compute = self._compute_dtype()
         flat = x.reshape(-1, d_in).to(device=self.device, dtype=compute)
-        flat = flat - self.b_dec.to(compute)
+        flat = flat - self._weights()[1].to(compute)
         atoms, gram = self._atoms(), self._gram()
         elements = _CHUNK_ELEMENTS.get(self.device.type, _DEFAULT_CHUNK_ELEMENTS)
         rows = max(1, elements // max(1, self.n_components))
@@ -445,6 +479,9 @@ class MatchingPursuitEncoder(nn.Module):
     def decode(self, feature_acts):
         """Reconstruction ``feature_acts @ W_dec + b_dec``.
 
+        In float32 at least (with the weights from before a cast to half
+        precision), returned in the module's dtype.
+
         Parameters
         ----------
         feature_acts : torch.Tensor of shape (..., d_sae)
@@ -454,8 +491,11 @@ class MatchingPursuitEncoder(nn.Module):
         -------
         x_hat : torch.Tensor of shape (..., d_in)
         """
-        feature_acts = feature_acts.to(device=self.device, dtype=self.dtype)
-        return feature_acts @ self.W_dec + self.b_dec
+        compute = self._compute_dtype()
+        W, b = self._weights()
+        feature_acts = feature_acts.to(device=self.device, dtype=compute)
+        x_hat = feature_acts @ W.to(compute) + b.to(compute)
+        return x_hat.to(self.dtype)
 
     def forward(self, x):
         """Reconstruction of ``x``: ``decode(encode(x))``.

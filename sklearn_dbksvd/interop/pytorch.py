@@ -1,18 +1,12 @@
 """Matching pursuit of a fitted estimator as a ``torch.nn.Module``."""
 
-
-from pathlib import Path
-
 import numpy as np
 
 from ._common import (
     CONFIG_KEY,
-    SAE_WEIGHTS_FILENAME,
-    _atoms_from_decoder,
     _encoder_settings,
-    _read_directory,
+    _read_sae,
     _resolve_hook_layer,
-    _safetensors_numpy,
 )
 from ._common import load_torch_encoder as _torch_encoder
 
@@ -149,19 +143,24 @@ def load_torch(directory, device=None, dtype=None):
     --------
     to_torch : The same from a fitted estimator.
     """
-    config, ours = _read_directory(directory)
+    sae = _read_sae(directory)
+    config, ours = sae["config"], sae["ours"]
     settings = ours["encoder"]
     if settings["algorithm"] != "mp":
         raise NotImplementedError(
             f"{directory} encodes with transform_algorithm="
             f"{settings['algorithm']!r}, which has no PyTorch encoder."
         )
+    if sae["n_nonzero_coefs"] != settings["n_nonzero_coefs"] and settings["levels"]:
+        raise ValueError(
+            f"{directory}: max_iterations was edited, but the nested levels in "
+            "cfg.json were saved for the original number of selections."
+        )
     module = _torch_encoder()
-    weights = _safetensors_numpy().load_file(Path(directory) / SAE_WEIGHTS_FILENAME)
-    components = _atoms_from_decoder(weights["W_dec"], ours, directory)
-    return module.MatchingPursuitEncoder(
+    components = sae["components"]
+    encoder = module.MatchingPursuitEncoder(
         components,
-        settings["n_nonzero_coefs"],
+        sae["n_nonzero_coefs"],
         positive=settings["positive"],
         tol=settings["tol"],
         refit=settings["refit"],
@@ -175,4 +174,7 @@ def load_torch(directory, device=None, dtype=None):
         device=device,
         dtype=dtype,
     )
-
+    if sae["b_dec"] is not None:
+        # Centring is the decoder bias, as in to_torch.
+        encoder.b_dec.data.copy_(encoder.b_dec.new_tensor(sae["b_dec"]))
+    return encoder

@@ -44,7 +44,11 @@ The directory layout
     can hold; ``dict_init``, ``code_init``, ``callback`` and a
     ``RandomState`` instance are left out and listed under
     ``dropped_params``), ``n_features_in``, ``feature_names_in``, the fitted
-    counters and ``history_``, the package version, ``centred``, and the
+    counters and ``history_``, the state of the random generator
+    (``random_state``), the ``provenance``, the package version (the
+    description of a fitted estimator of
+    :mod:`sklearn_dbksvd.persistence`, also in the dictionary file),
+    ``centred``, and the
     ``encoder``: the matching-pursuit settings of ``transform``
     (``n_nonzero_coefs`` resolved, ``positive``, ``tol``, ``refit``, the
     nested ``levels`` of a :class:`~sklearn_dbksvd.MatryoshkaDBKSVD` with
@@ -86,32 +90,22 @@ of a custom SAE (``encode``, ``decode``, ``forward``, ``W_enc``, ``W_dec``,
 ``d_sae``, ``hook_name``, ``hook_layer``, ``model_name``, ...).
 """
 
-
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils import check_random_state
 
+from ..persistence import atomic_directory, describe_estimator, rebuild_estimator
 from ._common import (
     _DTYPES,
-    _ESTIMATOR_NAMES,
     _FORMAT,
     CONFIG_KEY,
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
-    _atoms_from_decoder,
     _check_estimator,
     _encoder_settings,
-    _params_block,
-    _plain,
-    _read_directory,
+    _read_sae,
     _resolve_hook_layer,
     _safetensors_numpy,
 )
@@ -134,8 +128,6 @@ def _sae_config(
     centred,
 ):
     """The contents of cfg.json: SAELens/SAEBench fields and our own block."""
-    from .. import __version__
-
     d_in = int(estimator.components_.shape[1])
     settings = _encoder_settings(estimator, split_sign=split_sign)
     k = settings["n_nonzero_coefs"]
@@ -152,23 +144,10 @@ def _sae_config(
         "neuronpedia_id": None,
         "sae_lens_training_version": None,
     }
-    params, dropped, tuples = _params_block(estimator)
-    feature_names = getattr(estimator, "feature_names_in_", None)
+    _, state = describe_estimator(estimator)
     ours = {
         "format": _FORMAT,
-        "version": __version__,
-        "estimator": type(estimator).__name__,
-        "params": params,
-        "dropped_params": dropped,
-        "tuple_params": tuples,
-        "n_components": int(estimator.components_.shape[0]),
-        "n_features_in": int(estimator.n_features_in_),
-        "feature_names_in": None if feature_names is None else _plain(feature_names),
-        "fitted": {
-            name: _plain(getattr(estimator, name))
-            for name in ("n_iter_", "n_steps_", "n_samples_seen_", "history_")
-            if hasattr(estimator, name)
-        },
+        **state,
         "encoder": settings,
         "centred": bool(centred),
         # Codes are nonnegative only with positive_code or in split-sign form.
@@ -207,56 +186,6 @@ def _sae_config(
         "metadata": dict(model_metadata),
         CONFIG_KEY: ours,
     }
-
-
-def _fsync_directory(path):
-    with contextlib.suppress(OSError):  # not every file system allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _publish_directory(tmp, directory, overwrite):
-    """Rename the complete ``tmp`` to ``directory``, replacing an old SAE.
-
-    A directory cannot be renamed over a non-empty one, so an old one is
-    first renamed aside and removed only once the new one is in place:
-    ``directory`` is always absent, the old one or the new one, never a mix.
-    """
-    if not directory.exists():
-        os.rename(tmp, directory)
-        return
-    if not overwrite:  # created since _check_target looked
-        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
-    aside = directory.parent / f".{directory.name}.old.{uuid.uuid4().hex}"
-    os.rename(directory, aside)
-    try:
-        os.rename(tmp, directory)
-    except BaseException:
-        os.rename(aside, directory)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _check_target(directory, overwrite):
-    if not directory.parent.is_dir():
-        raise FileNotFoundError(f"{directory.parent}: no such directory.")
-    if not directory.exists() and not directory.is_symlink():
-        return
-    if not overwrite:
-        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
-    # Only ever replace what looks like an SAE directory or nothing at all,
-    # so that a wrong path cannot wipe unrelated files.
-    if directory.is_symlink() or not directory.is_dir():
-        raise FileExistsError(f"{directory} exists and is not a directory.")
-    contents = {entry.name for entry in directory.iterdir()}
-    if contents and SAE_CFG_FILENAME not in contents:
-        raise FileExistsError(
-            f"{directory} is a non-empty directory without {SAE_CFG_FILENAME}; "
-            "refusing to replace it."
-        )
 
 
 _ARCHITECTURES = ("matching_pursuit", "topk")
@@ -299,16 +228,67 @@ def _warn_if_saelens_differs(estimator):
         )
 
 
+# Fields of cfg.json filled from the estimator's provenance_ when not given.
+_PROVENANCE_FIELDS = {
+    "model_name": "model_name",
+    "hook_name": "hook_name",
+    "hook_layer": "layer",
+    "context_size": "context_size",
+    "prepend_bos": "prepend_bos",
+}
+
+
+def _model_fields(estimator, given):
+    """The language-model fields of cfg.json: given, else from the provenance.
+
+    A given ``hook_name``, ``hook_layer`` or ``model_name`` that differs from
+    the provenance's gets a ``UserWarning`` (the user may mean it).
+    """
+    provenance = getattr(estimator, "provenance_", None) or {}
+    fields = {}
+    for field, key in _PROVENANCE_FIELDS.items():
+        recorded = provenance.get(key)
+        if field == "hook_layer" and given["hook_name"] not in (
+            None,
+            provenance.get("hook_name"),
+        ):
+            # Another hook typed: its layer is read from its name.
+            recorded = None
+        value = given[field]
+        if value is None:
+            value = recorded
+        elif (
+            recorded is not None
+            and value != recorded
+            and field in ("model_name", "hook_name", "hook_layer")
+        ):
+            warnings.warn(
+                f"{field}={value!r} differs from the {recorded!r} the dictionary "
+                "was fitted on (its provenance_); writing the one given.",
+                UserWarning,
+                stacklevel=4,
+            )
+        fields[field] = value
+    for field in ("hook_name", "model_name"):
+        value = fields[field]
+        if not isinstance(value, str) or not value:
+            hint = "" if provenance else " (the dictionary has no provenance_)"
+            raise ValueError(f"{field} must be a non-empty str; got {value!r}{hint}.")
+    if fields["prepend_bos"] is None:
+        fields["prepend_bos"] = True
+    return fields
+
+
 def save_sae(
     estimator,
     directory,
     *,
-    hook_name,
-    model_name,
+    hook_name=None,
+    model_name=None,
     hook_layer=None,
     hook_head_index=None,
     context_size=None,
-    prepend_bos=True,
+    prepend_bos=None,
     dataset_path=None,
     architecture="matching_pursuit",
     split_sign=None,
@@ -329,20 +309,27 @@ def save_sae(
         Fitted estimator.
     directory : str or path-like
         Directory to create. Its parent must exist.
-    hook_name : str
+    hook_name : str, default=None
         TransformerLens hook whose activations the dictionary was fitted on,
-        e.g. ``"blocks.8.hook_resid_post"``.
-    model_name : str
-        Name of the language model, e.g. ``"pythia-70m-deduped"``.
+        e.g. ``"blocks.8.hook_resid_post"``. None takes it from the
+        estimator's ``provenance_`` (a dictionary fitted on a harvest) and
+        raises ``ValueError`` without one.
+    model_name : str, default=None
+        Name of the language model, e.g. ``"pythia-70m-deduped"``; None
+        takes it from ``provenance_``, as ``hook_name``.
     hook_layer : int, default=None
-        Layer of the hook. None reads it from ``hook_name``
-        (``"blocks.<layer>."``) and raises ``ValueError`` when it is not there.
+        Layer of the hook. None takes the provenance's ``layer``, else reads
+        it from ``hook_name`` (``"blocks.<layer>."``) and raises
+        ``ValueError`` when it is not there. A ``hook_name``, ``model_name``
+        or ``hook_layer`` that differs from the provenance's is written with
+        a ``UserWarning``.
     hook_head_index : int, default=None
         Attention head, for SAEs of one head.
     context_size : int, default=None
-        Tokens per context of the activations, if known.
-    prepend_bos : bool, default=True
-        Whether the activations were taken with a BOS token prepended.
+        Tokens per context of the activations; None takes the provenance's.
+    prepend_bos : bool, default=None
+        Whether the activations were taken with a BOS token prepended; None
+        takes the provenance's, else True.
     dataset_path : str, default=None
         Dataset the activations came from, if known.
     architecture : {"matching_pursuit", "topk"}, default="matching_pursuit"
@@ -374,11 +361,19 @@ def save_sae(
     load_torch : Load the directory as a :class:`MatchingPursuitEncoder`.
     """
     _check_estimator(estimator)
-    if not isinstance(hook_name, str) or not hook_name:
-        raise ValueError(f"hook_name must be a non-empty str; got {hook_name!r}.")
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name must be a non-empty str; got {model_name!r}.")
-    hook_layer = _resolve_hook_layer(hook_name, hook_layer)
+    fields = _model_fields(
+        estimator,
+        {
+            "model_name": model_name,
+            "hook_name": hook_name,
+            "hook_layer": hook_layer,
+            "context_size": context_size,
+            "prepend_bos": prepend_bos,
+        },
+    )
+    hook_name, model_name = fields["hook_name"], fields["model_name"]
+    context_size, prepend_bos = fields["context_size"], fields["prepend_bos"]
+    hook_layer = _resolve_hook_layer(hook_name, fields["hook_layer"])
     if architecture not in _ARCHITECTURES:
         raise ValueError(
             f"architecture must be one of {_ARCHITECTURES}; got {architecture!r}."
@@ -393,7 +388,6 @@ def save_sae(
         raise ValueError(f"dtype must be 'float32', 'float64' or None; got {dtype!r}.")
     safetensors_numpy = _safetensors_numpy()
     directory = Path(directory)
-    _check_target(directory, overwrite)
 
     atoms = np.asarray(components, dtype=_DTYPES[dtype])
     W_dec = np.concatenate([atoms, -atoms]) if split_sign else atoms
@@ -429,27 +423,14 @@ def save_sae(
     )
     text = json.dumps(config, indent=2, allow_nan=False)
 
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp."))
-    try:
+    with atomic_directory(
+        directory, overwrite=overwrite, marker=SAE_CFG_FILENAME
+    ) as tmp:
         # "pt": the format tag torch tooling expects of safetensors files.
         safetensors_numpy.save_file(
             tensors, tmp / SAE_WEIGHTS_FILENAME, metadata={"format": "pt"}
         )
-        with open(tmp / SAE_CFG_FILENAME, "w", encoding="utf-8") as file:
-            file.write(text)
-        for name in (SAE_WEIGHTS_FILENAME, SAE_CFG_FILENAME):
-            with open(tmp / name, "rb") as file:
-                os.fsync(file.fileno())
-        # mkdtemp makes the directory private (0700); give it the usual mode.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        _fsync_directory(tmp)
-        _publish_directory(tmp, directory, overwrite)
-        _fsync_directory(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / SAE_CFG_FILENAME).write_text(text, encoding="utf-8")
     return directory
 
 
@@ -460,8 +441,14 @@ def load_sae(directory):
     with, so its :meth:`transform` gives the same codes (when the tensors
     were saved in the dtype of ``components_``). Parameters that were not
     saved (``dict_init``, ``code_init``, ``callback``, a ``RandomState``
-    instance) are None; a later :meth:`partial_fit` draws from a fresh
-    random state.
+    instance) are None; a later :meth:`partial_fit` continues from the saved
+    random generator (from ``random_state`` for directories of format 1).
+
+    A directory edited by hand is checked: a missing key, a ``b_dec`` or
+    ``W_dec`` of the wrong shape or with NaN, or ``d_in`` / ``d_sae`` that no
+    longer match the tensors raise ``ValueError`` naming the file; an edited
+    ``max_iterations`` (``k`` for ``"topk"``) is honoured, as SAELens
+    honours it, with a ``UserWarning``.
 
     Parameters
     ----------
@@ -473,7 +460,8 @@ def load_sae(directory):
     estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
         Fitted estimator with ``components_``, ``n_features_in_`` (and
         ``feature_names_in_``, ``n_iter_``, ``n_steps_``,
-        ``n_samples_seen_``, ``history_``, ``mean_`` when saved). Both
+        ``n_samples_seen_``, ``history_``, ``mean_``, ``provenance_`` when
+        saved). Both
         layouts are read: ``"matching_pursuit"`` and the ``"topk"`` one of
         earlier versions.
 
@@ -482,39 +470,12 @@ def load_sae(directory):
     save_sae : Write the directory.
     load_torch : Load the directory as a :class:`MatchingPursuitEncoder`.
     """
-    import sklearn_dbksvd
-
-    config, ours = _read_directory(directory)
-    name = ours.get("estimator")
-    cls = getattr(sklearn_dbksvd, name, None) if name in _ESTIMATOR_NAMES else None
-    if cls is None:
-        raise ValueError(
-            f"{directory} holds a {name!r}, which this version of sklearn-dbksvd "
-            "does not have."
-        )
-    weights = _safetensors_numpy().load_file(Path(directory) / SAE_WEIGHTS_FILENAME)
-    components = _atoms_from_decoder(weights["W_dec"], ours, directory)
-    if components.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{directory}: W_dec has dtype {components.dtype}.")
-
-    accepted = cls().get_params(deep=False)
-    params = {
-        key: tuple(value) if key in ours.get("tuple_params", []) else value
-        for key, value in ours["params"].items()
-        if key in accepted
-    }
-    estimator = cls(**params)
-    estimator._validate_params()
-    estimator.components_ = np.array(components, order="C")
-    estimator.n_features_in_ = int(ours["n_features_in"])
-    if ours.get("feature_names_in") is not None:
-        estimator.feature_names_in_ = np.asarray(ours["feature_names_in"], dtype=object)
-    for attribute, value in ours.get("fitted", {}).items():
-        setattr(estimator, attribute, value)
-    if ours.get("centred"):
-        estimator.mean_ = np.array(weights["b_dec"], dtype=components.dtype)
-    # partial_fit continues from the fit's generator, which is not saved.
-    estimator._random_state = check_random_state(estimator.random_state)
+    sae = _read_sae(directory)
+    ours = sae["ours"]
+    arrays = {"components_": sae["components"], "mean_": sae["b_dec"]}
+    estimator = rebuild_estimator(arrays, ours, where=str(directory))
+    if sae["n_nonzero_coefs"] != ours["encoder"].get("n_nonzero_coefs"):
+        # max_iterations was edited: SAELens makes that many selections.
+        estimator.transform_n_nonzero_coefs = sae["n_nonzero_coefs"]
+        estimator._validate_params()
     return estimator
-
-

@@ -30,9 +30,11 @@ _LAZY = {
     "load_tokens": "_store",
     "load_documents": "_store",
     "read_manifest": "_store",
+    "harvest_provenance": "_store",
     "is_harvest": "_store",
     "TOKEN_DTYPE": "_store",
     "build_dashboard": "dashboard",
+    "ProvenanceWarning": "_provenance",
 }
 
 __all__ = sorted(_LAZY)

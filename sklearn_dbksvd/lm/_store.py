@@ -8,14 +8,13 @@ neither torch nor transformers. The format is described in
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .._data import RowConcatenation
+from .._data import RowConcatenation, gather_rows
+from ..persistence import directory_lock, fsync_directory, write_atomic
 
 MANIFEST = "harvest.json"
 FORMAT = 1
@@ -27,6 +26,17 @@ TOKEN_DTYPE = np.dtype([("token_id", "<i4"), ("document", "<i8"), ("position", "
 PAD = -1
 
 STORAGE_DTYPES = ("float32", "bfloat16")
+
+#: Lock file of a harvest being written (the persistence layer's lock).
+LOCK = ".dbksvd.lock"
+
+#: The three files of a shard, in the order of :func:`shard_names`.
+SHARD_KINDS = ("acts", "tokens", "documents")
+
+# A temporary file of the atomic writer, beside a shard or the manifest.
+_TEMPORARY = re.compile(
+    r"\.((acts|tokens|documents)-\d{5}\.npy|harvest\.json)\..+\.tmp"
+)
 
 
 def shard_names(index):
@@ -63,6 +73,8 @@ class BFloat16Rows:
         return self.shape[0]
 
     def __getitem__(self, rows):
+        if isinstance(rows, np.ndarray) and rows.ndim == 1 and rows.dtype.kind in "iu":
+            return bfloat16_to_float32(gather_rows(self.bits, rows))
         return bfloat16_to_float32(np.asarray(self.bits[rows]))
 
 
@@ -91,36 +103,232 @@ def is_harvest(path):
 
 
 def read_manifest(directory):
-    """The manifest of a harvest directory as a dict.
+    """The manifest of a harvest directory as a dict, its schema checked.
 
     Raises
     ------
     FileNotFoundError
         When ``directory`` has no ``harvest.json``.
     ValueError
-        When the manifest is of a newer format than this version reads.
+        When the manifest is not JSON, is not a harvest manifest (a field
+        missing or of the wrong type, shard file names other than those a
+        harvest writes, counts that do not add up), or is of a newer format
+        than this version reads. The message names the file and the field.
     """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such file; is {directory} a harvest directory?"
         )
-    with open(path, encoding="utf-8") as file:
-        manifest = json.load(file)
-    if manifest.get("format", 0) > FORMAT:
+    try:
+        with open(path, encoding="utf-8") as file:
+            manifest = json.load(file)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(
-            f"{path} is of format {manifest['format']}; this version of "
-            f"sklearn-dbksvd reads format {FORMAT}: upgrade."
+            f"{path} is not a harvest manifest: not JSON ({error})."
+        ) from None
+    if isinstance(manifest, dict) and _is_int(manifest.get("format"), 1):
+        if manifest["format"] > FORMAT:
+            raise ValueError(
+                f"{path} is of format {manifest['format']}; this version of "
+                f"sklearn-dbksvd reads format {FORMAT}: upgrade."
+            )
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ValueError(
+            f"{path} is not a harvest manifest ({problem}); it was changed "
+            "after the harvest, or not written by one."
         )
     return manifest
 
 
+def _is_int(value, minimum=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+_SETTING_TYPES = {
+    "model_name": str,
+    "module": str,
+    "hook_name": str,
+    "context_size": int,
+    "prepend_bos": bool,
+    "skip_special": bool,
+    "dtype": str,
+}
+
+
+def _manifest_problem(manifest):
+    """What makes ``manifest`` not a harvest manifest, or None.
+
+    The one place that knows the manifest's schema: every reader goes
+    through :func:`read_manifest`, so that a damaged file is reported as
+    such instead of failing later on a missing key.
+    """
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if not _is_int(manifest.get("format"), 1):
+        return "no format number"
+    for key in ("n_rows", "n_documents"):
+        if not _is_int(manifest.get(key)):
+            return f"{key!r} is not a count"
+    if manifest.get("dtype") not in STORAGE_DTYPES:
+        return f"dtype {manifest.get('dtype')!r} is not one of {STORAGE_DTYPES}"
+    d_in = manifest.get("d_in")
+    if d_in is not None and not _is_int(d_in, 1):
+        return "'d_in' is not a positive int"
+    if not isinstance(manifest.get("complete"), bool):
+        return "'complete' is not true or false"
+    if not isinstance(manifest.get("documents_sha256"), str):
+        return "no 'documents_sha256'"
+    settings = manifest.get("settings")
+    if not isinstance(settings, dict):
+        return "no 'settings' object"
+    for key, kind in _SETTING_TYPES.items():
+        value = settings.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"setting {key!r} missing or not a {kind.__name__}"
+    if settings["dtype"] != manifest["dtype"]:
+        return "the dtype of the settings and of the manifest differ"
+    if settings.get("layer") is not None and not _is_int(settings["layer"]):
+        return "setting 'layer' is not an int or null"
+    partial = manifest.get("partial")
+    if partial is not None and not (
+        isinstance(partial, dict)
+        and _is_int(partial.get("document"))
+        and _is_int(partial.get("position"), 1)
+        and partial["document"] < manifest["n_documents"]
+    ):
+        return "'partial' is not a document and a position"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "no 'shards' list"
+    for index, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            return f"shard {index} is not an object"
+        for kind, name in zip(SHARD_KINDS, shard_names(index), strict=True):
+            # Fixed names: a manifest never points outside its directory.
+            if shard.get(kind) != name:
+                return f"shard {index} does not name its {kind} file {name!r}"
+        for key in ("n_rows", "n_documents"):
+            if not _is_int(shard.get(key)):
+                return f"shard {index}: {key!r} is not a count"
+        digests = shard.get("sha256")
+        if digests is not None and not (
+            isinstance(digests, dict)
+            and all(isinstance(digests.get(kind), str) for kind in SHARD_KINDS)
+        ):
+            return f"shard {index}: 'sha256' is not one digest per file"
+    for key in ("n_rows", "n_documents"):
+        if sum(shard[key] for shard in shards) != manifest[key]:
+            return f"its shards do not add up to {key}={manifest[key]}"
+    if shards and d_in is None:
+        return "shards without 'd_in'"
+    return None
+
+
+def harvest_fingerprint(manifest):
+    """A digest that identifies a harvest: its settings, documents and shards.
+
+    The SHA-256 of the manifest's settings (the model's fingerprint among
+    them), the hash of the documents fed to the model (``documents_sha256``),
+    the row and document counts, and the SHA-256 of every shard file as it
+    was written. Any change to what was harvested changes it. Computed from
+    the manifest alone: no shard is read.
+    """
+    identity = {
+        "settings": manifest["settings"],
+        "documents_sha256": manifest["documents_sha256"],
+        "partial": manifest.get("partial"),
+        "d_in": manifest["d_in"],
+        "shards": [
+            [shard["n_rows"], shard["n_documents"], shard.get("sha256")]
+            for shard in manifest["shards"]
+        ],
+    }
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def harvest_provenance(directory, manifest=None):
+    """What a dictionary fitted on a harvest records about its data.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        A harvest directory.
+    manifest : dict, default=None
+        Its manifest, if already read.
+
+    Returns
+    -------
+    provenance : dict
+        ``model_name``, ``model_fingerprint`` (SHA-256 of the model's weight
+        files, or None for a model given without files), ``module``,
+        ``hook_name``, ``layer`` (int, or None for a module given by name),
+        ``context_size``, ``prepend_bos``, ``dtype`` (the harvest's storage
+        dtype) and ``harvest``: ``{"path", "fingerprint", "n_rows"}``, the
+        directory's absolute path, :func:`harvest_fingerprint` and the number
+        of rows.
+    """
+    if manifest is None:
+        manifest = read_manifest(directory)
+    settings = manifest["settings"]
+    return {
+        "model_name": settings["model_name"],
+        "model_fingerprint": settings.get("model_fingerprint"),
+        "module": settings["module"],
+        "hook_name": settings["hook_name"],
+        "layer": settings.get("layer"),
+        "context_size": settings["context_size"],
+        "prepend_bos": settings["prepend_bos"],
+        "dtype": manifest["dtype"],
+        "harvest": {
+            "path": str(Path(directory).resolve()),
+            "fingerprint": harvest_fingerprint(manifest),
+            "n_rows": manifest["n_rows"],
+        },
+    }
+
+
+def _expected_shape(manifest, shard, kind):
+    """Shape and dtype of one shard file as the manifest describes it."""
+    if kind == "acts":
+        dtype = np.uint16 if manifest["dtype"] == "bfloat16" else np.float32
+        return (shard["n_rows"], manifest["d_in"]), np.dtype(dtype)
+    if kind == "tokens":
+        return (shard["n_rows"],), TOKEN_DTYPE
+    width = manifest["settings"]["context_size"]
+    return (shard["n_documents"], width), np.dtype(np.int32)
+
+
+def _open_shard_file(path, shape, dtype):
+    """One shard file, memory-mapped, refused unless it is as listed."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: no such file, though {MANIFEST} lists it."
+        ) from None
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable .npy file ({error}).") from None
+    if tuple(array.shape) != shape or array.dtype != dtype:
+        raise ValueError(
+            f"{path} holds an array of shape {tuple(array.shape)} and dtype "
+            f"{array.dtype} where {MANIFEST} lists {shape} and {dtype}: the "
+            "shard was changed after the harvest."
+        )
+    return array
+
+
 def _shards(directory, manifest, column):
+    """The ``column`` files of every shard, memory-mapped, shapes checked."""
     directory = Path(directory)
     if not manifest["shards"]:
         raise ValueError(f"{directory} holds no activations yet.")
     return [
-        np.load(directory / shard[column], mmap_mode="r")
+        _open_shard_file(
+            directory / shard[column], *_expected_shape(manifest, shard, column)
+        )
         for shard in manifest["shards"]
     ]
 
@@ -138,13 +346,23 @@ def load_activations(directory):
     X : RowConcatenation of shape (n_rows, d_in)
         The ``acts-*.npy`` shards memory-mapped and stacked in order;
         bfloat16 shards are widened to float32 as rows are read. The
-        estimators' ``fit`` reads it batch by batch (out of core).
+        estimators' ``fit`` reads it batch by batch (out of core), and
+        records ``X.provenance`` (:func:`harvest_provenance`) as their
+        ``provenance_``.
+
+    Raises
+    ------
+    ValueError
+        When the manifest is damaged, or a shard's shape or dtype is not the
+        one the manifest lists (a shard replaced after the harvest).
     """
     manifest = read_manifest(directory)
     shards = _shards(directory, manifest, "acts")
     if manifest["dtype"] == "bfloat16":
         shards = [BFloat16Rows(shard) for shard in shards]
-    return RowConcatenation(shards)
+    return RowConcatenation(
+        shards, provenance=harvest_provenance(directory, manifest)
+    )
 
 
 def load_tokens(directory):
@@ -178,45 +396,30 @@ def load_documents(directory):
 # ----------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------
-def _fsync_directory(path):
-    with contextlib.suppress(OSError):  # not every file system allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path, write):
-    """Call ``write(file)`` on a temporary file, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(directory, manifest):
     """Replace the manifest atomically: it is the commit point of a shard."""
     text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8")
-    _write_atomic(Path(directory) / MANIFEST, lambda file: file.write(text))
-    _fsync_directory(directory)
+    write_atomic(Path(directory) / MANIFEST, text)
+
+
+class _HashingFile:
+    """A file object that hashes what is written through it."""
+
+    def __init__(self, file):
+        self.file = file
+        self.digest = hashlib.sha256()
+
+    def write(self, data):
+        self.digest.update(data)
+        return self.file.write(data)
 
 
 def write_shard(directory, manifest, acts, tokens, documents, digest):
     """Write one shard's three files, then list it in the manifest.
 
     A shard not yet in the manifest does not exist for readers; a killed run
-    leaves at most orphan files that the next run overwrites.
+    leaves at most orphan files that the next run overwrites. The manifest
+    records the SHA-256 of each file as written (``sha256``).
 
     Parameters
     ----------
@@ -229,8 +432,15 @@ def write_shard(directory, manifest, acts, tokens, documents, digest):
     directory = Path(directory)
     index = len(manifest["shards"])
     names = shard_names(index)
-    for name, array in zip(names, (acts, tokens, documents), strict=True):
-        _write_atomic(directory / name, lambda file, a=array: np.save(file, a))
+    digests = {}
+    arrays = (acts, tokens, documents)
+    for kind, name, array in zip(SHARD_KINDS, names, arrays, strict=True):
+        def write(file, array=array, kind=kind):
+            hashing = _HashingFile(file)
+            np.save(hashing, array)
+            digests[kind] = hashing.digest.hexdigest()
+
+        write_atomic(directory / name, write)
     manifest["shards"].append(
         {
             "acts": names[0],
@@ -238,6 +448,7 @@ def write_shard(directory, manifest, acts, tokens, documents, digest):
             "documents": names[2],
             "n_rows": int(len(acts)),
             "n_documents": int(len(documents)),
+            "sha256": digests,
         }
     )
     manifest["n_rows"] += int(len(acts))
@@ -257,6 +468,53 @@ def update_digest(digest, ids):
     digest.update(b"\xff")  # document boundary
 
 
+def _changed_settings(old, new):
+    return sorted(
+        key for key in set(old) | set(new) if old.get(key) != new.get(key)
+    )
+
+
+def _harvest_files(directory, manifest):
+    """The files of ``directory`` that a harvest wrote: what ``overwrite`` removes.
+
+    The manifest, the shard files it lists, and the temporary files of an
+    interrupted write (``.<name>.*.tmp`` beside a shard or the manifest).
+    Nothing else: files of the user in the directory are kept.
+    """
+    names = {MANIFEST}
+    for shard in manifest["shards"]:
+        names.update(shard[kind] for kind in SHARD_KINDS)
+    names.update(
+        entry.name for entry in directory.iterdir() if _TEMPORARY.fullmatch(entry.name)
+    )
+    return [directory / name for name in sorted(names)]
+
+
+def check_output(directory, overwrite):
+    """Refuse an output directory that a harvest may not write into.
+
+    Checked before anything is loaded or written: the parent must exist, and
+    ``directory`` must be absent, empty (but for a lock file) or a harvest.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+    """
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        raise FileNotFoundError(f"{directory.parent}: no such directory.")
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a directory.")
+    if directory.is_dir() and not is_harvest(directory):
+        if any(entry.name != LOCK for entry in directory.iterdir()):
+            raise ValueError(
+                f"{directory} is a non-empty directory without {MANIFEST}; "
+                "refusing to write a harvest into it."
+            )
+    if is_harvest(directory):
+        read_manifest(directory)  # a damaged manifest is reported, not replaced
+
+
 def prepare_directory(directory, settings, overwrite):
     """Create or reopen a harvest directory for ``settings``.
 
@@ -273,32 +531,24 @@ def prepare_directory(directory, settings, overwrite):
         are not a harvest, and ``overwrite`` is false.
     """
     directory = Path(directory)
-    if not directory.parent.is_dir():
-        raise FileNotFoundError(f"{directory.parent}: no such directory.")
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} exists and is not a directory.")
-    if is_harvest(directory) and not overwrite:
+    check_output(directory, overwrite)
+    old_files = []
+    if is_harvest(directory):
         manifest = read_manifest(directory)
-        if manifest["settings"] != settings:
-            changed = sorted(
-                key
-                for key in set(settings) | set(manifest["settings"])
-                if settings.get(key) != manifest["settings"].get(key)
-            )
-            raise ValueError(
-                f"{directory} holds a harvest with other settings "
-                f"({', '.join(changed)}); pass overwrite=True to replace it, "
-                "or choose another directory."
-            )
-        return manifest
-    if directory.is_dir() and any(directory.iterdir()):
-        if not is_harvest(directory):
-            raise ValueError(
-                f"{directory} is a non-empty directory without {MANIFEST}; "
-                "refusing to write a harvest into it."
-            )
-        # overwrite: only ever remove what a harvest wrote.
-        shutil.rmtree(directory)
+        if not overwrite:
+            if manifest["settings"] != settings:
+                changed = _changed_settings(manifest["settings"], settings)
+                raise ValueError(
+                    f"{directory} holds a harvest with other settings "
+                    f"({', '.join(changed)}); pass overwrite=True to replace "
+                    "it, or choose another directory."
+                )
+            return manifest
+        # overwrite: remove only what a harvest wrote, never the directory
+        # nor the user's files in it; once the new (empty) manifest is in
+        # place, so that a kill on the way leaves an empty harvest.
+        old_files = _harvest_files(directory, manifest)
+        old_files = [path for path in old_files if path.name != MANIFEST]
     directory.mkdir(exist_ok=True)
     manifest = {
         "format": FORMAT,
@@ -309,7 +559,43 @@ def prepare_directory(directory, settings, overwrite):
         "n_documents": 0,
         "complete": False,
         "documents_sha256": document_digest().hexdigest(),
+        "partial": None,
         "shards": [],
     }
     write_manifest(directory, manifest)
+    for path in old_files:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if old_files:
+        fsync_directory(directory)
     return manifest
+
+
+@contextlib.contextmanager
+def open_for_writing(directory, settings, overwrite):
+    """Lock ``directory`` and prepare it for a harvest with ``settings``.
+
+    Yields the manifest (:func:`prepare_directory`). The lock is held until
+    the end, so that two harvests never write into one directory at once. A
+    run that fails before writing any shard leaves nothing behind: neither
+    its manifest nor, if it created it, the directory.
+    """
+    directory = Path(directory)
+    check_output(directory, overwrite)
+    created = not directory.exists()
+    directory.mkdir(exist_ok=True)
+    try:
+        with directory_lock(directory, name=LOCK):
+            fresh = overwrite or not is_harvest(directory)
+            manifest = prepare_directory(directory, settings, overwrite)
+            try:
+                yield manifest
+            except BaseException:
+                if fresh and not manifest["shards"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        (directory / MANIFEST).unlink()
+                raise
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty: a failed first run

@@ -32,14 +32,22 @@ every position (zero-ablated). It reports the metrics of SAEBench's
 ``sparsity``
     ``l0`` (mean number of nonzero codes per token), ``l1`` (mean Σ|code|).
 ``misc_metrics``
-    From the density of each atom (fraction of tokens whose code for it is
+    From the density of each latent (fraction of tokens on which it is
     nonzero): ``frac_alive`` (density > 0), ``frac_dead`` (density 0),
     ``freq_over_1_percent`` and ``freq_over_10_percent`` (density above 1 %
     and 10 %).
 
-Atoms are counted once whatever the sign of their codes: SAEBench run on a
-split-sign export (``d_sae = 2 m``) counts the two signs of an atom as two
-latents, so its density fractions are over ``2 m``.
+Latents are counted as everywhere else in the package and as SAEBench counts
+them on the ``[D; -D]`` SAELens export: an atom of a dictionary with signed
+codes is two latents, its positive codes (latent ``i``) and its negative
+codes (latent ``m + i``), so the density fractions are over ``2 m`` latents
+and an atom used with one sign only has one dead latent. A dictionary with
+``positive_code=True`` has one latent per atom. ``l0`` is the number of
+nonzero codes per token either way.
+
+The dictionary's ``provenance_`` (when it was fitted on a harvest) fills in
+the layer, the context size and the BOS setting that are not given; another
+layer than the fitted one is refused unless ``allow_other_layer=True``.
 
 References
 ----------
@@ -52,8 +60,12 @@ Language Model Interpretability", ICML 2025. https://arxiv.org/abs/2503.09532
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import _model
+from ._latents import Latents
+from ._progress import Progress
+from ._provenance import check_same_layer, provenance_of, warn_if_different
 
 # (group, key, label): the order and wording of the printed table.
 METRICS = [
@@ -136,21 +148,24 @@ class ReconstructionStats:
     variance accumulates float64 sums.
     """
 
-    def __init__(self, n_components):
+    def __init__(self, n_latents):
         self.per_token = {
             name: []
             for name in ("mse", "cossim", "explained_variance_legacy",
                          "l2_norm_in", "l2_norm_out", "l2_ratio", "l0", "l1")
         }
         self.bias = []
-        self.active = np.zeros(n_components, dtype=np.int64)
+        self.active = np.zeros(n_latents, dtype=np.int64)
         self.n_tokens = 0
         self.sum_x = None
         self.sum_squared_norm = 0.0
         self.sum_squared_residual = 0.0
 
     def add(self, x, x_hat, codes):
-        """One batch: activations, reconstructions and codes, one row per token."""
+        """One batch: activations, reconstructions and codes, one row per token.
+
+        ``codes`` (dense or sparse) has one column per latent.
+        """
         if len(x) == 0:
             return
         x = np.asarray(x, dtype=np.float64)
@@ -171,11 +186,19 @@ class ReconstructionStats:
         values["l2_norm_in"].append(norm_in)
         values["l2_norm_out"].append(norm_out)
         values["l2_ratio"].append(ratio)
-        nonzero = codes != 0
-        values["l0"].append(nonzero.sum(axis=1).astype(np.float64))
-        values["l1"].append(np.abs(codes).sum(axis=1, dtype=np.float64))
+        codes = sp.csr_matrix(codes)
+        codes.eliminate_zeros()
+        rows = np.repeat(np.arange(codes.shape[0]), np.diff(codes.indptr))
+        values["l0"].append(np.diff(codes.indptr).astype(np.float64))
+        values["l1"].append(
+            np.bincount(
+                rows,
+                weights=np.abs(codes.data).astype(np.float64),
+                minlength=codes.shape[0],
+            )
+        )
         self.bias.append((norm_out**2).mean() / (x * x_hat).sum(axis=1).mean())
-        self.active += nonzero.sum(axis=0)
+        self.active += np.bincount(codes.indices, minlength=len(self.active))
         self.n_tokens += len(x)
         batch_sum = x.sum(axis=0)
         self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
@@ -271,13 +294,10 @@ def _run(model, submodule, hook, input_ids, attention_mask):
     return logits[0] if isinstance(logits, tuple) else logits
 
 
-def _reconstruct(estimator, x):
-    """Codes and reconstruction of float32 rows by the estimator."""
-    codes = estimator.transform(x)
-    if hasattr(codes, "toarray"):  # sparse_output
-        codes = codes.toarray()
-    codes = np.asarray(codes)
-    return codes, np.asarray(estimator.inverse_transform(codes))
+def _reconstruct(encoder, x):
+    """Codes (CSR, one column per latent) and reconstruction of float32 rows."""
+    codes = encoder.transform(x)
+    return codes, np.asarray(encoder.inverse_transform(codes))
 
 
 # ----------------------------------------------------------------------
@@ -291,11 +311,12 @@ def evaluate_dictionary(
     *,
     layer=None,
     module=None,
-    context_size=128,
+    context_size=None,
     batch_size=8,
     max_tokens=None,
     skip_special=True,
-    prepend_bos=True,
+    prepend_bos=None,
+    allow_other_layer=False,
     progress=False,
 ):
     """SAEBench's core metrics of a dictionary spliced into a language model.
@@ -305,9 +326,13 @@ def evaluate_dictionary(
     Parameters
     ----------
     estimator : fitted DBKSVDDictionaryLearning or MatryoshkaDBKSVD
-        Any fitted transformer with ``transform`` (codes) and
-        ``inverse_transform`` (reconstruction), fitted on the activations of
-        the same layer (see :func:`~sklearn_dbksvd.lm.harvest_activations`).
+        Fitted on the activations of the same layer (see
+        :func:`~sklearn_dbksvd.lm.harvest_activations`); it is not modified.
+        Any other transformer with ``components_``, ``transform`` and
+        ``inverse_transform`` (an SAE) works too; its code columns are its
+        latents.
+        Its ``provenance_``, when it was fitted on a harvest, gives the
+        defaults of ``layer``, ``context_size`` and ``prepend_bos``.
     model : torch.nn.Module
         The causal language model (see
         :func:`~sklearn_dbksvd.lm.harvest_activations`).
@@ -316,12 +341,13 @@ def evaluate_dictionary(
     texts : iterable of str
         Evaluation texts, cut into documents as the harvest does.
     layer : int, default=None
-        Decoder layer whose output is replaced. Exactly one of ``layer`` and
-        ``module`` is given.
+        Decoder layer whose output is replaced. At most one of ``layer`` and
+        ``module`` is given; with neither, the layer (or module) the
+        dictionary was fitted on, from its ``provenance_``.
     module : str, default=None
         Name of a submodule whose output is replaced instead.
-    context_size : int, default=128
-        Tokens per document, BOS included.
+    context_size : int, default=None
+        Tokens per document, BOS included; default: the fitted one, else 128.
     batch_size : int, default=8
         Documents per forward pass.
     max_tokens : int, default=None
@@ -330,10 +356,18 @@ def evaluate_dictionary(
     skip_special : bool, default=True
         Leave special positions (BOS, EOS, padding, ...) unchanged and out of
         every metric, as SAEBench does.
-    prepend_bos : bool, default=True
-        Start every document with the tokenizer's BOS token, if it has one.
-    progress : bool, default=False
-        Show a tqdm progress bar when tqdm is installed.
+    prepend_bos : bool, default=None
+        Start every document with the tokenizer's BOS token, if it has one;
+        default: as the harvest the dictionary was fitted on, else True.
+    allow_other_layer : bool, default=False
+        Evaluate at another layer than the one recorded in ``provenance_``
+        (with a warning); refused otherwise. A different model name, context
+        size or BOS setting is only warned about
+        (:class:`~sklearn_dbksvd.lm.ProvenanceWarning`).
+    progress : bool or "lines", default=False
+        ``True``: a tqdm progress bar (lines when tqdm is not installed);
+        ``"lines"``: a line on stderr every 10 seconds and at the end, for
+        logs.
 
     Returns
     -------
@@ -343,12 +377,47 @@ def evaluate_dictionary(
         ``reconstruction_quality``, ``shrinkage``, ``sparsity``,
         ``misc_metrics``), ``token_stats`` (tokens evaluated), ``config``
         (what was evaluated) and ``feature_density`` (ndarray of shape
-        (n_components,): the fraction of tokens on which each atom is used).
+        (n_latents,): the fraction of tokens on which each latent is
+        nonzero; latent ``i`` is atom ``i``'s positive codes and latent
+        ``m + i`` its negative codes, unless ``positive_code=True``).
     """
     import torch
 
+    provenance = provenance_of(estimator)
+    if layer is None and module is None:
+        if provenance.get("layer") is not None:
+            layer = int(provenance["layer"])
+        elif provenance.get("module"):
+            module = provenance["module"]
+        else:
+            raise ValueError(
+                "pass layer or module: the dictionary does not record the layer "
+                "it was fitted on."
+            )
     name, submodule, hook_name = _model.find_module(model, layer=layer, module=module)
-    n_components = int(np.shape(estimator.components_)[0])
+    check_same_layer(
+        provenance,
+        name,
+        hook_name,
+        what="the evaluation",
+        allow_other_layer=allow_other_layer,
+    )
+    warn_if_different(
+        provenance, "model_name", _model.model_name(model), what="the evaluation"
+    )
+    if context_size is None:
+        context_size = int(provenance.get("context_size") or 128)
+    else:
+        warn_if_different(
+            provenance, "context_size", context_size, what="the evaluation"
+        )
+    if prepend_bos is None:
+        fitted = provenance.get("prepend_bos")
+        prepend_bos = True if fitted is None else bool(fitted)
+    else:
+        warn_if_different(provenance, "prepend_bos", prepend_bos, what="the evaluation")
+    latents = Latents(estimator)
+    encoder = latents.encoder(estimator, sparse_output=True)
     special = _model.special_ids(tokenizer)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
@@ -356,18 +425,11 @@ def evaluate_dictionary(
     device = _model.model_device(model)
     limit = math.inf if max_tokens is None else max_tokens
     documents = _model.iter_documents(tokenizer, texts, context_size, prepend_bos)
-    stats = ReconstructionStats(n_components)
+    stats = ReconstructionStats(latents.n_latents)
     losses = {"without_sae": [], "with_sae": [], "with_ablation": []}
     kls = {"with_sae": [], "with_ablation": []}
     n_documents = 0
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=max_tokens, unit="tok", desc="evaluate")
-        except ImportError:
-            bar = None
+    shown = Progress(progress, "evaluate", max_tokens)
     try:
         for batch in _model.batches(documents, batch_size):
             input_ids, mask = _model.pad_batch(batch, pad_id, device)
@@ -378,7 +440,7 @@ def evaluate_dictionary(
             capture = _Capture()
             clean = _run(model, submodule, capture, input_ids, mask)
             x = capture.value[keep].float().cpu().numpy()
-            codes, x_hat = _reconstruct(estimator, x)
+            codes, x_hat = _reconstruct(encoder, x)
             stats.add(x, x_hat, codes)
             spliced = _run(
                 model, submodule, _Replace(keep, torch.from_numpy(x_hat)),
@@ -395,13 +457,11 @@ def evaluate_dictionary(
             kls["with_ablation"].append(kl_divergences(clean, ablated, keep))
             del clean, spliced, ablated
             n_documents += len(batch)
-            if bar is not None:
-                bar.update(len(x))
+            shown.update(len(x), f", {n_documents} documents")
             if stats.n_tokens >= limit:
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close(f", {n_documents} documents")
     if stats.n_tokens == 0:
         raise ValueError("the texts gave no token to evaluate.")
 
@@ -440,7 +500,8 @@ def evaluate_dictionary(
             "context_size": int(context_size),
             "prepend_bos": bool(prepend_bos),
             "skip_special": bool(skip_special),
-            "n_components": n_components,
+            "n_components": latents.n_atoms,
+            "n_latents": latents.n_latents,
             "estimator": type(estimator).__name__,
         },
         "feature_density": density,

@@ -30,14 +30,17 @@ files, all written before the manifest lists the shard:
     harvested. Documents are numbered consecutively across shards.
 
 ``harvest.json``
-    The manifest: ``format`` (1), ``settings`` (model name, module and
-    ``hook_name``, ``layer``, ``context_size``, ``prepend_bos``,
-    ``skip_special``, ``dtype``, the special token ids), ``dtype``, ``d_in``,
-    ``n_rows``, ``n_documents``, ``complete`` (false while the harvest runs or
-    after it was stopped), ``documents_sha256`` (a hash of the documents
-    written, checked when resuming), and ``shards``: one entry per shard with
-    its three file names, ``n_rows`` and ``n_documents``. Files not listed
-    there are leftovers of an interrupted run and are not part of the harvest.
+    The manifest: ``format`` (1), ``settings`` (model name and
+    ``model_fingerprint``, module and ``hook_name``, ``layer``,
+    ``context_size``, ``prepend_bos``, ``skip_special``, ``dtype``, the
+    special token ids), ``dtype``, ``d_in``, ``n_rows``, ``n_documents``,
+    ``complete`` (false while the harvest runs or after it was stopped),
+    ``documents_sha256`` (a hash of the documents written, checked when
+    resuming), ``partial`` (where ``max_tokens`` cut the last document, or
+    null) and ``shards``: one entry per shard with its three file names,
+    ``n_rows``, ``n_documents`` and the ``sha256`` of each file. Files not
+    listed there are leftovers of an interrupted run and are not part of the
+    harvest.
 
 A row maps back to its token in context::
 
@@ -66,7 +69,10 @@ Resuming
 Memory stays bounded by one shard: rows are kept until a shard is full, then
 written. A harvest stopped midway resumes when called again with the same
 output and settings: the documents already written are re-tokenized (not
-re-run), checked against ``documents_sha256``, and skipped.
+re-run), checked against ``documents_sha256``, and skipped; a document cut by
+``max_tokens`` is run again and only its remaining rows are kept, so that the
+rows equal those of one uninterrupted run. The directory is locked while a
+harvest writes into it.
 """
 
 import math
@@ -85,6 +91,8 @@ def _settings(model, tokenizer, name, hook_name, layer, context_size,
               prepend_bos, skip_special, dtype):
     return {
         "model_name": _model.model_name(model),
+        "model_fingerprint": _model.model_fingerprint(model),
+        "compute_dtype": _model.model_dtype(model),
         "module": name,
         "hook_name": hook_name,
         "layer": layer,
@@ -160,11 +168,18 @@ def _to_storage(rows, dtype):
 
 
 class _ShardBuffer:
-    """Rows, tokens and documents waiting to be written as one shard."""
+    """Rows, tokens and documents waiting to be written as one shard.
 
-    def __init__(self):
+    ``partial`` is what the manifest says of a document whose rows were cut
+    by ``max_tokens`` once these rows are written: ``{"document",
+    "position"}`` (the rows from ``position`` on are not harvested yet), or
+    None.
+    """
+
+    def __init__(self, partial=None):
         self.acts, self.tokens, self.documents = [], [], []
         self.n_rows = 0
+        self.partial = partial
 
     def add(self, acts, tokens, documents):
         self.acts.append(acts)
@@ -173,12 +188,13 @@ class _ShardBuffer:
         self.n_rows += len(acts)
 
     def flush(self, directory, manifest, context_size, digest):
-        if not self.documents:
+        if not self.acts:
             return
         documents = np.full((len(self.documents), context_size), _store.PAD, np.int32)
         for row, ids in enumerate(self.documents):
             documents[row, : len(ids)] = ids
             _store.update_digest(digest, ids)
+        manifest["partial"] = self.partial
         _store.write_shard(
             directory,
             manifest,
@@ -187,7 +203,24 @@ class _ShardBuffer:
             documents,
             digest,
         )
-        self.__init__()
+        self.__init__(self.partial)
+
+
+def _feed(documents, manifest, resumed_ids):
+    """The documents to run, as ``(index, ids, first_position, new)``.
+
+    ``index`` is the document's global number, ``first_position`` the first
+    position whose row is harvested and ``new`` whether it still has to be
+    written to ``documents-*.npy``. A document cut by ``max_tokens`` in the
+    previous run comes first, again, with its remaining positions only.
+    """
+    partial = manifest.get("partial")
+    if partial is not None:
+        yield partial["document"], resumed_ids, partial["position"], False
+    index = manifest["n_documents"]
+    for ids in documents:
+        yield index, ids, 0, True
+        index += 1
 
 
 def harvest_activations(
@@ -249,10 +282,13 @@ def harvest_activations(
         Rows per shard (whole documents, so a shard may hold a few more);
         None: 256 MiB of activations.
     overwrite : bool, default=False
-        Replace a harvest with other settings in ``output``. A harvest with
-        the same settings is resumed, never replaced; one that is complete
-        (its texts ran out, or it holds ``max_tokens`` rows) is returned as
-        it is, without reading ``texts``.
+        Start again: replace the harvest in ``output`` (which is refused
+        without it when its settings or texts differ), removing only the
+        files the harvest wrote, never the directory nor other files in it.
+        Without it, a harvest with the same settings and texts is resumed;
+        one that is complete (its texts ran out, or it holds ``max_tokens``
+        rows) is returned as it is once ``texts`` are checked to be the
+        texts it was made of.
     progress : bool, default=False
         Show a tqdm progress bar (counting rows) when tqdm is installed.
 
@@ -272,7 +308,6 @@ def harvest_activations(
     >>> DBKSVDDictionaryLearning(n_components=4096, n_nonzero_coefs=16).fit(
     ...     load_activations("acts"))  # doctest: +SKIP
     """
-    import torch
 
     if dtype not in _store.STORAGE_DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}.")
@@ -287,10 +322,37 @@ def harvest_activations(
         context_size, prepend_bos, skip_special, dtype,
     )
     directory = Path(output)
-    manifest = _store.prepare_directory(directory, settings, overwrite)
+    with _store.open_for_writing(directory, settings, overwrite) as manifest:
+        _run(
+            model, tokenizer, texts, submodule, directory, manifest, settings,
+            batch_size=batch_size, max_tokens=max_tokens, shard_rows=shard_rows,
+            progress=progress,
+        )
+    return directory
+
+
+def _run(model, tokenizer, texts, submodule, directory, manifest, settings, *,
+         batch_size, max_tokens, shard_rows, progress):
+    """Harvest into the open directory: check what is written, add the rest."""
+    import torch
+
+    context_size, dtype = settings["context_size"], settings["dtype"]
+    documents = _model.iter_documents(
+        tokenizer, texts, context_size, settings["prepend_bos"]
+    )
+    digest, last_ids = _skip_done(documents, manifest, directory)
     limit = math.inf if max_tokens is None else max_tokens
-    if manifest["complete"] or manifest["n_rows"] >= limit:
-        return directory
+    if manifest["complete"]:
+        # The texts ran out last time: these must run out too.
+        if next(documents, None) is not None:
+            raise ValueError(
+                f"{directory} holds a complete harvest of other texts (these "
+                "have more documents); pass overwrite=True to replace it, or "
+                "choose another directory."
+            )
+        return
+    if manifest["n_rows"] >= limit:
+        return
 
     special = settings["special_ids"]
     pad_id = getattr(tokenizer, "pad_token_id", None)
@@ -298,23 +360,33 @@ def harvest_activations(
         # Any id will do: padding comes after the real tokens and is masked.
         pad_id = special[0] if special else 0
     device = _model.model_device(model)
-    documents = _model.iter_documents(tokenizer, texts, context_size, prepend_bos)
-    digest = _skip_done(documents, manifest, directory)
     itemsize = 2 if dtype == "bfloat16" else 4
-    buffer = _ShardBuffer()
+    buffer = _ShardBuffer(manifest.get("partial"))
     bar = _progress_bar(progress, max_tokens, manifest["n_rows"])
     exhausted = True
     try:
-        for batch in _model.batches(documents, batch_size):
-            input_ids, mask = _model.pad_batch(batch, pad_id, device)
+        for batch in _model.batches(_feed(documents, manifest, last_ids), batch_size):
+            input_ids, mask = _model.pad_batch([b[1] for b in batch], pad_id, device)
             hidden = run_to_layer(model, submodule, input_ids, mask)
-            keep = _model.kept_mask(input_ids, mask, special, skip_special)
+            keep = _model.kept_mask(
+                input_ids, mask, special, settings["skip_special"]
+            ).cpu().numpy()
+            for row, (_, _, first, _) in enumerate(batch):
+                keep[row, :first] = False  # rows of a cut document already written
             # Row-major: the kept positions document by document, in order.
-            doc, position = np.nonzero(keep.cpu().numpy())
+            doc, position = np.nonzero(keep)
             room = limit - manifest["n_rows"] - buffer.n_rows
-            used = len(batch)
+            used, cut = len(batch), None
             if len(doc) >= room:
-                doc, position = doc[: int(room)], position[: int(room)]
+                room = int(room)
+                if len(doc) > room and doc[room] == doc[room - 1]:
+                    # max_tokens ends inside a document: remember where, so
+                    # that a larger max_tokens harvests the rest of it.
+                    cut = {
+                        "document": int(batch[doc[room - 1]][0]),
+                        "position": int(position[room - 1]) + 1,
+                    }
+                doc, position = doc[:room], position[:room]
                 used = int(doc[-1]) + 1
             index = (torch.from_numpy(doc), torch.from_numpy(position))
             rows = hidden[index[0].to(device), index[1].to(device)]
@@ -322,9 +394,14 @@ def harvest_activations(
                 manifest["d_in"] = int(hidden.shape[-1])
             tokens = np.empty(len(doc), dtype=_store.TOKEN_DTYPE)
             tokens["token_id"] = input_ids.cpu().numpy()[doc, position]
-            tokens["document"] = manifest["n_documents"] + len(buffer.documents) + doc
+            tokens["document"] = np.array([b[0] for b in batch], np.int64)[doc]
             tokens["position"] = position
-            buffer.add(_to_storage(rows, dtype), tokens, batch[:used])
+            buffer.add(
+                _to_storage(rows, dtype),
+                tokens,
+                [ids for _, ids, _, new in batch[:used] if new],
+            )
+            buffer.partial = cut
             if bar is not None:
                 bar.update(len(doc))
                 bar.set_postfix(
@@ -344,7 +421,6 @@ def harvest_activations(
     # Complete only when the texts ran out: a larger max_tokens resumes.
     manifest["complete"] = exhausted
     _store.write_manifest(directory, manifest)
-    return directory
 
 
 def _skip_done(documents, manifest, directory):
@@ -354,17 +430,20 @@ def _skip_done(documents, manifest, directory):
     -------
     digest : hashlib object
         The running hash of the documents written, to continue.
+    last : list of int or None
+        The last document written (run again when ``max_tokens`` cut it).
     """
     digest = _store.document_digest()
+    last = None
     for _ in range(manifest["n_documents"]):
-        ids = next(documents, None)
-        if ids is None:
+        last = next(documents, None)
+        if last is None:
             break
-        _store.update_digest(digest, ids)
+        _store.update_digest(digest, last)
     if digest.hexdigest() != manifest["documents_sha256"]:
         raise ValueError(
             f"{directory} was harvested from other texts (or another "
             "tokenizer): the documents written differ from those of these "
             "texts; pass overwrite=True to start again."
         )
-    return digest
+    return digest, last

@@ -1,33 +1,41 @@
-"""A browsable dashboard of what each atom of a dictionary means.
+"""A browsable dashboard of what each latent of a dictionary means.
 
 :func:`build_dashboard` encodes the rows of a harvest directory chunk by
 chunk and writes a static site that opens from disk (``file://``, no server,
-nothing fetched from a network):
+nothing fetched from a network). Its unit is the latent, as in the
+``[D; -D]`` SAELens export and the ``split_sign`` codes: atom ``i`` of a
+dictionary with signed codes is two latents, ``i+`` (its positive codes,
+latent ``i``) and ``i-`` (its negative codes, latent ``m + i``, along
+``-d_i``); a dictionary with ``positive_code=True`` has one latent per atom.
 
 ``index.html``
-    Every atom with its usage frequency, mean ``|code|`` over its uses, the
-    largest ``|cos|`` to another atom, the tokens of its strongest uses and,
-    with a model, the tokens it promotes; sortable and filterable.
-``atoms/NNNNN.html``
-    One page per atom: its strongest uses in context (``window`` tokens each
-    side, every token shaded by the atom's code there, positive and negative
-    codes in different colours), examples from quantiles of a uniform sample
-    of its uses, a histogram of its nonzero codes and, with a model, the
-    tokens it promotes and suppresses through the unembedding.
-``atoms.json``
+    Every latent with its usage frequency, mean activation over its uses,
+    the largest cosine to another latent, the tokens of its strongest uses
+    and, with a model, the tokens it promotes; sortable and filterable.
+``latents/NNNNN+.html``, ``latents/NNNNN-.html`` (``latents/NNNNN.html``)
+    One page per latent: its strongest uses in context (``window`` tokens
+    each side, every token shaded by the latent's activation there),
+    examples from quantiles of a uniform sample of its uses, a histogram of
+    its activations and, with a model, the tokens it promotes and
+    suppresses through the unembedding.
+``latents.json``
     The index's table, for scripts.
+``.dbksvd-dashboard``
+    Marks the directory as a site of the dashboard: only such a directory
+    is ever replaced (``overwrite=True``, ``--force``).
 
 Memory is bounded by the dictionary, not by the harvest: only the CSR codes
-of one chunk exist at a time, and per atom only ``n_top + n_samples``
+of three chunks exist at a time, and per latent only ``n_top + n_samples``
 examples and a histogram of fixed size are kept.
 """
 
 from pathlib import Path
 
 from ..._data import RowConcatenation
-from ._site import build_site
+from .._provenance import check_same_layer, provenance_of, warn_if_different
+from ._site import MARKER, build_site, check_output, is_site
 
-__all__ = ["build_dashboard", "build_site"]
+__all__ = ["MARKER", "build_dashboard", "build_site", "is_site"]
 
 
 class _TokenRows:
@@ -85,54 +93,67 @@ def build_dashboard(
     overwrite=False,
     title=None,
     progress=False,
+    allow_other_layer=False,
 ):
-    """Write a static site showing what each atom of ``estimator`` means.
+    """Write a static site showing what each latent of ``estimator`` means.
 
     Parameters
     ----------
     estimator : fitted DBKSVDDictionaryLearning or MatryoshkaDBKSVD
         Its ``transform`` settings (``transform_n_nonzero_coefs``) encode the
-        rows; the estimator itself is not modified.
+        rows; the estimator itself is not modified. Its ``provenance_``, when
+        it was fitted on a harvest, is checked against the harvest shown.
     acts_dir : str or path-like
         Harvest directory of :func:`~sklearn_dbksvd.lm.harvest_activations`
         (activations, tokens and documents).
     output : str or path-like
         Directory of the site. It is built in a temporary directory next to
         it and renamed into place at the end, so a failed or killed build
-        leaves no half-written site.
+        leaves no half-written site. An existing ``output`` is replaced only
+        with ``overwrite=True`` and only when the dashboard wrote it (it holds
+        the marker file ``.dbksvd-dashboard``) or it is empty.
     model : str, path-like or transformers.PreTrainedModel, default=None
-        The language model, for the logit effects of the atoms (the tokens
-        an atom promotes and suppresses, ``W_U @ (gamma * d)`` with the final
-        norm's scale ``gamma`` folded in); a name or path is loaded with
+        The language model, for the logit effects of the latents (the tokens
+        a latent promotes and suppresses, ``W_U @ (gamma * d)`` for its
+        direction ``d``, ``-d_i`` for the negative codes of atom ``i``, with
+        the final norm's scale ``gamma`` folded in); a name or path is loaded
+        with
         :func:`~sklearn_dbksvd.lm.load_model`.
     tokenizer : transformers tokenizer, default=None
         Decodes the tokens. Default: the model's when ``model`` is a name or
         path, else the harvested model's tokenizer from the local Hugging
         Face cache if it is there, else tokens are shown as ``#id``.
     n_top : int, default=20
-        Strongest uses (largest ``|code|``) shown per atom.
+        Strongest uses (largest activation) shown per latent.
     n_samples : int, default=32
-        Uses sampled uniformly per atom for the quantile examples.
+        Uses sampled uniformly per latent for the quantile examples.
     n_quantiles : int, default=5
-        Bands of ``|code|`` the sample is cut into.
+        Bands of activation the sample is cut into.
     per_quantile : int, default=4
         Examples shown per band.
     window : int, default=8
         Tokens of context on each side of an example.
     n_effects : int, default=10
-        Promoted and suppressed tokens listed per atom.
+        Promoted and suppressed tokens listed per latent.
     chunk_size : int, default=None
-        Rows encoded at once; default: within 256 MiB.
+        Rows encoded at once (at least ``window``); default: a few tens of
+        megabytes of data and codes.
     n_jobs : int, default=None
         Threads of the encoder; default: the estimator's.
     random_state : int, RandomState instance or None, default=0
         Seeds the uniform samples.
     overwrite : bool, default=False
-        Replace an existing ``output``.
+        Replace an existing ``output`` that the dashboard wrote.
     title : str, default=None
         Title of the site.
-    progress : bool, default=False
-        Show a progress bar (needs tqdm).
+    progress : bool or "lines", default=False
+        ``True``: a progress bar of the encoding (needs tqdm); ``"lines"``: a
+        line on stderr every 10 seconds and at the end, for logs.
+    allow_other_layer : bool, default=False
+        Show a harvest of another layer than the one recorded in the
+        estimator's ``provenance_`` (with a warning); refused otherwise.
+        Another model name is only warned about
+        (:class:`~sklearn_dbksvd.lm.ProvenanceWarning`).
 
     Returns
     -------
@@ -141,8 +162,20 @@ def build_dashboard(
     """
     from .. import _store
 
+    check_output(output, overwrite)  # before any work
     manifest = _store.read_manifest(acts_dir)
     settings = manifest.get("settings", {})
+    provenance = provenance_of(estimator)
+    if settings.get("module") or settings.get("hook_name"):
+        check_same_layer(
+            provenance,
+            settings.get("module"),
+            settings.get("hook_name") or settings.get("module"),
+            what=f"the harvest {acts_dir}",
+            allow_other_layer=allow_other_layer,
+        )
+    for key in ("model_name", "model_fingerprint"):
+        warn_if_different(provenance, key, settings.get(key), what="the harvest")
     X = _store.load_activations(acts_dir)
     tokens = _TokenRows(_store._shards(acts_dir, manifest, "tokens"))
     documents = _store.load_documents(acts_dir)
@@ -151,8 +184,14 @@ def build_dashboard(
 
         model, model_tokenizer = load_model(model)
         tokenizer = tokenizer if tokenizer is not None else model_tokenizer
+    if model is not None:
+        from .._model import model_name
+
+        warn_if_different(
+            provenance, "model_name", model_name(model), what="the logit effects"
+        )
     if tokenizer is None:
-        tokenizer = _tokenizer_of(settings)
+        tokenizer = _tokenizer_of(settings) or _tokenizer_of(provenance)
     where = settings.get("hook_name") or settings.get("module") or "?"
     summary = [
         f"Harvest: {Path(acts_dir).resolve()} ({manifest.get('n_rows', X.shape[0])} "

@@ -7,18 +7,21 @@ import numpy as np
 _BLOCK = 1024
 
 
-def nearest_atoms(components):
-    """The most similar other atom of each atom, by ``|cos|``.
+def nearest_atoms(components, *, absolute=True):
+    """The most similar other atom of each atom, by ``|cos|`` (or ``cos``).
 
     Parameters
     ----------
     components : ndarray of shape (n_components, n_features)
+    absolute : bool, default=True
+        Compare ``|cos|``; False compares the signed cosines.
 
     Returns
     -------
-    max_abs_cos : ndarray of shape (n_components,)
-        ``max_{j != i} |<d_i, d_j>| / (||d_i|| ||d_j||)``; 0 for a
-        dictionary of one atom.
+    max_cos : ndarray of shape (n_components,)
+        ``max_{j != i} |<d_i, d_j>| / (||d_i|| ||d_j||)`` (without the
+        absolute value when ``absolute=False``); 0 for a dictionary of one
+        atom.
     nearest : ndarray of shape (n_components,), dtype int
         The ``j`` that attains it (-1 for a dictionary of one atom).
     """
@@ -26,17 +29,51 @@ def nearest_atoms(components):
     norms = np.linalg.norm(atoms, axis=1)
     atoms = atoms / np.where(norms > 0, norms, 1)[:, None]
     n = len(atoms)
-    max_abs_cos = np.zeros(n)
+    max_cos = np.zeros(n)
     nearest = np.full(n, -1, dtype=np.int64)
     if n < 2:
-        return max_abs_cos, nearest
+        return max_cos, nearest
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
-        cos = np.abs(atoms[start:stop] @ atoms.T)
-        cos[np.arange(stop - start), np.arange(start, stop)] = -1
+        cos = atoms[start:stop] @ atoms.T
+        if absolute:
+            cos = np.abs(cos)
+        cos[np.arange(stop - start), np.arange(start, stop)] = -np.inf
         nearest[start:stop] = np.argmax(cos, axis=1)
-        max_abs_cos[start:stop] = cos[np.arange(stop - start), nearest[start:stop]]
-    return max_abs_cos, nearest
+        max_cos[start:stop] = cos[np.arange(stop - start), nearest[start:stop]]
+    return max_cos, nearest
+
+
+def nearest_latents(components, *, signed):
+    """The most similar other latent of each latent, by the cosine of directions.
+
+    With ``signed`` codes atom ``i`` is two latents, ``i`` along ``d_i`` and
+    ``m + i`` along ``-d_i`` (see :class:`~sklearn_dbksvd.lm._latents.Latents`);
+    a latent's twin (the other sign of its atom) is not a neighbour. The
+    nearest latent of ``i`` is then ``j`` or ``m + j`` for the atom ``j`` of
+    largest ``|cos|``, whichever points the same way.
+
+    Returns
+    -------
+    max_cos : ndarray of shape (n_latents,)
+        The cosine of each latent's direction and its nearest latent's.
+    nearest : ndarray of shape (n_latents,), dtype int
+        -1 when there is no other atom.
+    """
+    if not signed:
+        return nearest_atoms(components, absolute=False)
+    max_abs_cos, nearest = nearest_atoms(components)
+    atoms = np.asarray(components, dtype=np.float64)
+    m = len(atoms)
+    same_way = np.ones(m, dtype=bool)
+    has = nearest >= 0
+    same_way[has] = (
+        np.einsum("ij,ij->i", atoms[has], atoms[nearest[has]]) >= 0
+    )
+    of_plus = np.where(same_way, nearest, nearest + m)
+    of_minus = np.where(same_way, nearest + m, nearest)
+    of_plus[~has] = of_minus[~has] = -1
+    return np.r_[max_abs_cos, max_abs_cos], np.r_[of_plus, of_minus]
 
 
 def final_norm(model):

@@ -1,4 +1,4 @@
-"""HTML of the dashboard: the index of atoms and one page per atom.
+"""HTML of the dashboard: the index of latents and one page per latent.
 
 Pages are plain HTML with a local stylesheet; the index sorts and filters
 with a local script. Nothing is fetched from a network, and nothing is
@@ -6,20 +6,18 @@ fetched at all by script (browsers refuse that for ``file://`` pages): the
 index's table is inline JSON.
 """
 
+import functools
 import html
 import json
 import math
+
+from .._latents import MINUS
 
 #: Shading levels of a token's code, per sign (CSS classes ``p1``..``p10``,
 #: ``n1``..``n10``).
 N_LEVELS = 10
 
 _VISIBLE = str.maketrans({"\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"})
-
-
-def atom_file(atom):
-    """Path of the page of ``atom``, relative to the site's root."""
-    return f"atoms/{atom:05d}.html"
 
 
 def token_text(text, alone=False):
@@ -32,6 +30,12 @@ def token_text(text, alone=False):
     if alone:
         text = text.replace(" ", "\u2423")
     return text if text else "\u2205"
+
+
+@functools.lru_cache(maxsize=2**16)
+def _markup(text):
+    """HTML of a token's text in context (cached: tokens repeat)."""
+    return html.escape(token_text(text))
 
 
 def shade_class(code, scale):
@@ -65,51 +69,56 @@ def _page(title, body, root, scripts=()):
     )
 
 
-def render_context(example, scale, decode):
+def render_context(example, scale, decode, sign=1):
     """One example as a line of shaded tokens.
 
     Parameters
     ----------
     example : dict
-        ``value`` (the code at the centre), ``tokens`` (token ids of the
-        window, -1 outside the document) and ``codes`` (the atom's code at
-        each, NaN where no row was harvested).
+        ``value`` (the latent's activation at the centre), ``tokens`` (token
+        ids of the window, -1 outside the document) and ``codes`` (the
+        latent's activation at each, NaN where no row was harvested).
     scale : float
-        Code shaded at full strength.
+        Activation shaded at full strength.
     decode : callable
         Token id to text.
+    sign : {1, -1}, default=1
+        The sign of the atom's codes that the latent carries: its colour.
     """
-    tokens, codes = example["tokens"], example["codes"]
+    # Plain Python numbers: a page has a few thousand tokens to shade.
+    tokens, codes = example["tokens"].tolist(), example["codes"].tolist()
     centre = len(tokens) // 2
     spans = []
     for slot, (token, code) in enumerate(zip(tokens, codes, strict=True)):
         if token < 0:
             continue
-        code = float(code)
-        cls = shade_class(code, scale)
+        if code == 0:
+            cls, title = "z", "0"
+        elif math.isnan(code):
+            cls, title = "x", "not harvested"
+        else:
+            cls, title = shade_class(sign * code, scale), _fmt(code, 4)
         if slot == centre:
             cls += " c"
-        title = "not harvested" if math.isnan(code) else _fmt(code, 4)
         spans.append(
-            f'<span class="t {cls}" title="{title}">'
-            f"{html.escape(token_text(decode(int(token))))}</span>"
+            f'<span class="t {cls}" title="{title}">{_markup(decode(token))}</span>'
         )
     value = float(example["value"])
-    sign = "pos" if value > 0 else "neg"
+    colour = "pos" if sign * value > 0 else "neg"
     return (
-        f'<div class="ex"><span class="v {sign}">{_fmt(value, 4)}</span>'
+        f'<div class="ex"><span class="v {colour}">{_fmt(value, 4)}</span>'
         f'<span class="ctx">{"".join(spans)}</span></div>'
     )
 
 
-def histogram_svg(counts, edges, width=640, height=170):
-    """Inline SVG bar chart of a histogram of codes.
+def histogram_svg(counts, edges, width=640, height=170, sign=1):
+    """Inline SVG bar chart of a histogram of activations.
 
-    Bars of positive codes and of negative codes take the colours of the
-    token shading; the axis is labelled at both ends and at 0.
+    Bars take the colour of the token shading (``sign`` -1: the colour of
+    negative codes); the axis is labelled at both ends and at 0.
     """
     if not len(counts):
-        return '<p class="muted">No nonzero code: a dead atom.</p>'
+        return '<p class="muted">Never active: a dead latent.</p>'
     pad_left, pad_bottom, pad_top = 50, 22, 8
     plot_w, plot_h = width - pad_left - 10, height - pad_bottom - pad_top
     lo, hi = float(edges[0]), float(edges[-1])
@@ -124,7 +133,7 @@ def histogram_svg(counts, edges, width=640, height=170):
         if not count:
             continue
         h = plot_h * int(count) / peak
-        cls = "hp" if left + right > 0 else "hn"
+        cls = "hp" if sign * (left + right) > 0 else "hn"
         bars.append(
             f'<rect class="{cls}" x="{x(left):.1f}" y="{pad_top + plot_h - h:.1f}" '
             f'width="{max(x(right) - x(left) - 0.5, 0.5):.1f}" height="{h:.1f}">'
@@ -163,65 +172,92 @@ def _token_table(title, token_ids, logits, decode, cls):
     )
 
 
-def render_atom_page(atom, view, decode, n_components, meta):
-    """The page of one atom.
+def _link(latents, latent, prefix="", rel=None):
+    """A link from a latent page to the page of ``latent``."""
+    target = latents.file(latent).split("/", 1)[1]
+    rel = f' rel="{rel}"' if rel else ""
+    return (
+        f'<a href="{html.escape(target)}"{rel}>{prefix}'
+        f"latent {html.escape(latents.label(latent))}</a>"
+    )
+
+
+def render_latent_page(latent, view, decode, latents, meta):
+    """The page of one latent.
 
     Parameters
     ----------
-    atom : int
+    latent : int
+        Index of the latent (``m + i`` for the negative codes of atom ``i``).
     view : dict
-        ``count``, ``frequency``, ``mean_abs``, ``max_abs_cos``, ``nearest``,
-        ``top`` (examples, strongest first), ``quantiles`` (list of
-        ``(label, examples)``), ``hist`` (``(counts, edges)``) and, when a
-        model was given, ``effects`` (``promoted``, ``suppressed`` token ids
-        and their ``promoted_logits``, ``suppressed_logits``).
+        ``count``, ``frequency``, ``mean`` (mean activation over its uses),
+        ``max_cos``, ``nearest`` (latent), ``top`` (examples, strongest
+        first), ``quantiles`` (list of ``(label, examples)``), ``hist``
+        (``(counts, edges)``) and, when a model was given, ``effects``
+        (``promoted``, ``suppressed`` token ids and their
+        ``promoted_logits``, ``suppressed_logits``).
     decode : callable
         Token id to text.
-    n_components : int
+    latents : Latents
+        The latents of the dictionary: names, pages, signs.
     meta : dict
         ``title`` of the site and ``norm`` (the final norm folded into the
         logit effects).
     """
     top = view["top"]
+    sign = latents.sign(latent)
+    label = latents.label(latent)
+    atom = latents.atom(latent)
     scale = max((abs(float(e["value"])) for e in top), default=0.0)
+    where = latents.position(latent)
     nav = ['<a href="../index.html">index</a>']
-    if atom > 0:
-        nav.append(
-            f'<a href="{atom - 1:05d}.html" rel="prev">&larr; atom {atom - 1}</a>'
-        )
-    if atom + 1 < n_components:
-        nav.append(
-            f'<a href="{atom + 1:05d}.html" rel="next">atom {atom + 1} &rarr;</a>'
-        )
+    if where > 0:
+        nav.append(_link(latents, latents.at(where - 1), "&larr; ", "prev"))
+    if where + 1 < latents.n_latents:
+        nav.append(_link(latents, latents.at(where + 1), "", "next") + " &rarr;")
+    twin = latents.twin(latent)
     nearest = view["nearest"]
-    near = (
-        f'<a href="{nearest:05d}.html">atom {nearest}</a>' if nearest >= 0 else "none"
-    )
+    near = _link(latents, nearest) if nearest >= 0 else "none"
+    if latents.signed:
+        which = "positive" if sign > 0 else "negative"
+        about = (
+            f"The {which} codes of atom {atom} (latent index {latent} of the "
+            f"[D; {MINUS}D] export), along "
+            + ("d" if sign > 0 else f"{MINUS}d")
+            + f"<sub>{atom}</sub>; its activation is |code|. The other sign: "
+            + _link(latents, twin)
+            + "."
+        )
+    else:
+        about = f"Atom {atom}: its codes are nonnegative, one latent per atom."
     stats = (
         '<table class="stats">'
         f"<tr><th>uses</th><td>{view['count']}</td></tr>"
         f"<tr><th>frequency</th><td>{_fmt(view['frequency'], 4)}</td></tr>"
-        f"<tr><th>mean |code|</th><td>{_fmt(view['mean_abs'], 4)}</td></tr>"
-        f"<tr><th>max |cos| to another atom</th><td>{_fmt(view['max_abs_cos'], 3)}"
+        f"<tr><th>mean activation</th><td>{_fmt(view['mean'], 4)}</td></tr>"
+        f"<tr><th>max cos to another latent</th><td>{_fmt(view['max_cos'], 3)}"
         f" ({near})</td></tr></table>"
     )
     parts = [
         f"<nav>{' | '.join(nav)}</nav>",
-        f"<h1>Atom {atom}</h1>",
+        f"<h1>Latent {html.escape(label)}</h1>",
         f'<p class="muted">{html.escape(meta["title"])}</p>',
+        f"<p>{about}</p>",
         stats,
-        "<h2>Histogram of nonzero codes</h2>",
-        histogram_svg(*view["hist"]),
+        "<h2>Histogram of activations</h2>",
+        histogram_svg(*view["hist"], sign=sign),
     ]
     effects = view.get("effects")
     if effects is not None:
+        direction = (
+            "d" if sign > 0 else f"{MINUS}d"
+        ) + f"<sub>{atom}</sub>"
         parts.append(
             "<h2>Logit effects</h2>"
-            '<p class="muted">Tokens whose logits the atom raises and lowers '
-            "when added to the residual stream with a positive code: "
-            "<code>W_U @ d</code>, through the final norm "
-            f"({html.escape(meta['norm'])})"
-            "; a negative code swaps the two lists.</p>"
+            '<p class="muted">Tokens whose logits this latent raises and lowers '
+            "when it fires, added to the residual stream along its direction "
+            f"{direction}: <code>W_U @ {direction}</code>, through the final "
+            f"norm ({html.escape(meta['norm'])}).</p>"
             '<div class="row">'
             + _token_table(
                 "promoted",
@@ -239,30 +275,31 @@ def render_atom_page(atom, view, decode, n_components, meta):
             )
             + "</div>"
         )
+    colour = "p8" if sign > 0 else "n8"
     legend = (
-        '<p class="legend">Each token is shaded by this atom\'s code there: '
-        '<span class="t p8">positive</span> <span class="t n8">negative</span> '
+        "<p class=\"legend\">Each token is shaded by this latent's activation "
+        f'there: <span class="t {colour}">active</span> '
         '<span class="t x">not harvested</span>; the centre token is outlined. '
-        "Hover a token for its code.</p>"
+        "Hover a token for its activation.</p>"
     )
     parts.append("<h2>Top activations</h2>" + legend)
     if top:
         parts.append('<div class="examples" id="top">')
-        parts.extend(render_context(e, scale, decode) for e in top)
+        parts.extend(render_context(e, scale, decode, sign) for e in top)
         parts.append("</div>")
     else:
         parts.append('<p class="muted">Never used.</p>')
     if view["quantiles"]:
         parts.append(
             "<h2>Examples by activation quantile</h2>"
-            '<p class="muted">From a uniform sample of the uses of this atom, '
-            "sorted by |code| and cut into bands.</p>"
+            '<p class="muted">From a uniform sample of the uses of this latent, '
+            "sorted by activation and cut into bands.</p>"
         )
-        for label, examples in view["quantiles"]:
-            parts.append(f'<h3>{html.escape(label)}</h3><div class="examples">')
-            parts.extend(render_context(e, scale, decode) for e in examples)
+        for band, examples in view["quantiles"]:
+            parts.append(f'<h3>{html.escape(band)}</h3><div class="examples">')
+            parts.extend(render_context(e, scale, decode, sign) for e in examples)
             parts.append("</div>")
-    return _page(f"Atom {atom} - {meta['title']}", "".join(parts), "../")
+    return _page(f"Latent {label} - {meta['title']}", "".join(parts), "../")
 
 
 def _json_script(element_id, data):
@@ -274,17 +311,19 @@ def _json_script(element_id, data):
 
 
 def render_index(rows, meta):
-    """The index page: a sortable, filterable table of every atom.
+    """The index page: a sortable, filterable table of every latent.
 
     Parameters
     ----------
     rows : list of dict
-        One per atom: ``atom``, ``count``, ``frequency``, ``mean_abs``,
-        ``max_abs_cos``, ``nearest``, ``top_tokens`` (text of the tokens of
-        its strongest examples) and ``promoted`` (text, may be empty).
+        One per latent: ``latent`` (index), ``order`` (its place atom by
+        atom: ``0+, 0-, 1+, ...``), ``label`` (``"12+"``), ``page`` (path of
+        its page), ``count``, ``frequency``, ``mean``, ``max_cos``,
+        ``nearest``, ``top_tokens`` (text of the tokens of its strongest
+        examples) and ``promoted`` (text, may be empty).
     meta : dict
-        ``title``, ``summary`` (lines about the dictionary and the data) and
-        ``has_effects``.
+        ``title``, ``summary`` (lines about the dictionary and the data),
+        ``has_effects`` and ``first_page`` (the page linked without script).
     """
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in meta["summary"])
     body = (
@@ -295,20 +334,23 @@ def render_index(rows, meta):
         'placeholder="e.g. the"></label> '
         '<label>frequency &ge; <input id="minfreq" type="number" min="0" '
         'step="any" value="0"></label> '
-        '<label><input id="hidedead" type="checkbox"> hide unused atoms</label> '
+        '<label><input id="hidedead" type="checkbox"> hide unused latents</label> '
         '<span id="shown"></span></div>'
-        '<table id="atoms" class="index"><thead><tr>'
-        '<th data-key="atom">atom</th>'
+        '<table id="latents" class="index"><thead><tr>'
+        '<th data-key="order">latent</th>'
         '<th data-key="frequency">frequency</th>'
-        '<th data-key="mean_abs">mean |code|</th>'
-        '<th data-key="max_abs_cos">max |cos|</th>'
+        '<th data-key="mean">mean act.</th>'
+        '<th data-key="max_cos">max cos</th>'
         '<th data-key="top_tokens">top tokens</th>'
         + ('<th data-key="promoted">promotes</th>' if meta["has_effects"] else "")
         + "</tr></thead><tbody></tbody></table>"
         '<div class="pager"><button id="prev">&larr;</button> '
         '<span id="page"></span> <button id="next">&rarr;</button></div>'
-        "<noscript><p>The table needs JavaScript; the atom pages do not: "
-        '<a href="atoms/00000.html">atom 0</a>.</p></noscript>'
-        + _json_script("atom-data", {"rows": rows, "has_effects": meta["has_effects"]})
+        "<noscript><p>The table needs JavaScript; the latent pages do not: "
+        f'<a href="{html.escape(meta["first_page"])}">the first latent</a>.</p>'
+        "</noscript>"
+        + _json_script(
+            "latent-data", {"rows": rows, "has_effects": meta["has_effects"]}
+        )
     )
     return _page(meta["title"], body, "", scripts=("index.js",))

@@ -1,18 +1,17 @@
 """Build the dashboard: stream the codes, pick the examples, write the site."""
 
-import contextlib
-import copy
 import json
-import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils.validation import check_is_fitted
 
-from ..._data import check_batch, check_lazy_array, chunk_rows, read_rows
+from ..._data import check_lazy_array, chunk_rows, read_rows
+from ...persistence import atomic_directory
+from .._latents import MINUS, Latents
+from .._progress import Progress
 from . import _effects, _render
 from ._stats import TOKEN_FIELDS, AtomStatistics
 
@@ -59,40 +58,61 @@ def stream_statistics(
     random_state=None,
     bar=None,
 ):
-    """Encode ``X`` chunk by chunk and accumulate :class:`AtomStatistics`.
+    """Encode ``X`` chunk by chunk and accumulate per-latent statistics.
 
-    Each chunk is read with ``window`` extra rows on each side, so that the
-    contexts of examples near a chunk boundary are complete; only the CSR
-    codes of one chunk exist at a time.
+    The codes come from the estimator's streaming encode
+    (``iter_transform``), one column per latent (see
+    :class:`~sklearn_dbksvd.lm._latents.Latents`). Each chunk is counted
+    once the next one is encoded, with ``window`` rows of codes of its
+    neighbours on each side, so that the contexts of examples near a chunk
+    boundary are complete; only the CSR codes of three chunks exist at a time.
+
+    Returns
+    -------
+    stats : AtomStatistics
+        One column per latent.
     """
     dtype = check_lazy_array(X)
-    encoder = copy.copy(estimator)  # the caller's estimator keeps its params
-    encoder.set_params(sparse_output=True)
-    if encoder.get_params().get("split_sign"):
-        # One column per atom: the sign of a code is shown, not split off.
-        encoder.set_params(split_sign=False)
-    if n_jobs is not None:
-        encoder.set_params(n_jobs=n_jobs)
-    gram = encoder._transform_gram(dtype)
-    n_rows = X.shape[0]
-    n_components = estimator.components_.shape[0]
-    rows = chunk_size or chunk_rows(X.shape[1], n_components, dtype.itemsize)
+    latents = Latents(estimator)
+    encoder = latents.encoder(estimator, sparse_output=True, n_jobs=n_jobs)
+    rows = chunk_size or chunk_rows(X.shape[1], latents.n_atoms, dtype.itemsize)
+    # A context reaches one chunk back and one forward.
+    rows = max(rows, window, 1)
     stats = AtomStatistics(
-        n_components,
+        latents.n_latents,
         n_top=n_top,
         n_samples=n_samples,
         window=window,
         random_state=random_state,
+        nonnegative=True,  # activations of latents
     )
-    for start in range(0, n_rows, rows):
-        stop = min(start + rows, n_rows)
-        lo, hi = max(start - window, 0), min(stop + window, n_rows)
-        block = [slice(lo, hi)]
-        chunk = check_batch(read_rows(X, block), block)
-        codes = encoder._encode(chunk, gram)
-        stats.update(codes, np.asarray(tokens[lo:hi]), slice(start - lo, stop - lo), lo)
+
+    def count(previous, current, following):
+        core, codes = current
+        parts, lo = [codes], core.start
+        if previous is not None and window:
+            parts.insert(0, previous[1][-window:])
+            lo -= parts[0].shape[0]
+        if following is not None and window:
+            parts.append(following[1][:window])
+        block = sp.vstack(parts, format="csr") if len(parts) > 1 else codes
+        hi = lo + block.shape[0]
+        stats.update(
+            block,
+            np.asarray(tokens[lo:hi]),
+            slice(core.start - lo, core.stop - lo),
+            lo,
+        )
         if bar is not None:
-            bar.update(stop - start)
+            bar.update(core.stop - core.start)
+
+    previous = current = None
+    for chunk in encoder.iter_transform(X, chunk_size=rows):
+        if current is not None:
+            count(previous, current, chunk)
+        previous, current = current, chunk
+    if current is not None:
+        count(previous, current, None)
     return stats
 
 
@@ -208,34 +228,56 @@ def _decode_with(tokenizer):
     return lambda ids: [tokenizer.decode([i]) for i in ids]
 
 
-@contextlib.contextmanager
-def _site_directory(output, overwrite):
-    """A temporary directory next to ``output``, renamed onto it at the end."""
+#: A file of this name and content marks a directory as a site of the
+#: dashboard: ``overwrite=True`` (``--force``) replaces only such a directory
+#: (or an empty one), never one the dashboard did not write.
+MARKER = ".dbksvd-dashboard"
+MARKER_TEXT = (
+    "A dashboard site written by sklearn_dbksvd.lm.build_dashboard.\n"
+    "build_dashboard(..., overwrite=True) and 'dbksvd dashboard --force' may "
+    "replace this directory.\n"
+)
+
+
+def is_site(path):
+    """Whether ``path`` is a directory the dashboard wrote (it has the marker)."""
+    marker = Path(path) / MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return False
+        with open(marker, encoding="utf-8") as file:
+            return file.read(len(MARKER_TEXT) + 1) == MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_output(output, overwrite):
+    """Refuse an ``output`` that cannot be written or must not be replaced.
+
+    An existing ``output`` is replaced only with ``overwrite`` and only when
+    it is a site written by the dashboard, or an empty directory: anything
+    else (the harvest, a directory of the user's files, a file, a symbolic
+    link) is never removed.
+    """
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass overwrite=True to replace it.")
+    if output.is_symlink() or output.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{output} exists; pass overwrite=True (--force) to replace a "
+                "dashboard written there."
+            )
+        if output.is_symlink() or not output.is_dir():
+            raise FileExistsError(
+                f"{output} is not a directory written by the dashboard; it is "
+                "never replaced: choose another output directory."
+            )
+        if not is_site(output) and any(output.iterdir()):
+            raise FileExistsError(
+                f"{output} was not written by the dashboard (no {MARKER} file); "
+                "it is never replaced: choose another output directory."
+            )
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output.parent}: no such directory for the output.")
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private
-        if output.exists():
-            # Directories cannot be renamed over non-empty ones: move the old
-            # site aside first, then drop it.
-            old = Path(
-                tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old.")
-            )
-            os.replace(output, old / "site")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def build_site(
@@ -277,16 +319,10 @@ def build_site(
     """
     _check_inputs(estimator, X, tokens, documents)
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass overwrite=True to replace it.")
+    check_output(output, overwrite)
     if decode is None:
         decode = _decode_with(tokenizer)
-    bar = None
-    if progress:
-        with contextlib.suppress(ImportError):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=X.shape[0], unit="tok", desc="dashboard")
+    bar = Progress(progress, "dashboard", X.shape[0], noun="rows")
     try:
         stats = stream_statistics(
             estimator,
@@ -301,8 +337,7 @@ def build_site(
             bar=bar,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(" encoded")
     if documents is not None:
         for kept in (stats.top_, stats.sample_):
             flat = {
@@ -311,12 +346,14 @@ def build_site(
             }
             _fill_from_documents(flat, tokens, documents, window)
 
-    components = estimator.components_
-    n_components = components.shape[0]
-    max_abs_cos, nearest = _effects.nearest_atoms(components)
+    latents = Latents(estimator)
+    components = np.asarray(estimator.components_)
+    max_cos, nearest = _effects.nearest_latents(components, signed=latents.signed)
     effects = None
     if model is not None:
-        effects = _effects.logit_effects(model, components, n_tokens=n_effects)
+        effects = _effects.logit_effects(
+            model, latents.directions(components), n_tokens=n_effects
+        )
 
     words = _Decoder(decode)
     words.prepare(
@@ -333,35 +370,38 @@ def build_site(
         )
     )
     n_rows = max(stats.n_rows_, 1)
-    title = title or f"Dictionary of {n_components} atoms"
+    n_atoms = latents.n_atoms
+    title = title or f"Dictionary of {n_atoms} atoms"
     meta = {"title": title, "norm": effects["norm"] if effects else "none"}
     index_rows = []
-    with _site_directory(output, overwrite) as site:
-        (site / "atoms").mkdir()
+    # Built aside, fsynced and renamed into place; an existing directory is
+    # replaced only when it holds the marker (checked again at the end).
+    with atomic_directory(output, overwrite=overwrite, marker=MARKER) as site:
+        (site / "latents").mkdir()
         for name in _ASSETS:
             data = resources.files(__package__).joinpath("static", name).read_bytes()
             (site / name).write_bytes(data)
-        for atom in range(n_components):
-            count = int(stats.count_[atom])
-            top = _examples(stats.top_, atom)
+        for latent in latents.order():
+            count = int(stats.count_[latent])
+            top = _examples(stats.top_, latent)
             sample = _examples(
                 stats.sample_,
-                atom,
+                latent,
                 order=lambda v: np.argsort(np.abs(v), kind="stable"),
             )
             view = {
                 "count": count,
                 "frequency": count / n_rows,
-                "mean_abs": float(stats.abs_sum_[atom] / count) if count else 0.0,
-                "max_abs_cos": float(max_abs_cos[atom]),
-                "nearest": int(nearest[atom]),
+                "mean": float(stats.abs_sum_[latent] / count) if count else 0.0,
+                "max_cos": float(max_cos[latent]),
+                "nearest": int(nearest[latent]),
                 "top": top,
                 "quantiles": _quantile_bands(sample, n_quantiles, per_quantile),
-                "hist": stats.histogram(atom),
+                "hist": stats.histogram(latent),
             }
             if effects is not None:
                 view["effects"] = {
-                    key: effects[key][atom]
+                    key: effects[key][latent]
                     for key in (
                         "promoted",
                         "suppressed",
@@ -369,8 +409,8 @@ def build_site(
                         "suppressed_logits",
                     )
                 }
-            page = _render.render_atom_page(atom, view, words, n_components, meta)
-            (site / _render.atom_file(atom)).write_text(page, encoding="utf-8")
+            page = _render.render_latent_page(latent, view, words, latents, meta)
+            (site / latents.file(latent)).write_text(page, encoding="utf-8")
             centres = []
             for example in top[:8]:
                 text = _render.token_text(
@@ -380,33 +420,59 @@ def build_site(
                     centres.append(text)
             index_rows.append(
                 {
-                    "atom": atom,
+                    "latent": latent,
+                    "order": latents.position(latent),
+                    "label": latents.label(latent),
+                    "atom": latents.atom(latent),
+                    "sign": (
+                        ("+" if latents.sign(latent) > 0 else "-")
+                        if latents.signed
+                        else ""
+                    ),
+                    "page": latents.file(latent),
                     "count": count,
                     "frequency": view["frequency"],
-                    "mean_abs": view["mean_abs"],
-                    "max_abs_cos": view["max_abs_cos"],
+                    "mean": view["mean"],
+                    "max_cos": view["max_cos"],
                     "nearest": view["nearest"],
                     "top_tokens": " | ".join(centres[:5]),
                     "promoted": " | ".join(
                         _render.token_text(words(int(t)), alone=True)
-                        for t in effects["promoted"][atom][:5]
+                        for t in effects["promoted"][latent][:5]
                     )
                     if effects
                     else "",
                 }
             )
+        if latents.signed:
+            naming = (
+                f"{latents.n_latents} latents: atom i's positive codes are latent "
+                f"i (\"i+\"), its negative codes latent {n_atoms} + i "
+                f"(\"i{MINUS}\", along -d_i), as in the [D; {MINUS}D] SAELens "
+                "export."
+            )
+        else:
+            naming = f"{n_atoms} latents, one per atom (positive codes)."
         lines = [
-            f"{n_components} atoms of {components.shape[1]} features; "
-            f"{stats.n_rows_} rows encoded with "
-            f"{estimator._transform_n_nonzero_coefs()} nonzeros each.",
+            f"{n_atoms} atoms of {components.shape[1]} features; "
+            f"{stats.n_rows_} rows encoded, "
+            f"{stats.count_.sum() / n_rows:.4g} nonzero codes per row on average.",
+            naming,
             *summary,
         ]
         if effects is not None:
             lines.append(f"Logit effects through the final norm: {effects['norm']}.")
         index = _render.render_index(
             index_rows,
-            {"title": title, "summary": lines, "has_effects": effects is not None},
+            {
+                "title": title,
+                "summary": lines,
+                "has_effects": effects is not None,
+                "first_page": latents.file(0),
+            },
         )
         (site / "index.html").write_text(index, encoding="utf-8")
-        (site / "atoms.json").write_text(json.dumps(index_rows), encoding="utf-8")
+        (site / "latents.json").write_text(json.dumps(index_rows), encoding="utf-8")
+        # Last: only a complete site is ever marked as the dashboard's.
+        (site / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
     return output

@@ -1,8 +1,11 @@
-"""Per-atom statistics of sparse codes, streamed chunk by chunk.
+"""Per-column statistics of sparse codes, streamed chunk by chunk.
 
-Memory is bounded by the dictionary, never by the number of rows: for each
-atom a fixed number of kept examples (the strongest codes, a uniform sample)
-with their contexts, and a fixed number of histogram bins. NumPy only.
+The dashboard feeds it one column per latent (both signs of an atom are two
+columns, see :mod:`sklearn_dbksvd.lm._latents`); the statistics themselves
+only see columns, called atoms below. Memory is bounded by the dictionary,
+never by the number of rows: for each column a fixed number of kept examples
+(the strongest codes, a uniform sample) with their contexts, and a fixed
+number of histogram bins. NumPy only.
 """
 
 import numpy as np
@@ -114,17 +117,20 @@ class KeptExamples:
             values[touched] = block
 
 
-def rebin_histogram(counts, doublings):
-    """Counts of a symmetric histogram whose range grows by ``2**doublings``.
+def rebin_histogram(counts, doublings, nonnegative=False):
+    """Counts of a histogram whose range grows by ``2**doublings``.
 
     Bin ``j`` of ``n_bins`` over ``[-R, R]`` lies inside bin
-    ``(j + n_bins / 2 * (2**d - 1)) // 2**d`` over ``[-2**d R, 2**d R]``, so
-    the counts move exactly (``n_bins`` even).
+    ``(j + n_bins / 2 * (2**d - 1)) // 2**d`` over ``[-2**d R, 2**d R]``,
+    and bin ``j`` over ``[0, R]`` inside bin ``j // 2**d`` over
+    ``[0, 2**d R]``, so the counts move exactly (``n_bins`` even).
 
     Parameters
     ----------
     counts : ndarray of shape (n_atoms, n_bins)
     doublings : int
+    nonnegative : bool, default=False
+        The histogram covers ``[0, R]`` rather than ``[-R, R]``.
 
     Returns
     -------
@@ -132,7 +138,10 @@ def rebin_histogram(counts, doublings):
     """
     n_bins = counts.shape[1]
     factor = 2 ** min(int(doublings), _MAX_DOUBLINGS)
-    target = (np.arange(n_bins) + n_bins // 2 * (factor - 1)) // factor
+    if nonnegative:
+        target = np.arange(n_bins) // factor
+    else:
+        target = (np.arange(n_bins) + n_bins // 2 * (factor - 1)) // factor
     grown = np.zeros_like(counts)
     np.add.at(grown, (slice(None), target), counts)
     return grown
@@ -155,9 +164,12 @@ class AtomStatistics:
         key), from which the examples of activation quantiles are drawn.
     n_bins : int, default=128
         Bins of the histogram of the nonzero codes of each atom; a multiple
-        of 4. Its range is ``[-2**e, 2**e]``, the smallest power of two that
-        holds every code seen, and doubles (merging bins in pairs) when a
-        larger code arrives.
+        of 4. Its range is ``[-2**e, 2**e]`` (``[0, 2**e]`` when
+        ``nonnegative``), the smallest power of two that holds every code
+        seen, and doubles (merging bins in pairs) when a larger code arrives.
+    nonnegative : bool, default=False
+        The codes are never negative (latents): the histograms cover only
+        ``[0, 2**e]``, with all their bins.
     window : int, default=8
         Tokens kept on each side of an example.
     random_state : int, RandomState instance or None, default=None
@@ -178,8 +190,9 @@ class AtomStatistics:
         code at those positions, NaN where no row was harvested).
     hist_counts_ : ndarray of shape (n_components, n_bins)
     hist_exponent_ : ndarray of shape (n_components,)
-        The histogram of atom ``a`` covers ``[-2**e, 2**e]``,
-        ``e = hist_exponent_[a]`` (meaningless while ``count_[a]`` is 0).
+        The histogram of atom ``a`` covers ``[-2**e, 2**e]`` (``[0, 2**e]``
+        when ``nonnegative``), ``e = hist_exponent_[a]`` (meaningless while
+        ``count_[a]`` is 0).
     """
 
     def __init__(
@@ -191,10 +204,12 @@ class AtomStatistics:
         n_bins=128,
         window=8,
         random_state=None,
+        nonnegative=False,
     ):
         if n_bins < 4 or n_bins % 4:
             raise ValueError(f"n_bins must be a positive multiple of 4; got {n_bins}.")
         self.n_components = n_components
+        self.nonnegative = nonnegative
         self.window = window
         self.n_bins = n_bins
         self._rng = check_random_state(random_state)
@@ -305,11 +320,15 @@ class AtomStatistics:
         for doublings in np.unique(needed[grow] - current[grow]):
             which = seen[grow][(needed[grow] - current[grow]) == doublings]
             self.hist_counts_[which] = rebin_histogram(
-                self.hist_counts_[which], doublings
+                self.hist_counts_[which], doublings, self.nonnegative
             )
             self.hist_exponent_[which] += doublings
         half_range = np.exp2(self.hist_exponent_[atoms].astype(np.float64))
-        bins = np.floor((values / half_range + 1) * (self.n_bins / 2)).astype(np.int64)
+        if self.nonnegative:
+            position = values / half_range * self.n_bins
+        else:
+            position = (values / half_range + 1) * (self.n_bins / 2)
+        bins = np.floor(position).astype(np.int64)
         bins = np.clip(bins, 0, self.n_bins - 1)
         self.hist_counts_ += np.bincount(
             atoms * self.n_bins + bins, minlength=self.n_components * self.n_bins
@@ -330,6 +349,7 @@ class AtomStatistics:
         if not nonzero.size:
             return counts[:0], np.zeros(0)
         half_range = 2.0 ** self.hist_exponent_[atom]
-        edges = np.linspace(-half_range, half_range, self.n_bins + 1)
+        low = 0.0 if self.nonnegative else -half_range
+        edges = np.linspace(low, half_range, self.n_bins + 1)
         lo, hi = nonzero[0], nonzero[-1] + 1
         return counts[lo:hi], edges[lo : hi + 1]

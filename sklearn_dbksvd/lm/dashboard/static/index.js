@@ -1,12 +1,12 @@
-// Index of the dashboard: sorts and filters the inline table of atoms.
+// Index of the dashboard: sorts and filters the inline table of latents.
 // Reads its data from the page itself (file:// pages cannot fetch files).
 (function () {
   "use strict";
-  var data = JSON.parse(document.getElementById("atom-data").textContent);
+  var data = JSON.parse(document.getElementById("latent-data").textContent);
   var rows = data.rows;
   var PAGE = 200;
   var state = { key: "frequency", desc: true, page: 0 };
-  var tbody = document.querySelector("#atoms tbody");
+  var tbody = document.querySelector("#latents tbody");
   var filter = document.getElementById("filter");
   var minfreq = document.getElementById("minfreq");
   var hidedead = document.getElementById("hidedead");
@@ -39,7 +39,7 @@
       var x = a[key], y = b[key];
       if (x < y) { return -sign; }
       if (x > y) { return sign; }
-      return a.atom - b.atom;
+      return a.order - b.order;
     });
     return kept;
   }
@@ -77,31 +77,31 @@
       var tr = document.createElement("tr");
       if (row.count === 0) { tr.className = "dead"; }
       var link = document.createElement("a");
-      link.href = "atoms/" + String(row.atom).padStart(5, "0") + ".html";
-      link.textContent = row.atom;
+      link.href = row.page;
+      link.textContent = row.label;
       cell(tr, "", "num").appendChild(link);
       cell(tr, fmt(row.frequency), "num");
-      cell(tr, fmt(row.mean_abs), "num");
-      cell(tr, fmt(row.max_abs_cos), "num");
+      cell(tr, fmt(row.mean), "num");
+      cell(tr, fmt(row.max_cos), "num");
       cell(tr, row.top_tokens, "tok");
       if (data.has_effects) { cell(tr, row.promoted, "tok"); }
       fragment.appendChild(tr);
     });
     tbody.replaceChildren(fragment);
     document.getElementById("shown").textContent =
-      kept.length + " of " + rows.length + " atoms";
+      kept.length + " of " + rows.length + " latents";
     document.getElementById("page").textContent = "page " + (state.page + 1) + " of " + pages;
-    document.querySelectorAll("#atoms th").forEach(function (th) {
+    document.querySelectorAll("#latents th").forEach(function (th) {
       th.classList.remove("asc", "desc");
       if (th.dataset.key === state.key) { th.classList.add(state.desc ? "desc" : "asc"); }
     });
     document.body.dataset.rendered = String(kept.length);
   }
 
-  document.querySelectorAll("#atoms th").forEach(function (th) {
+  document.querySelectorAll("#latents th").forEach(function (th) {
     th.addEventListener("click", function () {
       if (state.key === th.dataset.key) { state.desc = !state.desc; }
-      else { state.key = th.dataset.key; state.desc = th.dataset.key !== "atom" && th.dataset.key !== "top_tokens"; }
+      else { state.key = th.dataset.key; state.desc = th.dataset.key !== "order" && th.dataset.key !== "top_tokens"; }
       state.page = 0;
       render();
       writeFragment();
