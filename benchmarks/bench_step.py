@@ -360,11 +360,11 @@ def zipf_problem(n_samples, n_features, n_components, zipf, n_active=8, seed=0):
         coefs = rng.standard_normal((count, n_active), dtype=np.float32)
         X[rows] = np.einsum("nk,nkd->nd", coefs, truth[atoms])
         X[rows] += 0.05 * rng.standard_normal((count, n_features), dtype=np.float32)
-    D = truth + 0.1 / np.sqrt(n_features) * rng.standard_normal(
+    D = truth + np.float32(0.1 / np.sqrt(n_features)) * rng.standard_normal(
         truth.shape, dtype=np.float32
     )
     D /= np.linalg.norm(D, axis=1, keepdims=True)
-    return X, D
+    return X, D.astype(np.float32, copy=False)
 
 
 def wide_step(args):
