@@ -306,7 +306,8 @@ def test_fit_refuses_a_fit_that_cannot_fit_and_stays_unfitted(monkeypatch):
     X, _ = _helpers.planted(n_samples=300)
     model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
     monkeypatch.setattr(_gram_rows, "available_memory", lambda: 10_000)
-    with pytest.raises(ValueError, match=r"needs at least .* of memory .* is available"):
+    message = r"needs at least .* of memory .* is available"
+    with pytest.raises(ValueError, match=message):
         model.fit(X)
     assert not hasattr(model, "components_")
     monkeypatch.undo()
