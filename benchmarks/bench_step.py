@@ -329,7 +329,7 @@ def stream(n_batches, n_samples, n_features, n_components, k, n_jobs):
         if out is None:
             out = np.empty((rows, n_components), dtype=np.float32)
 
-        def gemm_blocks(D=D, rows=rows):
+        def gemm_blocks(D=D, rows=rows, out=out):
             for start in range(0, n_samples, rows):
                 block = X[start : start + rows]
                 np.matmul(block, D.T, out=out[: len(block)])
