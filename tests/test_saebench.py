@@ -32,9 +32,9 @@ def data():
     return X.astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["signed", "positive"])
+@pytest.fixture(scope="module", params=["signed", "positive", "nested"])
 def fitted(request, data):
-    model = DBKSVDDictionaryLearning(
+    params = dict(
         n_components=N_COMPONENTS,
         n_nonzero_coefs=K,
         max_steps=3,
@@ -42,7 +42,11 @@ def fitted(request, data):
         with_mean=True,
         positive_code=request.param == "positive",
     )
-    return model.fit(data)
+    if request.param == "nested":
+        from sklearn_dbksvd import MatryoshkaDBKSVD
+
+        return MatryoshkaDBKSVD(**params, transform_mode="nested").fit(data)
+    return DBKSVDDictionaryLearning(**params).fit(data)
 
 
 def _latents(model, X):
@@ -153,13 +157,17 @@ def test_fields_come_from_the_provenance(data):
         "smollm2", "blocks.15.hook_resid_post", 15
     )
     assert (cfg.context_size, cfg.prepend_bos) == (64, False)
-    # What the caller types wins.
-    cfg = to_saebench(
-        model, model_name="other", hook_name="blocks.3.hook_resid_pre",
-        context_size=32, prepend_bos=True,
-    ).cfg
+    # What the caller types wins, with a warning when it is another model
+    # or layer than the dictionary's.
+    with pytest.warns(UserWarning, match="hook_name='blocks.3.hook_resid_pre', but"):
+        cfg = to_saebench(
+            model, model_name="smollm2", hook_name="blocks.3.hook_resid_pre",
+            context_size=32, prepend_bos=True,
+        ).cfg
+    with pytest.warns(UserWarning, match="model_name='other', but"):
+        to_saebench(model, model_name="other")
     assert (cfg.model_name, cfg.hook_name, cfg.hook_layer) == (
-        "other", "blocks.3.hook_resid_pre", 3
+        "smollm2", "blocks.3.hook_resid_pre", 3
     )
     assert (cfg.context_size, cfg.prepend_bos) == (32, True)
     with pytest.raises(ValueError, match="context_size must be a positive int"):
