@@ -662,8 +662,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """Codes of ``X`` chunk by chunk, the Gram matrix computed once.
 
         The one streaming encode: ``transform`` of a memory-mapped or chunked
-        input, ``dbksvd encode``, the report, the dashboard and
-        ``evaluate_dictionary`` all read their codes from here. Centring,
+        input, ``dbksvd encode``, the report and the dashboard read their
+        codes from here (``evaluate_dictionary``, whose contexts are in
+        memory, through ``transform``, which codes alike). Centring,
         the scale of the data, ``positive_code`` and ``split_sign`` are
         handled as in :meth:`transform`, whose codes of the whole of ``X``
         are the chunks' codes stacked.

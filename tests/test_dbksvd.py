@@ -600,7 +600,12 @@ def test_failed_partial_fit_keeps_features_and_names():
     model.set_params(n_nonzero_coefs=True)
     with pytest.raises(ValueError, match="not a bool"):
         model.partial_fit(X)
-    model.set_params(n_nonzero_coefs=3)
+    # A step that ran, then a callback that failed: the step is not kept,
+    # nor the random numbers it drew.
+    model.set_params(n_nonzero_coefs=3, callback=_raise_at_second_step)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        model.partial_fit(X)
+    model.set_params(callback=None)
     assert _fitted_state(model) == before
 
 
