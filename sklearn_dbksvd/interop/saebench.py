@@ -12,6 +12,7 @@ not give the fields. ``dbksvd saebench`` runs SAEBench's evaluations on it.
 import contextlib
 import dataclasses
 import os
+import warnings
 from numbers import Integral
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def saebench_fields(
     ValueError
         When ``model_name`` or ``hook_name`` is neither given nor recorded,
         or a value is of the wrong type.
+
+    Warns
+    -----
+    UserWarning
+        When a given ``model_name`` or ``hook_name`` differs from the
+        provenance's (another model or layer than the dictionary's).
     """
     provenance = _provenance(estimator)
     given = {
@@ -58,6 +65,16 @@ def saebench_fields(
         "context_size": context_size,
         "prepend_bos": prepend_bos,
     }
+    for key in ("model_name", "hook_name"):
+        recorded = provenance.get(key)
+        if given[key] is not None and recorded is not None and given[key] != recorded:
+            warnings.warn(
+                f"{key}={given[key]!r}, but the dictionary was fitted on the "
+                f"activations of {key}={recorded!r}: SAEBench will evaluate it "
+                "on other activations than its own.",
+                UserWarning,
+                stacklevel=3,
+            )
     fields = {
         key: provenance.get(key) if value is None else value
         for key, value in given.items()
@@ -592,9 +609,11 @@ def run_saebench(
                         llm_dtype,
                         api_key,
                     )
-                written = work / "results" / file_name
-                if not written.is_file():
+                # SCR and TPP write to a folder of their name below it.
+                written = sorted((work / "results").rglob(file_name))
+                if len(written) != 1:
                     raise SAEBenchError(f"{item}: SAEBench wrote no {file_name}")
+                written = written[0]
                 with open(written, encoding="utf-8") as file:
                     results[item] = json.load(file)
                 targets[item].parent.mkdir(exist_ok=True)
