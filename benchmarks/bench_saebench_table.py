@@ -114,7 +114,7 @@ def _logits_difference(hf_model, model, tokenizer, texts):
     return worst
 
 
-def topk_for_saebench(topk, model_name, layer, hook_name, context_size):
+def topk_for_saebench(topk, model_name, layer, hook_name, context_size, X):
     """SAEBench's own TopK SAE class holding ``bench_lm.TopKSAE``'s weights.
 
     ``bench_lm``'s SAE scales its inputs by ``s``; folded into the weights:
@@ -135,6 +135,14 @@ def topk_for_saebench(topk, model_name, layer, hook_name, context_size):
         sae.W_dec.copy_(topk.W_dec.detach() / s)
         sae.b_dec.copy_(topk.b_dec.detach() / s)
     sae.cfg.context_size = context_size
+    # The same codes and reconstructions as the trained SAE's own.
+    with torch.no_grad():
+        codes = sae.encode(torch.from_numpy(X)).numpy()
+        np.testing.assert_allclose(codes, topk.transform(X), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            sae.decode(torch.from_numpy(codes)).numpy(),
+            topk.inverse_transform(codes), rtol=1e-4, atol=1e-3,
+        )
     return sae
 
 
@@ -385,7 +393,6 @@ def main(argv=None):
             topk = TopKSAE(args.n_components, args.k, args.seed).fit_for(X, budget)
             fitted["topk"] = topk
             fitted_seconds["topk"] = topk.seconds_
-        del X
 
         options = _options(args, dataset, tmp / "sae_probes_model_acts")
         from sae_bench.custom_saes.topk_sae import TopKSAE as SAEBenchTopK
@@ -399,7 +406,8 @@ def main(argv=None):
                           "timing": {}, "n_steps": estimator.n_steps_}
             if name == "topk":
                 saes[name] = topk_for_saebench(estimator, model_name, args.layer,
-                                               hook_name, args.context_size)
+                                               hook_name, args.context_size,
+                                               X[:256])
         record["runs"] = runs
         for item in args.evals:
             for name in args.methods:
