@@ -542,7 +542,7 @@ def fitted_attributes(plan, state):
     as the fit left it: ``partial_fit`` continues from it) and
     ``atom_usage`` (samples per atom of the last step whose Gram matrix did
     not fit, or None). The estimator sets them (see
-    ``_BaseDBKSVD.fit_with_state``).
+    ``_BaseDBKSVD.fit_from_state``).
     """
     n_steps = len(state.history)
     return {
