@@ -106,7 +106,7 @@ def _warn_if_more_atoms_than_samples(n_components, n_samples):
             "(near 1.0) says nothing about new data. Use fewer atoms or more "
             "samples, and score held-out data.",
             UserWarning,
-            stacklevel=4,  # the caller of fit, past scikit-learn's wrapper
+            stacklevel=5,  # the caller of fit, past scikit-learn's wrapper
         )
 
 

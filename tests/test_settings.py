@@ -153,3 +153,10 @@ def test_no_private_estimator_attribute_is_used(module):
         and node.attr.startswith("_")
     ]
     assert private == []
+
+
+def test_memorising_warning_points_at_the_callers_line():
+    X = np.random.RandomState(0).randn(10, 12)
+    with pytest.warns(UserWarning, match="at least n_samples") as record:
+        DBKSVDDictionaryLearning(12, max_iter=1).fit(X)
+    assert record[0].filename == __file__
