@@ -9,6 +9,7 @@ atoms, the steps (:func:`fit_step`) and the fitted attributes
 (:func:`fitted_attributes`) are functions of the settings and the state.
 """
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from ._data import (
 from ._gram_rows import CacheHint
 from ._progress import ProgressReporter
 from ._step import dbksvd_step, refit_atoms
-from ._step_matryoshka import matryoshka_step, nested_pass, refit_settings
+from ._step_matryoshka import matryoshka_step, nested_pass
 from ._update_positive import nonnegative_directions
 from .datasets import uniform_atoms
 
@@ -649,10 +650,10 @@ def components_from_known_support(
     if step.levels is not None:
         # Split by group and refitted level by level, each level on the
         # residual of the levels before it (section 4.2).
+        # On the host, as the plain refit below.
         nested_pass(
-            X_known, components, step.levels, algorithm=step.fit_algorithm,
-            positive=step.positive_code, n_jobs=step.n_jobs,
-            update=refit_settings(step, random_state, replace=False), codes=codes,
+            X_known, components, dataclasses.replace(step, backend="numpy"),
+            random_state=random_state, update=True, codes=codes,
         )
         return components
     refit_atoms(

@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backend import to_numpy
 from ._base import _BaseDBKSVD
+from ._settings import StepSettings
 from ._step_matryoshka import check_group_sizes, nested_levels, nested_pass
 
 
@@ -327,14 +328,16 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         X = to_numpy(X)  # the nested pass runs on the host
         components = self.components_.astype(X.dtype, copy=False)
         levels = self._levels(len(components), self._transform_n_nonzero_coefs())
-        _, codes, _ = nested_pass(
-            X,
-            components,
-            levels,
-            algorithm=self.transform_algorithm,
-            positive=self.positive_code,
-            n_jobs=self.n_jobs,
+        # The transform coder on each level: the step's settings, encoding only.
+        settings = StepSettings(
+            n_nonzero_coefs=self._transform_n_nonzero_coefs(),
+            n_components=len(components),
+            fit_algorithm=self.transform_algorithm,
+            positive_code=self.positive_code,
             mp_tol=self.mp_tol,
             mp_refit=self.mp_refit,
+            n_jobs=self.n_jobs,
+            levels=tuple(levels),
         )
+        _, codes, _ = nested_pass(X, components, settings)
         return codes if self.sparse_output else codes.toarray()

@@ -85,20 +85,8 @@ def nested_levels(group_sizes, n_nonzero_coefs):
 
 
 def nested_pass(
-    X,
-    components,
-    levels,
-    *,
-    algorithm,
-    positive,
-    n_jobs,
-    mp_tol=None,
-    mp_refit=False,
-    update=None,
+    X, components, settings, *, random_state=None, update=False, replace=False,
     codes=None,
-    backend=None,
-    alpha=None,
-    max_iter=1000,
 ):
     """Encode (and, with ``update``, refit) the levels one after another.
 
@@ -110,27 +98,25 @@ def nested_pass(
     X : ndarray of shape (n_samples, n_features)
         The batch.
     components : ndarray of shape (n_components, n_features)
-        Atoms; updated in place when ``update`` is given.
-    levels : list of (slice, int)
-        Output of :func:`nested_levels`.
-    algorithm : {"mp", "omp", "lars", "cd"}
-        Coder of each level ("lars", "cd": scikit-learn's lasso coders with
-        penalty ``alpha`` and ``max_iter`` iterations).
-    positive, n_jobs, mp_tol, mp_refit
-        As in :func:`~sklearn_dbksvd._step.encode_batch`. ``mp_tol`` is
-        relative to ``‖x‖``: a sample whose residual already meets it gets no
-        further nonzeros; inside a level the coder stops at ``mp_tol`` times
-        the norm of its own input (the coder takes one scalar tolerance), so
-        it may stop later than strictly needed, never earlier.
-    update : dict, default=None
-        Keyword arguments of the K-SVD refit (``dict_update``,
-        ``update_batch_size``, ``random_state``, optionally ``positive_dict``)
-        and of the replacement (``replace``, ``replace_min_usage``,
-        ``replace_coherence``). None only encodes.
+        Atoms; updated in place with ``update``.
+    settings : StepSettings
+        ``levels`` (from :func:`nested_levels`), the coder of each level
+        (``fit_algorithm``; "lars", "cd": scikit-learn's lasso coders with
+        penalty ``alpha`` and ``max_iter`` iterations), ``positive_code``,
+        ``n_jobs``, ``backend``, and, with ``update``, the K-SVD refit and
+        the replacement thresholds. ``mp_tol`` is relative to ``‖x‖``: a
+        sample whose residual already meets it gets no further nonzeros;
+        inside a level the coder stops at ``mp_tol`` times the norm of its
+        own input (the coder takes one scalar tolerance), so it may stop
+        later than strictly needed, never earlier.
+    random_state : numpy.random.RandomState, default=None
+        Draws the order of the atom updates (with ``update``).
+    update : bool, default=False
+        Refit each level (K-SVD) on its residual; otherwise only encode.
+    replace : bool, default=False
+        With ``update``, replace each level's dead, rare and duplicated atoms.
     codes : sparse matrix of shape (n_samples, n_components), default=None
         Codes to use instead of encoding (a known support).
-    backend : {"numpy", "cupy"} or ArrayBackend, default=None
-        Where the products of each level run (see ``_backend``).
 
     Returns
     -------
@@ -139,11 +125,13 @@ def nested_pass(
     codes : scipy.sparse.csr_matrix of shape (n_samples, n_components)
     n_replaced : int
     """
+    algorithm, positive = settings.fit_algorithm, settings.positive_code
+    mp_tol = settings.mp_tol
     residual = X
     if mp_tol is not None:
         sq_target = mp_tol**2 * np.einsum("ij,ij->i", X, X)
     blocks, n_replaced = [], 0
-    for atoms, share in levels:
+    for atoms, share in settings.levels:
         group = np.array(components[atoms])
         if codes is not None:
             level_codes = sp.csr_matrix(codes[:, atoms])
@@ -161,28 +149,28 @@ def nested_pass(
                 algorithm=algorithm,
                 positive=positive,
                 tol=mp_tol,
-                refit=mp_refit,
-                n_jobs=n_jobs,
-                backend=backend,
-                alpha=alpha,
-                max_iter=max_iter,
+                refit=settings.mp_refit,
+                n_jobs=settings.n_jobs,
+                backend=settings.backend,
+                alpha=settings.alpha,
+                max_iter=settings.max_iter,
             )
-        if update is None:
+        if not update:
             residual = residual - level_codes @ group
         else:
             residual, level_codes = refit_atoms(
                 residual,
                 group,
                 level_codes,
-                dict_update=update["dict_update"],
-                update_batch_size=update["update_batch_size"],
+                dict_update=settings.dict_update,
+                update_batch_size=settings.update_batch_size,
                 positive=positive,
-                random_state=update["random_state"],
-                n_jobs=n_jobs,
-                backend=backend,
-                positive_dict=update.get("positive_dict", False),
+                random_state=random_state,
+                n_jobs=settings.n_jobs,
+                backend=settings.backend,
+                positive_dict=settings.positive_dict,
             )
-            if update["replace"]:
+            if replace:
                 if algorithm in ("lars", "cd"):
                     # The lasso has no budget: usage against its mean support.
                     share = level_codes.nnz / max(1, level_codes.shape[0])
@@ -192,9 +180,9 @@ def nested_pass(
                     level_codes,
                     residual,
                     n_nonzero_coefs=share,
-                    min_usage=update["replace_min_usage"],
-                    max_coherence=update["replace_coherence"],
-                    positive_dict=update.get("positive_dict", False),
+                    min_usage=settings.replace_min_usage,
+                    max_coherence=settings.replace_coherence,
+                    positive_dict=settings.positive_dict,
                     positive_code=positive,
                 )
             components[atoms] = group
@@ -238,18 +226,8 @@ def matryoshka_step(X, components, settings, *, random_state, replace=True):
     X = to_numpy(X)
     components = components.copy()
     residual, codes, n_replaced = nested_pass(
-        X,
-        components,
-        settings.levels,
-        algorithm=settings.fit_algorithm,
-        positive=settings.positive_code,
-        n_jobs=settings.n_jobs,
-        mp_tol=settings.mp_tol,
-        mp_refit=settings.mp_refit,
-        update=refit_settings(settings, random_state, replace=replace),
-        backend=settings.backend,
-        alpha=settings.alpha,
-        max_iter=settings.max_iter,
+        X, components, settings, random_state=random_state, update=True,
+        replace=replace,
     )
     info = {
         "relative_error": _relative_error_of_residual(X, residual),
@@ -257,16 +235,3 @@ def matryoshka_step(X, components, settings, *, random_state, replace=True):
         "n_replaced": n_replaced,
     }
     return components, info, codes
-
-
-def refit_settings(settings, random_state, *, replace):
-    """The ``update`` argument of :func:`nested_pass` from step settings."""
-    return {
-        "dict_update": settings.dict_update,
-        "update_batch_size": settings.update_batch_size,
-        "random_state": random_state,
-        "replace": replace,
-        "replace_min_usage": settings.replace_min_usage,
-        "replace_coherence": settings.replace_coherence,
-        "positive_dict": settings.positive_dict,
-    }
