@@ -344,4 +344,5 @@ def test_progress_lines_off_a_terminal(tmp_path, tokenizer, capsys, monkeypatch)
         progress="lines",
     )
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith(f"harvest: done: {load_activations(directory).shape[0]} of 60")
+    n_rows = load_activations(directory).shape[0]
+    assert last.startswith(f"harvest: done: {n_rows} of 60")
