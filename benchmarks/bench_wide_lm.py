@@ -33,6 +33,7 @@ import importlib.util
 import inspect
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -108,18 +109,25 @@ def corpus_texts():
 
 
 def write_corpus(workdir):
-    """Write ``train.txt`` and ``test.txt`` (every eighth text) under ``workdir``."""
+    """Write ``train.txt`` and ``test.txt`` (every eighth text) under ``workdir``.
+
+    Kept when both exist (a resumed run, or runs of other widths reading them).
+    """
+    paths = {split: workdir / f"{split}.txt" for split in ("train", "test")}
+    if all(path.exists() for path in paths.values()):
+        return paths, None
     texts = corpus_texts()
-    paths = {}
+    sizes = {}
     for split, keep in (
         ("train", lambda i: i % 8 != 7),
         ("test", lambda i: i % 8 == 7),
     ):
         chosen = [text for i, text in enumerate(texts) if keep(i)]
-        path = workdir / f"{split}.txt"
-        path.write_text("\n\n".join(chosen), encoding="utf-8")
-        paths[split] = (path, len(chosen), sum(map(len, chosen)))
-    return paths
+        tmp = paths[split].with_suffix(".tmp")
+        tmp.write_text("\n\n".join(chosen), encoding="utf-8")
+        os.replace(tmp, paths[split])
+        sizes[split] = {"documents": len(chosen), "characters": sum(map(len, chosen))}
+    return paths, sizes
 
 
 def cli_with_gram_stats(stats_path, argv):
@@ -226,7 +234,20 @@ def main(argv=None):
     parser.add_argument(
         "--eval-tokens", type=int, default=16384, help="held-out tokens"
     )
-    parser.add_argument("--widths", type=int, nargs="+", default=[16384, 65536])
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs="*",
+        default=[16384, 65536],
+        help="atoms of each dictionary; none: only harvest (runs of different "
+        "widths on one --workdir may then go at once)",
+    )
+    parser.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the harvest's --compute-dtype",
+    )
     parser.add_argument("-k", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32768)
@@ -249,13 +270,22 @@ def main(argv=None):
     results["parameters"] = {k: str(v) for k, v in vars(args).items()}
 
     def save():
-        results_path.write_text(json.dumps(results, indent=2))
+        # Other runs on the same --workdir (other widths) may have saved theirs.
+        if results_path.exists():
+            results.update(
+                {
+                    key: value
+                    for key, value in json.loads(results_path.read_text()).items()
+                    if key not in results
+                }
+            )
+        tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, results_path)
 
-    corpus = write_corpus(workdir)
-    results["corpus"] = {
-        split: {"documents": n, "characters": chars}
-        for split, (_, n, chars) in corpus.items()
-    }
+    corpus, sizes = write_corpus(workdir)
+    if sizes is not None:
+        results["corpus"] = sizes
     dbksvd = [sys.executable, "-m", "sklearn_dbksvd"]
 
     def dbksvd_stats(stats_path):
@@ -277,11 +307,13 @@ def main(argv=None):
                 "--layer",
                 str(args.layer),
                 "--text",
-                str(corpus["train"][0]),
+                str(corpus["train"]),
                 "--context-size",
                 str(args.context_size),
                 "--max-tokens",
                 str(args.tokens),
+                "--compute-dtype",
+                args.compute_dtype,
                 "-o",
                 str(acts),
                 "-q",
@@ -351,7 +383,7 @@ def main(argv=None):
                     "--model",
                     str(gguf),
                     "--text",
-                    str(corpus["test"][0]),
+                    str(corpus["test"]),
                     "--max-tokens",
                     str(args.eval_tokens),
                     "--n-jobs",
@@ -405,7 +437,11 @@ def markdown(results, args):
         metrics = ev.get("metrics", {})
         cells = []
         for name in (
-            "ce_loss_score", "kl_div_score", "explained_variance", "l0", "frac_dead"
+            "ce_loss_score",
+            "kl_div_score",
+            "explained_variance",
+            "l0",
+            "frac_dead",
         ):
             value = _find(metrics, name)
             cells.append("n/a" if value is None else f"{value:.4g}")
