@@ -244,10 +244,10 @@ def main(argv=None):
         return cli_with_gram_stats(argv[1], argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--tokens", type=int, default=131072, help="harvested training tokens"
+        "--tokens", type=int, default=100000, help="harvested training tokens"
     )
     parser.add_argument(
-        "--eval-tokens", type=int, default=16384, help="held-out tokens"
+        "--eval-tokens", type=int, default=2048, help="held-out tokens"
     )
     parser.add_argument(
         "--widths",
