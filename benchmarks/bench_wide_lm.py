@@ -141,13 +141,13 @@ def write_corpus(workdir):
 def cli_with_gram_stats(stats_path, argv):
     """Run ``dbksvd ARGV`` in this process, recording every Gram plan.
 
-    Wraps ``plan_gram`` where the fit's step and the estimators' transform
-    call it: for each plan, whether it was the whole Gram matrix or rows of it
-    (cache and on-demand tables), and for rows the cache's hits, the table
+    Wraps ``plan_gram`` where the fit's step, the estimators' transform and
+    the coders call it: for each plan, whether it was the whole Gram matrix
+    or rows of it (cache and on-demand tables), and for rows the cache's hits, the table
     hits and the rows computed, read when the command ends. Only the stats
     dict of each plan is kept, never its arrays.
     """
-    from sklearn_dbksvd import _base, _gram_rows, _step
+    from sklearn_dbksvd import _base, _encode, _gram_rows, _step
     from sklearn_dbksvd.cli import main as cli_main
 
     plans = []
@@ -175,7 +175,7 @@ def cli_with_gram_stats(stats_path, argv):
         plans.append(entry)
         return gram
 
-    _step.plan_gram = _base.plan_gram = recording
+    _step.plan_gram = _base.plan_gram = _encode.plan_gram = recording
     try:
         code = cli_main(argv)
     finally:
@@ -246,9 +246,7 @@ def main(argv=None):
     parser.add_argument(
         "--tokens", type=int, default=100000, help="harvested training tokens"
     )
-    parser.add_argument(
-        "--eval-tokens", type=int, default=2048, help="held-out tokens"
-    )
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens")
     parser.add_argument(
         "--widths",
         type=int,
