@@ -329,10 +329,10 @@ def stream(n_batches, n_samples, n_features, n_components, k, n_jobs):
         if out is None:
             out = np.empty((rows, n_components), dtype=np.float32)
 
-        def gemm_blocks():
+        def gemm_blocks(D=D, rows=rows, out=out):
             for start in range(0, n_samples, rows):
                 block = X[start : start + rows]
-                np.matmul(block, D.T, out=out[: len(block)])  # noqa: B023
+                np.matmul(block, D.T, out=out[: len(block)])
 
         gemm, _ = best_time(gemm_blocks, 1)
         print(f"  step {step:3d}: {seconds:7.2f} s  GEMM {gemm:6.2f} s  "
@@ -360,11 +360,11 @@ def zipf_problem(n_samples, n_features, n_components, zipf, n_active=8, seed=0):
         coefs = rng.standard_normal((count, n_active), dtype=np.float32)
         X[rows] = np.einsum("nk,nkd->nd", coefs, truth[atoms])
         X[rows] += 0.05 * rng.standard_normal((count, n_features), dtype=np.float32)
-    D = truth + 0.1 / np.sqrt(n_features) * rng.standard_normal(
+    D = truth + np.float32(0.1 / np.sqrt(n_features)) * rng.standard_normal(
         truth.shape, dtype=np.float32
     )
     D /= np.linalg.norm(D, axis=1, keepdims=True)
-    return X, D
+    return X, D.astype(np.float32, copy=False)
 
 
 def wide_step(args):
@@ -384,7 +384,8 @@ def wide_step(args):
         X, D = zipf_problem(args.n, args.d, args.m, args.zipf, args.active)
     else:
         X, D = problem(args.n, args.d, args.m)
-    print(f"  data: {'zipf %.2f planted' % args.zipf if args.zipf else 'gaussian'}"
+    kind = f"zipf {args.zipf:.2f} planted" if args.zipf else "gaussian"
+    print(f"  data: {kind}"
           f", X {X.nbytes / 2**30:.2f} GiB, D {D.nbytes / 2**30:.2f} GiB, "
           f"whole Gram {D.shape[0] ** 2 * 4 / 2**30:.1f} GiB, budget "
           f"{args.gram_memory / 2**30:.2f} GiB", flush=True)
@@ -397,7 +398,6 @@ def wide_step(args):
             np.matmul(block, D.T, out=out[: len(block)])
 
     floor, _ = best_time(gemm, args.repeat)
-    del out
     print(f"  GEMM X @ D.T in blocks : {floor:8.2f} s", flush=True)
     for round_ in range(args.wide_steps):
         tic = time.perf_counter()

@@ -17,6 +17,8 @@ Nothing here reads more than one batch (or one chunk of rows) at a time.
 
 import math
 import os
+import threading
+import weakref
 
 import numpy as np
 import scipy.sparse as sp
@@ -124,6 +126,40 @@ class RowConcatenation:
 # to keep a disk or a network volume busy; the threads wait on the reads.
 _READ_THREADS = 16
 
+# (device, inode) of the file behind each memory map when first read by path.
+_FILE_IDENTITY = weakref.WeakKeyDictionary()
+
+_READ_POOL = {}
+_READ_POOL_LOCK = threading.Lock()
+
+
+def _forget_read_pool():
+    global _READ_POOL_LOCK
+    _READ_POOL_LOCK = threading.Lock()  # a forked child holds no lock
+    _READ_POOL.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_read_pool)
+
+
+def _read_pool():
+    """The threads of the positioned reads, started once per process.
+
+    Keyed by process id: a forked child has none of its parent's threads and
+    starts its own.
+    """
+    with _READ_POOL_LOCK:
+        pool = _READ_POOL.get(os.getpid())
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _READ_POOL.clear()
+            pool = _READ_POOL[os.getpid()] = ThreadPoolExecutor(
+                _READ_THREADS, thread_name_prefix="dbksvd-pread"
+            )
+        return pool
+
 
 def _file_layout(X):
     """``(path, offset of row 0, bytes per row)`` of a memory-mapped file, or None.
@@ -197,6 +233,14 @@ def gather_rows(X, rows):
     lasts = np.concatenate([breaks, [len(rows)]])
     fd = os.open(path, os.O_RDONLY)
     try:
+        status = os.fstat(fd)
+        identity = _FILE_IDENTITY.setdefault(X._mmap, (status.st_dev, status.st_ino))
+        if identity != (status.st_dev, status.st_ino) or (
+            status.st_size < start + X.shape[0] * row_bytes
+        ):
+            # The path now names another file (replaced since it was
+            # mapped): the memory map still reads the one it mapped.
+            return np.asarray(X[rows])
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
@@ -212,11 +256,8 @@ def gather_rows(X, rows):
         if len(parts) == 1:
             read(parts[0])
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(len(parts)) as pool:
-                for future in [pool.submit(read, part) for part in parts]:
-                    future.result()
+            for future in [_read_pool().submit(read, part) for part in parts]:
+                future.result()
     finally:
         os.close(fd)
     return out

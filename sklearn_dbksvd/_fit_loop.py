@@ -236,15 +236,18 @@ def fit_memory(
         ``minimum`` in bytes, and ``available``: the memory available now.
     """
     from . import _encode
-    from ._gram_rows import available_memory, resolve_gram_memory
+    from ._gram_rows import _ROWS_BLOCK_BYTES, available_memory, resolve_gram_memory
 
     n_workers = max(1, effective_n_jobs(n_jobs))
     atoms = 3 * n_components * n_features * itemsize
     batch = 2 * batch_size * n_features * itemsize
     codes = 40 * batch_size * n_nonzero_coefs
-    block = _encode._block_size(n_components, itemsize) * n_components * itemsize
     whole = n_components * n_components * itemsize
     budget = resolve_gram_memory(gram_memory)
+    # Past the budget the coders take larger blocks (``_ROWS_BLOCK_BYTES``).
+    block_bytes = _encode._BLOCK_BYTES if whole <= budget else _ROWS_BLOCK_BYTES
+    block = min(batch_size, _encode._block_size(n_components, itemsize, block_bytes))
+    block *= n_components * itemsize
     gram = 2 * whole if whole <= budget else budget
     minimum = atoms + batch + codes + block + n_components * itemsize
     parts = {

@@ -105,3 +105,28 @@ def test_batch_reader_prefetches_the_rows_asked_for(values, mapped, tmp_path):
         read_batch(bad, a)
     # In-memory data is read as it is, nothing in the background.
     assert not BatchReader(values).enabled
+
+
+def test_a_file_replaced_after_mapping_is_read_through_the_map(values, tmp_path):
+    np.save(tmp_path / "X.npy", values)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    rows = np.array([1, 2, 50])
+    assert_array_equal(gather_rows(mapped, rows), values[rows])
+    # Replaced by another file under the same name (a harvest written again):
+    # the memory map still holds the old file, and so do the rows read.
+    np.save(tmp_path / "new.npy", values + 1)
+    (tmp_path / "new.npy").replace(tmp_path / "X.npy")
+    assert_array_equal(gather_rows(mapped, rows), values[rows])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_reads_with_its_own_threads(values, mapped):
+    import os
+
+    rows = np.arange(0, 700, 3)
+    assert_array_equal(gather_rows(mapped, rows), values[rows])  # threads started
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's threads
+        os._exit(0 if np.array_equal(gather_rows(mapped, rows), values[rows]) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

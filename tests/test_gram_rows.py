@@ -306,9 +306,33 @@ def test_fit_refuses_a_fit_that_cannot_fit_and_stays_unfitted(monkeypatch):
     X, _ = _helpers.planted(n_samples=300)
     model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
     monkeypatch.setattr(_gram_rows, "available_memory", lambda: 10_000)
-    with pytest.raises(ValueError, match=r"needs at least .* of memory .* is available"):
+    message = r"needs at least .* of memory .* is available"
+    with pytest.raises(ValueError, match=message):
         model.fit(X)
     assert not hasattr(model, "components_")
     monkeypatch.undo()
     model.fit(X)
     assert model.components_.shape == (20, 12)
+
+
+def test_gram_rows_travel_by_pickle(kernels):
+    # dask ships the transform's Gram rows to its workers.
+    X, dictionary = problem()
+    rows = plan_gram(dictionary, 20 * row_bytes(dictionary), X=X, n_nonzero_coefs=4)
+    expected = _mp_encode(X, dictionary, 4, gram=rows)
+    shipped = pickle.loads(pickle.dumps(rows))
+    got = _mp_encode(X, dictionary, 4, gram=shipped)
+    for part, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(part, want)
+
+
+def test_transform_of_a_wide_dictionary_within_the_budget():
+    X, _ = _helpers.planted(n_samples=300)
+    X = X.astype(np.float32)
+    params = dict(n_components=20, n_nonzero_coefs=3, random_state=0, max_iter=2)
+    small = DBKSVDDictionaryLearning(gram_memory=4 * 20 * 4, **params).fit(X)
+    assert small._atom_usage is not None  # ranks the transform's cache
+    assert isinstance(small._transform_gram(np.dtype(np.float32)), GramRows)
+    full = DBKSVDDictionaryLearning(gram_memory=None, **params).fit(X)
+    np.testing.assert_allclose(small.components_, full.components_, atol=1e-4)
+    np.testing.assert_allclose(small.transform(X), full.transform(X), atol=1e-4)

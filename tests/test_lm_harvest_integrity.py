@@ -432,3 +432,34 @@ def test_gguf_cache_is_keyed_by_the_file(tmp_path, tokenizer):
     weights.write_bytes(b"GGUF edited")
     with pytest.raises(ValueError, match="not a GGUF model that transformers"):
         load_model(weights, cache=cache)
+
+
+def test_stopped_harvest_of_an_earlier_version_is_not_resumed(tmp_path, tokenizer):
+    model, texts, out = tiny_llama(), random_texts(6), tmp_path / "acts"
+    harvest_activations(model, tokenizer, texts, layer=0, output=out, max_tokens=20)
+    path = out / "harvest.json"
+    manifest = json.loads(path.read_text())
+    for key in ("model_fingerprint", "compute_dtype"):  # not written before
+        del manifest["settings"][key]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="earlier version, without compute_dtype"):
+        harvest_activations(model, tokenizer, texts, layer=0, output=out)
+    harvest_activations(model, tokenizer, texts, layer=0, output=out, overwrite=True)
+    assert read_manifest(out)["complete"]
+
+
+def test_cli_max_tokens_then_without(tmp_path, model_dir, text_file):
+    base = ["harvest", str(model_dir), "--layer", "1", "--text", str(text_file),
+            "--context-size", "16", "-q"]
+    assert main(base + ["-o", str(tmp_path / "ref")]) == 0
+    run = ["-o", str(tmp_path / "run")]
+    assert main(base + run + ["--max-tokens", "37"]) == 0
+    assert read_manifest(tmp_path / "run")["partial"] is not None  # cut mid-document
+    assert main(base + run) == 0
+    np.testing.assert_array_equal(
+        load_tokens(tmp_path / "run"), load_tokens(tmp_path / "ref")
+    )
+    np.testing.assert_allclose(
+        load_activations(tmp_path / "run")[:], load_activations(tmp_path / "ref")[:],
+        rtol=1e-6, atol=1e-6,
+    )

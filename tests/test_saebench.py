@@ -32,9 +32,9 @@ def data():
     return X.astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["signed", "positive"])
+@pytest.fixture(scope="module", params=["signed", "positive", "nested"])
 def fitted(request, data):
-    model = DBKSVDDictionaryLearning(
+    params = dict(
         n_components=N_COMPONENTS,
         n_nonzero_coefs=K,
         max_steps=3,
@@ -42,7 +42,11 @@ def fitted(request, data):
         with_mean=True,
         positive_code=request.param == "positive",
     )
-    return model.fit(data)
+    if request.param == "nested":
+        from sklearn_dbksvd import MatryoshkaDBKSVD
+
+        return MatryoshkaDBKSVD(**params, transform_mode="nested").fit(data)
+    return DBKSVDDictionaryLearning(**params).fit(data)
 
 
 def _latents(model, X):
@@ -153,13 +157,17 @@ def test_fields_come_from_the_provenance(data):
         "smollm2", "blocks.15.hook_resid_post", 15
     )
     assert (cfg.context_size, cfg.prepend_bos) == (64, False)
-    # What the caller types wins.
-    cfg = to_saebench(
-        model, model_name="other", hook_name="blocks.3.hook_resid_pre",
-        context_size=32, prepend_bos=True,
-    ).cfg
+    # What the caller types wins, with a warning when it is another model
+    # or layer than the dictionary's.
+    with pytest.warns(UserWarning, match="hook_name='blocks.3.hook_resid_pre', but"):
+        cfg = to_saebench(
+            model, model_name="smollm2", hook_name="blocks.3.hook_resid_pre",
+            context_size=32, prepend_bos=True,
+        ).cfg
+    with pytest.warns(UserWarning, match="model_name='other', but"):
+        to_saebench(model, model_name="other")
     assert (cfg.model_name, cfg.hook_name, cfg.hook_layer) == (
-        "other", "blocks.3.hook_resid_pre", 3
+        "smollm2", "blocks.3.hook_resid_pre", 3
     )
     assert (cfg.context_size, cfg.prepend_bos) == (32, True)
     with pytest.raises(ValueError, match="context_size must be a positive int"):
@@ -350,7 +358,9 @@ def encode_calls(monkeypatch):
 
     def encode(self, x):
         codes = original(self, x)
-        calls.append((x.detach().float().reshape(-1, x.shape[-1]), codes))
+        # Copies: SAEBench may edit the activations in place afterwards.
+        x = x.detach().float().reshape(-1, x.shape[-1]).clone()
+        calls.append((x, codes.clone()))
         return codes
 
     monkeypatch.setattr(MatchingPursuitEncoder, "encode", encode)
@@ -560,3 +570,158 @@ def test_sparse_probing_runs_our_codes(
     assert len(values) == 4 and np.isfinite(values).all()
     assert ours["sae_top_1_test_accuracy"] > other["sae_top_1_test_accuracy"]
     assert ours["sae_top_1_test_accuracy"] > 0.8
+
+
+class _StubLLM:
+    """SAEBench's OpenAI client, answering locally (no network, no key)."""
+
+    requests = []
+
+    def __init__(self, api_key=None, **kwargs):
+        self.chat = self
+        self.completions = self
+
+    def create(self, *, messages, **kwargs):
+        from types import SimpleNamespace
+
+        prompt = messages[-1]["content"]
+        _StubLLM.requests.append(prompt)
+        # An explanation for the generation prompt, sequence numbers for the
+        # scoring one ("which of these sequences activate the latent?").
+        answer = (
+            "1, 2"
+            if prompt.startswith("Here is the explanation")
+            else "This neuron activates on words."
+        )
+        message = SimpleNamespace(content=answer)
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+
+@SAEBENCH
+def test_autointerp_runs_our_codes_with_a_local_llm(
+    tiny, dictionaries, encode_calls, tmp_path, monkeypatch
+):
+    import json
+
+    from sae_bench.evals.autointerp import main as autointerp
+
+    from sklearn_dbksvd.interop.saebench import run_saebench
+
+    model, _, _ = tiny
+    fitted, _ = dictionaries
+    # SAEBench reads 5 characters per token it needs: texts of words, each
+    # followed by its initial twice (3.3 characters per token).
+    rng = np.random.RandomState(3)
+    dataset = tmp_path / "texts"
+    dataset.mkdir()
+    with open(dataset / "train.jsonl", "w", encoding="utf-8") as file:
+        for _ in range(100):
+            words = rng.choice(_words(), size=30)
+            text = " ".join(f"{word} {word[0]} {word[0]}" for word in words)
+            file.write(json.dumps({"text": text}) + "\n")
+    monkeypatch.setattr(autointerp, "OpenAI", _StubLLM)
+    _StubLLM.requests.clear()
+    options = {
+        "autointerp": {
+            "dataset_name": str(dataset),
+            "n_latents": 3,
+            "total_tokens": 2000,
+            "llm_context_size": 32,
+            "llm_batch_size": 16,
+            "dead_latent_threshold": 5,
+        }
+    }
+    results = run_saebench(
+        fitted, model, tmp_path / "out", evals=["autointerp"], options=options,
+        api_key="local",
+    )
+    _assert_codes_are_transform(encode_calls, fitted)
+    assert _StubLLM.requests
+    metrics = results["autointerp"]["eval_result_metrics"]["autointerp"]
+    assert 0 <= metrics["autointerp_score"] <= 1
+
+
+@pytest.fixture
+def local_bias_in_bios(monkeypatch):
+    """SAEBench's ``LabHC/bias_in_bios`` replaced by local texts.
+
+    A profession is written with the words of 3 first letters of its own, a
+    gender with those of 3 others: two concepts the tiny model's first-letter
+    features carry, one of which SCR makes spuriously correlated.
+    """
+    import datasets
+    from sae_bench.evals.scr_and_tpp import dataset_creation
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    rng = np.random.RandomState(4)
+    words = np.array(_words())
+    initials = np.array([word[0] for word in words])
+    professions = [0, 1, 2, 6, 9, 13, 21]  # class set 1, nurse, professor
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def group(start):
+        return words[np.isin(initials, list(letters[start : start + 3]))]
+
+    def split(n):
+        rows = {"hard_text": [], "profession": [], "gender": []}
+        for p, profession in enumerate(professions):
+            for gender in (0, 1):
+                for _ in range(n):
+                    # Professions: a-c, d-f, ..., s-u; genders: v-x, y-z.
+                    text = np.concatenate(
+                        [
+                            rng.choice(group(3 * p), 10),
+                            rng.choice(group(21 + 3 * gender), 6),
+                        ]
+                    )
+                    rng.shuffle(text)
+                    rows["hard_text"].append(" ".join(text))
+                    rows["profession"].append(profession)
+                    rows["gender"].append(gender)
+        return datasets.Dataset.from_dict(rows)
+
+    local = datasets.DatasetDict({"train": split(50), "test": split(25)})
+
+    def load_dataset(name, *args, **kwargs):
+        assert name == "LabHC/bias_in_bios", name
+        return local
+
+    monkeypatch.setattr(dataset_utils, "load_dataset", load_dataset)
+    monkeypatch.setattr(dataset_creation, "load_dataset", load_dataset)
+
+
+@SAEBENCH
+def test_scr_and_tpp_run_our_codes(
+    tiny, dictionaries, encode_calls, local_bias_in_bios, tmp_path
+):
+    from sklearn_dbksvd.interop.saebench import run_saebench
+
+    model, _, _ = tiny
+    fitted, _ = dictionaries
+    settings = {
+        "dataset_names": ["LabHC/bias_in_bios_class_set1"],
+        "column1_vals_lookup": {
+            "LabHC/bias_in_bios_class_set1": [("professor", "nurse")]
+        },
+        "train_set_size": 80,
+        "test_set_size": 40,
+        "context_length": 20,
+        "probe_epochs": 3,
+        "llm_batch_size": 16,
+        "sae_batch_size": 32,
+        "n_values": [2, 5],
+    }
+    results = run_saebench(
+        fitted, model, tmp_path, evals=["scr", "tpp"],
+        options={"scr": settings, "tpp": settings},
+    )
+    _assert_codes_are_transform(encode_calls, fitted)
+    for item in ("scr", "tpp"):
+        metrics = results[item]["eval_result_metrics"]
+        values = [
+            value
+            for category in metrics.values()
+            for value in category.values()
+            if value is not None
+        ]
+        assert values and np.isfinite(values).all(), item

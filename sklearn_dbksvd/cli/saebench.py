@@ -52,7 +52,11 @@ def add_parser(commands):
         "(default: core)",
     )
     saebench.add_argument(
-        "-o", "--output", required=True, help="directory of the results (RESULTS_DIR)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="RESULTS_DIR",
+        help="directory of the results",
     )
     saebench.add_argument(
         "--model-name",

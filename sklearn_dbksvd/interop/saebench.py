@@ -12,82 +12,19 @@ not give the fields. ``dbksvd saebench`` runs SAEBench's evaluations on it.
 import contextlib
 import dataclasses
 import os
-from numbers import Integral
 from pathlib import Path
 
-from ._common import _check_estimator, _resolve_hook_layer
-
-# Provenance keys (see the estimators' ``provenance_``) that fill the cfg.
-_PROVENANCE_FIELDS = ("model_name", "hook_name", "context_size", "prepend_bos")
-
-
-def _provenance(estimator):
-    provenance = getattr(estimator, "provenance_", None)
-    return provenance if isinstance(provenance, dict) else {}
+from ._common import _check_estimator, model_fields
 
 
 def saebench_fields(
     estimator, *, model_name=None, hook_name=None, context_size=None, prepend_bos=None
 ):
-    """The model fields of the SAEBench cfg: given, else from the provenance.
-
-    Parameters
-    ----------
-    estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
-        Fitted estimator; its ``provenance_`` (when fitted on a harvest)
-        supplies what is not given.
-    model_name, hook_name, context_size, prepend_bos : default=None
-        See :func:`to_saebench`.
-
-    Returns
-    -------
-    fields : dict
-        ``model_name``, ``hook_name``, ``hook_layer``, ``context_size`` and
-        ``prepend_bos``.
-
-    Raises
-    ------
-    ValueError
-        When ``model_name`` or ``hook_name`` is neither given nor recorded,
-        or a value is of the wrong type.
-    """
-    provenance = _provenance(estimator)
-    given = {
-        "model_name": model_name,
-        "hook_name": hook_name,
-        "context_size": context_size,
-        "prepend_bos": prepend_bos,
-    }
-    fields = {
-        key: provenance.get(key) if value is None else value
-        for key, value in given.items()
-    }
-    for key in ("model_name", "hook_name"):
-        if fields[key] is None:
-            raise ValueError(
-                f"{key} is not known: the estimator records no provenance "
-                f"(it was not fitted on a harvest directory); pass {key}=..."
-            )
-        if not isinstance(fields[key], str) or not fields[key]:
-            raise ValueError(f"{key} must be a non-empty string; got {fields[key]!r}.")
-    if fields["context_size"] is not None and (
-        not isinstance(fields["context_size"], Integral)
-        or isinstance(fields["context_size"], bool)
-        or fields["context_size"] < 1
-    ):
-        raise ValueError(
-            f"context_size must be a positive int; got {fields['context_size']!r}."
-        )
-    if fields["prepend_bos"] is None:
-        # SAELens' and SAEBench's default, and what a harvest does by default.
-        fields["prepend_bos"] = True
-    elif not isinstance(fields["prepend_bos"], bool):
-        raise ValueError(f"prepend_bos must be a bool; got {fields['prepend_bos']!r}.")
-    layer = provenance.get("layer") if hook_name is None else None
-    fields["hook_layer"] = _resolve_hook_layer(
-        fields["hook_name"], layer if isinstance(layer, Integral) else None
+    """The model fields of the SAEBench cfg (see ``_common.model_fields``)."""
+    return model_fields(
+        estimator, model_name=model_name, hook_name=hook_name,
+        context_size=context_size, prepend_bos=prepend_bos,
     )
-    return fields
 
 
 def to_saebench(
@@ -251,8 +188,8 @@ EVALS = {
     "ravel": ("ravel.main", "RAVELEvalConfig"),
     "autointerp": ("autointerp.main", "AutoInterpEvalConfig"),
 }
-# What ``multiple_evals`` of the core evaluation takes besides the SAEs; the
-# rest of ``options["core"]`` would be an error.
+# The arguments of the core evaluation's ``multiple_evals`` that options may
+# set, with the values of SAEBench's run_all_evals_custom_saes.py.
 _CORE_DEFAULTS = {
     "n_eval_reconstruction_batches": 200,
     "n_eval_sparsity_variance_batches": 2000,
@@ -282,28 +219,20 @@ def import_saebench():
     return sae_bench
 
 
-class _Collect:
-    """A logging handler that keeps the messages of errors."""
-
-    def __init__(self):
-        import logging
-
-        self.messages = []
-        self.handler = logging.Handler(level=logging.ERROR)
-        self.handler.emit = lambda record: self.messages.append(record.getMessage())
-
-
 @contextlib.contextmanager
 def _logged_errors(logger_name):
+    """The messages of the errors ``logger_name`` logs, as a list."""
     import logging
 
-    collect = _Collect()
+    messages = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = lambda record: messages.append(record.getMessage())
     logger = logging.getLogger(logger_name)
-    logger.addHandler(collect.handler)
+    logger.addHandler(handler)
     try:
-        yield collect.messages
+        yield messages
     finally:
-        logger.removeHandler(collect.handler)
+        logger.removeHandler(handler)
 
 
 @contextlib.contextmanager
@@ -592,9 +521,11 @@ def run_saebench(
                         llm_dtype,
                         api_key,
                     )
-                written = work / "results" / file_name
-                if not written.is_file():
+                # SCR and TPP write to a folder of their name below it.
+                written = sorted((work / "results").rglob(file_name))
+                if len(written) != 1:
                     raise SAEBenchError(f"{item}: SAEBench wrote no {file_name}")
+                written = written[0]
                 with open(written, encoding="utf-8") as file:
                     results[item] = json.load(file)
                 targets[item].parent.mkdir(exist_ok=True)

@@ -6,7 +6,9 @@
   (:mod:`sklearn_dbksvd.lm.harvest` describes the files);
   :func:`load_activations` gives them to ``fit`` out of core, and
   :func:`load_tokens` and :func:`load_documents` map rows back to their
-  tokens in context.
+  tokens in context; :func:`harvest_provenance` says where the rows come
+  from (model and its weights' fingerprint, layer, hook, context), which a
+  dictionary fitted on them records as ``provenance_``.
 - :func:`evaluate_dictionary` splices the dictionary's reconstruction into
   the model and reports SAEBench's core metrics (CE loss score, KL div
   score, explained variance, L0, dead and dense atoms).

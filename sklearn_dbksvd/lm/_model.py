@@ -79,6 +79,8 @@ def _weights_source(model):
     )
     if name and Path(str(name)).is_dir():
         return Path(str(name))
+    if name and "/" in str(name) and not Path(str(name)).exists():
+        return _cached_snapshot(str(name))  # a hub name, from the local cache
     return None
 
 
@@ -86,9 +88,10 @@ def model_fingerprint(model):
     """:func:`weights_fingerprint` of the files ``model`` was loaded from.
 
     Known for a model returned by :func:`load_model`, and for a Hugging Face
-    model loaded from a directory (its ``name_or_path``); None for a model
-    built in memory, whose weights come from no file. Computed once per
-    model object.
+    model loaded from a directory or the local Hugging Face cache (its
+    ``name_or_path``): the fingerprint of the files it was loaded from, not of
+    changes made to it in memory since. None for a model built in memory,
+    whose weights come from no file. Computed once per model object.
     """
     fingerprint = getattr(model, _FINGERPRINT, None)
     if fingerprint is None:

@@ -538,10 +538,17 @@ def prepare_directory(directory, settings, overwrite):
         if not overwrite:
             if manifest["settings"] != settings:
                 changed = _changed_settings(manifest["settings"], settings)
+                unknown = [key for key in changed if key not in manifest["settings"]]
+                older = (
+                    f" (it was written by an earlier version, without "
+                    f"{', '.join(unknown)})"
+                    if unknown
+                    else ""
+                )
                 raise ValueError(
                     f"{directory} holds a harvest with other settings "
-                    f"({', '.join(changed)}); pass overwrite=True to replace "
-                    "it, or choose another directory."
+                    f"({', '.join(changed)}){older}; pass overwrite=True to "
+                    "replace it, or choose another directory."
                 )
             return manifest
         # overwrite: remove only what a harvest wrote, never the directory
