@@ -197,7 +197,7 @@ def cpu_seconds(log_path):
 
 
 def run(command, log_path, nice):
-    """Run a command under ``/usr/bin/time -v``: (wall s, peak RSS GB, stdout)."""
+    """Run a command under ``/usr/bin/time -v``: (wall s, peak RSS GiB, stdout)."""
     timed = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
     full = (["nice", "-n", str(nice)] if nice else []) + timed + command
     log("$ " + " ".join(command))
@@ -444,9 +444,9 @@ def markdown(results, args):
     """The RESULTS.md table."""
     nan = float("nan")
     rows = [
-        "| atoms | fit s (CPU s) | s/step | fit peak RSS GB | CE loss score "
+        "| atoms | fit s (CPU s) | s/step | fit peak RSS GiB | CE loss score "
         "| KL div score | explained variance | L0 | dead fraction | evaluate s (CPU s) "
-        "| evaluate peak RSS GB |",
+        "| evaluate peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in args.widths:
