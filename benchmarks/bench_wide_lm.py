@@ -477,7 +477,7 @@ def markdown(results, args):
         f"Harvest: {harvest.get('rows')} rows in {harvest.get('seconds', nan):.0f} s "
         f"({harvest.get('cpu_seconds') or nan:.0f} CPU s) "
         f"({harvest.get('tokens_per_s', nan):.0f} tokens/s), peak RSS "
-        f"{harvest.get('peak_rss_gb', nan):.2f} GB."
+        f"{harvest.get('peak_rss_gb', nan):.2f} GiB."
     )
     return head + "\n\n" + "\n".join(rows)
 
