@@ -13,6 +13,7 @@ make the same selections.
 """
 
 import queue
+import weakref
 from contextlib import contextmanager
 from numbers import Integral, Real
 
@@ -268,7 +269,10 @@ class _RowTable:
     """
 
     def __init__(self, rows, capacity):
-        self.rows = rows
+        # A proxy: ``rows`` holds its tables, and a strong reference back
+        # would make a cycle that keeps the row cache (gigabytes) alive after
+        # the call until the cyclic garbage collector happens to run.
+        self.rows = weakref.proxy(rows)
         n_components = rows.dictionary.shape[0]
         self.capacity = capacity
         self.table = np.empty((capacity, n_components), dtype=rows.dtype)
