@@ -66,7 +66,7 @@ def main():
     t_gemm, _ = best_time(gemm, args.repeat)
 
     def gpu_step():
-        result = dbksvd_step(X_in, D, **step_kwargs(args.k, args.n_jobs), backend="cupy")
+        result = dbksvd_step(X_in, D, **step_kwargs(args.k, args.n_jobs, backend="cupy"))
         cupy.cuda.runtime.deviceSynchronize()
         return result
 

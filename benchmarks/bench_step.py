@@ -55,18 +55,28 @@ def problem(n_samples, n_features, n_components, seed=0):
     return X, D
 
 
-def step_kwargs(k, n_jobs, seed=0):
+def step_kwargs(k, n_jobs, seed=0, **settings):
+    """Arguments of ``dbksvd_step`` after the batch and the atoms.
+
+    ``settings`` are other fields of ``StepSettings`` (``gram_memory``,
+    ``backend``).
+    """
+    from sklearn_dbksvd._settings import StepSettings
+
     return dict(
-        n_nonzero_coefs=k,
-        fit_algorithm="mp",
-        dict_update="ksvd",
-        update_batch_size=16,
-        positive=False,
+        settings=StepSettings(
+            n_nonzero_coefs=k,
+            fit_algorithm="mp",
+            dict_update="ksvd",
+            update_batch_size=16,
+            positive_code=False,
+            replace_min_usage=0.02,
+            replace_coherence=0.99,
+            n_jobs=n_jobs,
+            **settings,
+        ),
         replace=True,
-        replace_min_usage=0.02,
-        replace_coherence=0.99,
         random_state=np.random.RandomState(seed),
-        n_jobs=n_jobs,
     )
 
 
@@ -408,8 +418,8 @@ def wide_step(args):
         )
         plan = time.perf_counter() - tic
         D, info, hint = dbksvd_step(
-            X, D, **step_kwargs(args.k, args.n_jobs), gram=rows,
-            return_gram=True, gram_memory=args.gram_memory,
+            X, D, **step_kwargs(args.k, args.n_jobs, gram_memory=args.gram_memory),
+            gram=rows, return_gram=True,
         )
         seconds = time.perf_counter() - tic
         reads = sum(rows.stats.values())

@@ -204,6 +204,7 @@ def residual(backend, X_block, indices, values, dictionary, dictionary_dev, out)
 
 
 def _subtract_selections_numpy(out, indices, values, dictionary):
+    """``out -= Σ_t values[:, t] * dictionary[indices[:, t]]`` in place."""
     for t in range(indices.shape[1]):
         out -= values[:, t : t + 1] * dictionary[indices[:, t]]
 
@@ -235,12 +236,10 @@ def _subtract_selections_jit(out, indices, values, dictionary):  # pragma: no co
                 row[f] -= value * atom[f]
 
 
-def _subtract_selections(out, indices, values, dictionary):
-    """``out -= Σ_t values[:, t] * dictionary[indices[:, t]]`` in place."""
-    if _numba.use_numba():
-        _subtract_selections_jit(out, indices, values, dictionary)
-    else:
-        _subtract_selections_numpy(out, indices, values, dictionary)
+# ``out -= Σ_t values[:, t] * dictionary[indices[:, t]]`` in place.
+_subtract_selections = _numba.twins(
+    _subtract_selections_jit, _subtract_selections_numpy
+)
 
 
 def normal_matrix(backend, E):

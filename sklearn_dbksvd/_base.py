@@ -41,7 +41,6 @@ from ._data import (
     is_dask_array,
     is_lazy_array,
     iter_row_chunks,
-    read_batch,
     read_rows,
     stack_codes,
 )
@@ -50,22 +49,22 @@ from ._fit_loop import (
     FitState,
     batch_scale,
     centred,
-    check_fit_memory,
+    checked_dict_init,
     data_mean,
-    fit_memory,
+    fit_step,
+    fitted_attributes,
     fitted_mean,
+    initial_components,
     initialise,
     plan_fit,
     run_fit,
     scaled,
-    set_fitted,
+    unit_atoms,
 )
 from ._gram_rows import GRAM_MEMORY_CONSTRAINT, CarriedGram, plan_gram
 from ._omp import _omp_encode
+from ._settings import fit_settings, resolved_n_nonzero_coefs
 from ._split_sign import split_feature_names, split_sign
-from ._step import refit_atoms
-from ._update_positive import nonnegative_directions
-from .datasets import uniform_atoms
 from .metrics import _variance_explained_of_residual
 
 _SKLEARN_CODERS = {"omp", "lasso_lars", "lasso_cd", "lars", "threshold"}
@@ -107,19 +106,19 @@ def _warn_if_more_atoms_than_samples(n_components, n_samples):
             "(near 1.0) says nothing about new data. Use fewer atoms or more "
             "samples, and score held-out data.",
             UserWarning,
-            stacklevel=4,  # the caller of fit, past scikit-learn's wrapper
+            stacklevel=5,  # the caller of fit, past scikit-learn's wrapper
         )
 
 
 class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Fit loop, sparse coding and scoring shared by the DB-KSVD estimators.
 
-    Subclasses implement ``_step(X_batch, components, random_state, replace,
-    scale=1.0, gram=None, residual_out=None)`` returning the new components,
-    a dict of the step's metrics and the Gram matrix of the new atoms (or
-    None); ``scale`` is the power of two the batch was multiplied by (see
-    ``_fit_loop.batch_scale``), by which penalties on the codes scale too;
-    ``gram`` and ``residual_out`` are what ``dbksvd_step`` takes.
+    A fit resolves the parameters once, for the data's shape, into a
+    :class:`~._settings.FitSettings` (:func:`~._settings.fit_settings`, which
+    reads the public parameters only); the fit loop, the steps and the
+    initial atoms take that object and nothing else of the estimator (see
+    :mod:`._fit_loop`). A Matryoshka estimator differs only in its settings
+    (nested ``levels``) and in how it transforms.
     """
 
     _parameter_constraints: dict = {
@@ -180,56 +179,6 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 )
         super()._validate_params()
 
-    # ------------------------------------------------------------------
-    # Resolving defaults
-    # ------------------------------------------------------------------
-    def _resolved_n_components(self, n_features):
-        return n_features if self.n_components is None else self.n_components
-
-    def _resolved_n_nonzero_coefs(self, n_features, n_components):
-        if self.n_nonzero_coefs is None:
-            # scikit-learn's OMP default, capped so that it is always valid.
-            return min(max(1, n_features // 10), n_components)
-        if self.n_nonzero_coefs > n_components:
-            raise ValueError(
-                f"n_nonzero_coefs={self.n_nonzero_coefs} exceeds "
-                f"n_components={n_components}: a code cannot use more atoms "
-                "than the dictionary has."
-            )
-        return self.n_nonzero_coefs
-
-    def _resolved_batch_size(self, n_samples, n_features):
-        if self.batch_size == "auto":
-            # The paper wants 10-100x n_features samples per step.
-            return min(n_samples, max(4096, 32 * n_features))
-        return min(self.batch_size, n_samples)
-
-    def _resolved_update_batch_size(self, n_components):
-        if self.update_batch_size == "auto":
-            # Part of the algorithm, not of the machine: 16 atoms from one
-            # snapshot barely changes convergence (paper 4.1) and gives
-            # threads enough independent work.
-            return min(16, n_components)
-        return self.update_batch_size
-
-    def _check_settings(self, n_features):
-        """Resolve and cross-check parameters that depend on the data shape."""
-        n_components = self._resolved_n_components(n_features)
-        k = self._resolved_n_nonzero_coefs(n_features, n_components)
-        if self.mp_refit and self.positive_code:
-            raise ValueError(
-                "mp_refit=True cannot keep codes nonnegative; use "
-                "positive_code=False or mp_refit=False."
-            )
-        if self.dict_init is not None:
-            shape = np.shape(self.dict_init)
-            if shape != (n_components, n_features):
-                raise ValueError(
-                    f"dict_init has shape {shape}; expected (n_components, "
-                    f"n_features) = ({n_components}, {n_features})."
-                )
-        return n_components, k
-
     def _check_code_init(self, n_samples, n_components):
         """``code_init`` as CSR, one row per sample given to fit."""
         if self.code_init is None:
@@ -247,101 +196,6 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 "sample given to fit, one column per atom."
             )
         return sp.csr_matrix(code_init)
-
-    # ------------------------------------------------------------------
-    # Initialisation
-    # ------------------------------------------------------------------
-    def _initial_components(self, X_batch, n_components, random_state):
-        """Unit-norm starting atoms: ``dict_init``, uniform or samples.
-
-        With ``positive_dict`` they are projected on the nonnegative orthant
-        (see ``_update_positive.nonnegative_directions``).
-        """
-        X_batch = to_numpy(X_batch)  # atoms live on the host
-        dtype = X_batch.dtype
-        n_features = X_batch.shape[1]
-        memory = fit_memory(
-            n_components, n_features, X_batch.shape[0],
-            self._resolved_n_nonzero_coefs(n_features, n_components), dtype.itemsize,
-            gram_memory=self.gram_memory, n_jobs=self.n_jobs,
-        )
-        check_fit_memory(memory, n_components, n_features)
-        if self.dict_init is not None:
-            return self._unit_atoms(self._checked_dict_init(dtype), random_state)
-        else:
-            atoms = uniform_atoms(n_components, X_batch.shape[1], random_state, dtype)
-            init = "samples" if self.init == "auto" else self.init
-            if init == "samples":
-                norms = np.linalg.norm(X_batch, axis=1)
-                candidates = np.flatnonzero(norms > 0)
-                chosen = random_state.permutation(candidates)[:n_components]
-                # Without enough nonzero samples the remaining atoms stay uniform.
-                atoms[: len(chosen)] = X_batch[chosen] / norms[chosen, None]
-        return self._unit_atoms(atoms, random_state)
-
-    def _unit_atoms(self, atoms, random_state):
-        """``atoms`` (a fresh array) with unit-norm rows, nonnegative if asked."""
-        # Scaled by the largest entry first: the norms cannot overflow.
-        top = np.abs(atoms).max(axis=1, keepdims=True)
-        if np.any(top == 0):
-            raise ValueError("dict_init has an all-zero atom; it has no direction.")
-        atoms /= top
-        atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-        if self.positive_dict:
-            atoms = nonnegative_directions(
-                atoms, allow_flip=not self.positive_code, random_state=random_state
-            )
-        return atoms
-
-    def _checked_dict_init(self, dtype):
-        """``dict_init`` as a fresh array of ``dtype``."""
-        return check_array(
-            self.dict_init, dtype=dtype, copy=True, input_name="dict_init"
-        )
-
-    def _components_from_known_support(
-        self, X, code_init, batch_size, components, random_state, mean=None
-    ):
-        """Initial atoms refitted on the known support ``code_init`` (paper 5.4).
-
-        The samples with a known support (at most ``batch_size`` of them,
-        drawn at random when there are more) are read, and the atoms get one
-        K-SVD update with ``code_init`` as the codes: as if the alternation
-        started from the codes rather than from the atoms.
-        """
-        rows = np.flatnonzero(np.diff(code_init.indptr))
-        if len(rows) == 0:
-            return components
-        if len(rows) > batch_size:
-            rows = np.sort(random_state.choice(rows, batch_size, replace=False))
-        X_known = centred(read_batch(X, rows), mean)
-        return self._refit_on_known_support(
-            X_known, code_init[rows].astype(X_known.dtype), components, random_state
-        )
-
-    def _refit_on_known_support(self, X_known, codes, components, random_state):
-        """One K-SVD update of ``components`` (a copy) for the codes ``codes``.
-
-        Atoms with a known user are refitted to their users; the others keep
-        their value.
-        """
-        n_components, _ = self._check_settings(X_known.shape[1])
-        components = components.copy()
-        # X and its codes scaled alike keep the K-SVD problem the same.
-        scale = batch_scale(X_known)
-        X_known, codes = scaled(X_known, scale), codes * scale
-        refit_atoms(
-            X_known,
-            components,
-            codes,
-            dict_update=self.dict_update,
-            update_batch_size=self._resolved_update_batch_size(n_components),
-            positive=self.positive_code,
-            random_state=random_state,
-            n_jobs=self.n_jobs,
-            positive_dict=self.positive_dict,
-        )
-        return components
 
     # ------------------------------------------------------------------
     # Fitting
@@ -475,24 +329,69 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self : object
             Fitted estimator.
         """
+        return self._fit_from_state(X)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_from_state(self, X, state=None, *, on_step=None, verbose=None):
+        """:meth:`fit`, continued from a saved state of the same fit.
+
+        The protocol of checkpointed fits (``dbksvd fit --checkpoint``):
+        ``state`` is the :class:`~sklearn_dbksvd._fit_loop.FitState` that
+        ``on_step`` was handed after some step of an earlier call with the
+        same parameters and data, so that the fit goes on from there and
+        ends with exactly the dictionary of an uninterrupted :meth:`fit`.
+
+        Parameters
+        ----------
+        X : array-like or lazy array of shape (n_samples, n_features)
+            Training data, as for :meth:`fit`.
+        state : FitState, default=None
+            Where to continue; None starts afresh (this is :meth:`fit`).
+        on_step : callable, default=None
+            Called with the state after every step (to save it).
+        verbose : bool, default=None
+            Progress display; None means ``verbose``.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        return self._fit_from_state(X, state, on_step=on_step, verbose=verbose)
+
+    def _fit_from_state(self, X, state=None, *, on_step=None, verbose=None):
         # Everything is validated and computed into locals; the fitted state
         # is set at the end, so a failed fit leaves the estimator as it was.
         X, fit_input = self._validate_fit_data(X, first=True, keep_lazy=True)
-        plan = plan_fit(self, X)
+        settings = fit_settings(self, *X.shape)
+        plan = plan_fit(settings, X)
         dtype = host_dtype(X) if not is_lazy_array(X) else check_lazy_array(X)
         code_init = self._check_code_init(X.shape[0], plan.n_components)
-        state = FitState(check_random_state(self.random_state))
-        if plan.n_steps == 0 and self.dict_init is not None:
-            # As MiniBatchDictionaryLearning: the initial dictionary as given.
-            state.components = self._checked_dict_init(dtype)
-        elif plan.n_steps == 0:
-            initialise(self, X, plan, state, code_init=code_init)
-        run_fit(self, X, plan, state, code_init=code_init)
+        if state is None:
+            state = FitState(check_random_state(self.random_state))
+        if state.components is None and plan.n_steps == 0:
+            if self.dict_init is not None:
+                # As MiniBatchDictionaryLearning: the initial dictionary as given.
+                state.components = checked_dict_init(self.dict_init, dtype)
+            else:
+                initialise(settings, X, plan, state, code_init=code_init)
+        run_fit(
+            settings, X, plan, state, code_init=code_init, on_step=on_step,
+            verbose=verbose,
+        )
         # Once the fit has run: a fit refused for its size warns of nothing.
         _warn_if_more_atoms_than_samples(plan.n_components, X.shape[0])
-        set_fitted(self, plan, state)
+        self._set_fitted(fitted_attributes(plan, state))
         self._set_fit_input(fit_input)
         return self
+
+    def _set_fitted(self, attributes):
+        """Set the fitted attributes a fit left (``_fit_loop.fitted_attributes``)."""
+        attributes = dict(attributes)
+        self._random_state = attributes.pop("random_state")
+        self._atom_usage = attributes.pop("atom_usage")
+        for name, value in attributes.items():
+            setattr(self, name, value)
 
     def _partial_fit_replaces(self, step):
         """Whether step ``step`` of :meth:`partial_fit` replaces atoms.
@@ -543,7 +442,7 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             # step costs far more than checking them again.
             self._validate_params()
         X, fit_input = self._validate_fit_data(X, first=first_call)
-        n_components, _ = self._check_settings(X.shape[1])
+        settings = fit_settings(self, *X.shape)
         step = getattr(self, "n_steps_", 0)
         # The mean is that of the first batch, kept for the later ones.
         if first_call:
@@ -556,13 +455,13 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         X = scaled(X, scale)
         if first_call:
             random_state = check_random_state(self.random_state)
-            components = self._initial_components(X, n_components, random_state)
+            components = initial_components(X, settings, random_state)
         else:
             random_state = self._random_state
             components = self.components_
             if step == 0:  # after fit(max_iter=0): dict_init as given
-                components = self._unit_atoms(
-                    components.astype(X.dtype, copy=True), random_state
+                components = unit_atoms(
+                    components.astype(X.dtype, copy=True), settings.step, random_state
                 )
         # The step may draw random numbers: work on a copy of the generator so
         # that a failed step leaves the fitted state untouched.
@@ -571,8 +470,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         # The Gram matrix (or cache hint) the last call left, if it belongs
         # to these very atoms; never pickled (see ``CarriedGram``).
         carried = getattr(self, "_carried_gram", None) or CarriedGram()
-        components, info, gram = self._step(
-            X, components, step_state, self._partial_fit_replaces(step), scale=scale,
+        components, info, gram = fit_step(
+            X, components, settings.step, random_state=step_state,
+            replace=self._partial_fit_replaces(step), scale=scale,
             gram=carried.for_atoms(components),
         )
         info = {
@@ -602,7 +502,9 @@ class _BaseDBKSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """Nonzeros per code in transform; more than the atoms is refused."""
         n_components = self.components_.shape[0]
         if self.transform_n_nonzero_coefs is None:
-            return self._resolved_n_nonzero_coefs(self.n_features_in_, n_components)
+            return resolved_n_nonzero_coefs(
+                self.n_nonzero_coefs, self.n_features_in_, n_components
+            )
         if isinstance(self.transform_n_nonzero_coefs, bool | np.bool_):
             # Set after fit (as dbksvd encode -k does), so not validated there.
             raise InvalidParameterError(

@@ -3,7 +3,6 @@
 from sklearn.utils._param_validation import StrOptions
 
 from ._base import _BaseDBKSVD
-from ._step import dbksvd_step
 
 
 class DBKSVDDictionaryLearning(_BaseDBKSVD):
@@ -358,33 +357,3 @@ class DBKSVDDictionaryLearning(_BaseDBKSVD):
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
-
-    def _step(
-        self, X_batch, components, random_state, replace, scale=1.0, gram=None,
-        residual_out=None,
-    ):
-        n_components, k = self._check_settings(X_batch.shape[1])
-        return dbksvd_step(
-            X_batch,
-            components,
-            n_nonzero_coefs=k,
-            fit_algorithm=self.fit_algorithm,
-            dict_update=self.dict_update,
-            update_batch_size=self._resolved_update_batch_size(n_components),
-            positive=self.positive_code,
-            replace=replace,
-            replace_min_usage=self.replace_min_usage,
-            replace_coherence=self.replace_coherence,
-            random_state=random_state,
-            n_jobs=self.n_jobs,
-            mp_tol=self.mp_tol,
-            mp_refit=self.mp_refit,
-            backend=self.backend,
-            positive_dict=self.positive_dict,
-            alpha=self.alpha * scale,
-            max_iter=self.transform_max_iter,
-            gram=gram,
-            return_gram=True,
-            residual_out=residual_out,
-            gram_memory=self.gram_memory,
-        )

@@ -13,6 +13,7 @@ make the same selections.
 """
 
 import queue
+import weakref
 from contextlib import contextmanager
 from numbers import Integral, Real
 
@@ -268,7 +269,10 @@ class _RowTable:
     """
 
     def __init__(self, rows, capacity):
-        self.rows = rows
+        # A proxy: ``rows`` holds its tables, and a strong reference back
+        # would make a cycle that keeps the row cache (gigabytes) alive after
+        # the call until the cyclic garbage collector happens to run.
+        self.rows = weakref.proxy(rows)
         n_components = rows.dictionary.shape[0]
         self.capacity = capacity
         self.table = np.empty((capacity, n_components), dtype=rows.dtype)
@@ -463,15 +467,14 @@ def _matching_pursuit_gram(
     """
     if isinstance(gram, GramRows):
         with _row_table(gram) as table:
-            pursuit = (
-                _matching_pursuit_rows if _numba.use_numba()
-                else _matching_pursuit_rows_numpy
+            return _matching_pursuit_from_rows(
+                corr, gram, n_nonzero_coefs, positive, sq_norms, tol, table
             )
-            return pursuit(corr, gram, n_nonzero_coefs, positive, sq_norms, tol, table)
-    if not _numba.use_numba():
-        return _matching_pursuit_numpy(
-            corr, gram, n_nonzero_coefs, positive, sq_norms, tol
-        )
+    return _matching_pursuit_dense(corr, gram, n_nonzero_coefs, positive, sq_norms, tol)
+
+
+def _matching_pursuit_compiled(corr, gram, n_nonzero_coefs, positive, sq_norms, tol):
+    """:func:`_matching_pursuit_numpy` by the compiled kernel (same selections)."""
     n_samples = corr.shape[0]
     indices = np.empty((n_samples, n_nonzero_coefs), dtype=np.intp)
     values = np.empty((n_samples, n_nonzero_coefs), dtype=corr.dtype)
@@ -485,6 +488,15 @@ def _matching_pursuit_gram(
         indices, values,
     )
     return indices, values
+
+
+# Matching pursuit on the whole Gram matrix, and on Gram rows computed on demand.
+_matching_pursuit_dense = _numba.twins(
+    _matching_pursuit_compiled, _matching_pursuit_numpy
+)
+_matching_pursuit_from_rows = _numba.twins(
+    _matching_pursuit_rows, _matching_pursuit_rows_numpy
+)
 
 
 def _refit_on_support(indices, values, corr0, gram):

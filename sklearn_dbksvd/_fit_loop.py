@@ -2,14 +2,21 @@
 
 ``fit`` runs it from a fresh state; ``dbksvd fit --checkpoint`` saves the state
 after steps and resumes from it, so both give the same dictionary.
+
+The loop takes the estimator's :class:`~._settings.FitSettings` (resolved
+once by :func:`~._settings.fit_settings`) and nothing else of it: the initial
+atoms, the steps (:func:`fit_step`) and the fitted attributes
+(:func:`fitted_attributes`) are functions of the settings and the state.
 """
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from joblib import effective_n_jobs
+from sklearn.utils import check_array
 from sklearn.utils._array_api import get_namespace
 
 from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
@@ -23,6 +30,10 @@ from ._data import (
 )
 from ._gram_rows import CacheHint
 from ._progress import ProgressReporter
+from ._step import dbksvd_step, refit_atoms
+from ._step_matryoshka import matryoshka_step, nested_pass
+from ._update_positive import nonnegative_directions
+from .datasets import uniform_atoms
 
 # Batches whose largest magnitude lies in [2**-_SAFE_EXPONENT, 2**_SAFE_EXPONENT]
 # are used as they are. Outside, squares and Gram entries of float32 data
@@ -84,9 +95,9 @@ def centred(X, mean):
     return X - mean.astype(X.dtype, copy=False)
 
 
-def _ensure_mean(model, X, state):
+def _ensure_mean(settings, X, state):
     """The mean the fit subtracts (``with_mean``), computed once per fit."""
-    if state.mean is None and getattr(model, "with_mean", False):
+    if state.mean is None and settings.with_mean:
         state.mean = data_mean(X)
 
 
@@ -191,25 +202,25 @@ class FitPlan:
     memory: dict = None
 
 
-def plan_fit(model, X):
-    """Resolve batch size, batch schedule and number of steps of ``model``.
+def plan_fit(settings, X):
+    """Batch schedule and number of steps of a fit with ``settings`` on ``X``.
 
     Raises ValueError, before any step runs, when even the atoms and one
     batch with its working arrays cannot fit in the memory available (see
     :func:`fit_memory`).
     """
     n_samples, n_features = X.shape
-    n_components, k = model._check_settings(n_features)
-    batch_size = model._resolved_batch_size(n_samples, n_features)
+    n_components, k = settings.n_components, settings.n_nonzero_coefs
+    batch_size = settings.batch_size
     schedule = schedule_for(X, batch_size)
-    n_steps = model.max_iter * schedule.n_batches
-    if model.max_steps is not None:
-        n_steps = min(n_steps, model.max_steps)
+    n_steps = settings.max_iter * schedule.n_batches
+    if settings.max_steps is not None:
+        n_steps = min(n_steps, settings.max_steps)
     dtype = host_dtype(X) if hasattr(X, "dtype") else np.dtype(np.float64)
     memory = fit_memory(
         n_components, n_features, min(batch_size, n_samples), k,
         dtype.itemsize if dtype.kind == "f" else 8,
-        gram_memory=getattr(model, "gram_memory", "auto"), n_jobs=model.n_jobs,
+        gram_memory=settings.step.gram_memory, n_jobs=settings.step.n_jobs,
     )
     check_fit_memory(memory, n_components, n_features)
     return FitPlan(n_components, batch_size, schedule, n_steps, memory)
@@ -290,46 +301,89 @@ def check_fit_memory(memory, n_components, n_features):
         )
 
 
-def _epoch_order(plan, state, model, order):
+def _epoch_order(plan, state, settings, order):
     """The shuffle of the current epoch: drawn at its start, else replayed."""
     if state.step % plan.schedule.n_batches == 0:
         state.epoch_state = state.random_state.get_state()
-        return plan.schedule.draw_order(state.random_state, model.shuffle)
+        return plan.schedule.draw_order(state.random_state, settings.shuffle)
     if order is None:
         replay = np.random.RandomState()
         replay.set_state(state.epoch_state)
-        return plan.schedule.draw_order(replay, model.shuffle)
+        return plan.schedule.draw_order(replay, settings.shuffle)
     return order
 
 
-def initialise(model, X, plan, state, *, code_init=None, order=None):
+def initialise(settings, X, plan, state, *, code_init=None, order=None):
     """Initial atoms of ``state`` from the first batch of the current epoch.
 
     Returns the epoch's order of rows (drawn here when the epoch starts).
     """
-    _ensure_mean(model, X, state)
-    order = _epoch_order(plan, state, model, order)
+    _ensure_mean(settings, X, state)
+    order = _epoch_order(plan, state, settings, order)
     position = state.step % plan.schedule.n_batches
     batch, _ = step_batch(X, plan.schedule.rows(order, position), state)
-    state.components = model._initial_components(
-        batch, plan.n_components, state.random_state
-    )
+    state.components = initial_components(batch, settings, state.random_state)
     del batch
     if code_init is not None:
-        state.components = model._components_from_known_support(
-            X, code_init, plan.batch_size, state.components, state.random_state,
+        state.components = components_from_known_support(
+            X, code_init, settings, state.components, state.random_state,
             mean=state.mean,
         )
     return order
 
 
-def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None):
-    """Run DB-KSVD steps of ``model`` on ``X`` from ``state`` until done.
+def fit_step(
+    X, components, settings, *, random_state, replace, scale=1.0, gram=None,
+    residual_out=None,
+):
+    """One step of a fit: :func:`~._step.dbksvd_step`, or the Matryoshka step.
 
     Parameters
     ----------
-    model : _BaseDBKSVD
-        Provides the parameters, the initialisation and ``_step``.
+    X : array of shape (n_samples, n_features)
+        The batch, centred and multiplied by ``scale`` (see
+        :func:`batch_scale`); penalties on the codes scale with it.
+    components : ndarray of shape (n_components, n_features)
+        Unit-norm atoms; not modified.
+    settings : StepSettings
+        A Matryoshka step when ``settings.levels`` is set.
+    random_state : numpy.random.RandomState
+        Draws the order of the atom updates.
+    replace : bool
+        Whether the step replaces atoms.
+    scale : float, default=1.0
+        The power of two the batch was multiplied by.
+    gram, residual_out
+        As in :func:`~._step.dbksvd_step`; the Matryoshka step, whose levels
+        hold Gram matrices and residuals of their own, uses neither.
+
+    Returns
+    -------
+    components : ndarray of shape (n_components, n_features)
+    info : dict
+        The step's metrics.
+    gram : array, CacheHint or None
+        What the next step takes as ``gram`` (None after a Matryoshka step).
+    """
+    settings = settings.scaled(scale)
+    if settings.levels is not None:
+        components, info, _ = matryoshka_step(
+            X, components, settings, random_state=random_state, replace=replace
+        )
+        return components, info, None
+    return dbksvd_step(
+        X, components, settings, random_state=random_state, replace=replace,
+        gram=gram, return_gram=True, residual_out=residual_out,
+    )
+
+
+def run_fit(settings, X, plan, state, *, code_init=None, on_step=None, verbose=None):
+    """Run DB-KSVD steps on ``X`` from ``state`` until done.
+
+    Parameters
+    ----------
+    settings : FitSettings
+        From :func:`~._settings.fit_settings`.
     X : ndarray or lazy array of shape (n_samples, n_features)
         Validated training data.
     plan : FitPlan
@@ -341,18 +395,18 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
     on_step : callable, default=None
         Called with ``state`` after every step (checkpointing).
     verbose : bool, default=None
-        Progress display; None means ``model.verbose``.
+        Progress display; None means ``settings.verbose``.
     """
     stopper = SmoothedError(
-        model.tol, model.max_no_improvement, plan.batch_size / X.shape[0]
+        settings.tol, settings.max_no_improvement, plan.batch_size / X.shape[0]
     )
     for info in state.history:  # a resumed fit replays early stopping
         stopper.should_stop(info["relative_error"])
     seen = state.history[-1]["n_samples_seen"] if state.history else 0
-    last_replacing_step = model.replace_until * plan.n_steps
-    verbose = model.verbose if verbose is None else verbose
+    last_replacing_step = settings.replace_until * plan.n_steps
+    verbose = settings.verbose if verbose is None else verbose
     order = None
-    _ensure_mean(model, X, state)
+    _ensure_mean(settings, X, state)
     reader = BatchReader(X)
     try:
         with ProgressReporter(
@@ -360,9 +414,9 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
         ) as progress:
             while not state.done and state.step < plan.n_steps:
                 if state.components is None:
-                    order = initialise(model, X, plan, state, code_init=code_init)
+                    order = initialise(settings, X, plan, state, code_init=code_init)
                 else:
-                    order = _epoch_order(plan, state, model, order)
+                    order = _epoch_order(plan, state, settings, order)
                 position = state.step % plan.schedule.n_batches
                 batch, scale = step_batch(
                     X, plan.schedule.rows(order, position), state, reader
@@ -372,11 +426,12 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                 ):  # read the next batch of the epoch while this step runs
                     reader.prefetch(plan.schedule.rows(order, position + 1))
                 tic = time.perf_counter()
-                state.components, info, state.gram = model._step(
+                state.components, info, state.gram = fit_step(
                     batch,
                     state.components,
-                    state.random_state,
-                    state.step < last_replacing_step,
+                    settings.step,
+                    random_state=state.random_state,
+                    replace=state.step < last_replacing_step,
                     scale=scale,
                     gram=state.gram,
                     residual_out=residual_buffer(
@@ -397,7 +452,7 @@ def run_fit(model, X, plan, state, *, code_init=None, on_step=None, verbose=None
                 state.history.append(info)
                 progress.update(info)
                 state.step += 1
-                stop = model.callback is not None and model.callback(info) is True
+                stop = settings.callback is not None and settings.callback(info) is True
                 state.done = (
                     stop
                     or stopper.should_stop(info["relative_error"])
@@ -483,14 +538,133 @@ def fitted_mean(mean, components):
     return mean.astype(components.dtype, copy=False)
 
 
-def set_fitted(model, plan, state):
-    """Copy a finished fit into the estimator's fitted attributes."""
-    model.components_ = state.components
-    model.mean_ = fitted_mean(state.mean, state.components)
-    model.n_steps_ = len(state.history)
-    model.n_iter_ = math.ceil(model.n_steps_ / plan.schedule.n_batches)
-    model.n_samples_seen_ = state.history[-1]["n_samples_seen"] if state.history else 0
-    model.history_ = state.history
-    model._random_state = state.random_state
-    model._atom_usage = state.usage
-    return model
+def fitted_attributes(plan, state):
+    """What a finished fit leaves: a dict of the estimator's fitted attributes.
+
+    ``components_``, ``mean_``, ``n_steps_``, ``n_iter_``,
+    ``n_samples_seen_``, ``history_``, and ``random_state`` (the generator
+    as the fit left it: ``partial_fit`` continues from it) and
+    ``atom_usage`` (samples per atom of the last step whose Gram matrix did
+    not fit, or None). The estimator sets them (see
+    ``_BaseDBKSVD.fit_from_state``).
+    """
+    n_steps = len(state.history)
+    return {
+        "components_": state.components,
+        "mean_": fitted_mean(state.mean, state.components),
+        "n_steps_": n_steps,
+        "n_iter_": math.ceil(n_steps / plan.schedule.n_batches),
+        "n_samples_seen_": (
+            state.history[-1]["n_samples_seen"] if state.history else 0
+        ),
+        "history_": state.history,
+        "random_state": state.random_state,
+        "atom_usage": state.usage,
+    }
+
+
+# ----------------------------------------------------------------------
+# Initial atoms
+# ----------------------------------------------------------------------
+def initial_components(X_batch, settings, random_state):
+    """Unit-norm starting atoms: ``dict_init``, uniform or samples of the batch.
+
+    With ``positive_dict`` they are projected on the nonnegative orthant
+    (see ``_update_positive.nonnegative_directions``). Raises ValueError
+    when the fit's atoms and working arrays would not fit in memory (see
+    :func:`fit_memory`).
+    """
+    X_batch = to_numpy(X_batch)  # atoms live on the host
+    dtype = X_batch.dtype
+    n_features = X_batch.shape[1]
+    n_components = settings.n_components
+    memory = fit_memory(
+        n_components, n_features, X_batch.shape[0], settings.n_nonzero_coefs,
+        dtype.itemsize, gram_memory=settings.step.gram_memory,
+        n_jobs=settings.step.n_jobs,
+    )
+    check_fit_memory(memory, n_components, n_features)
+    if settings.dict_init is not None:
+        return unit_atoms(
+            checked_dict_init(settings.dict_init, dtype), settings.step, random_state
+        )
+    atoms = uniform_atoms(n_components, n_features, random_state, dtype)
+    init = "samples" if settings.init == "auto" else settings.init
+    if init == "samples":
+        norms = np.linalg.norm(X_batch, axis=1)
+        candidates = np.flatnonzero(norms > 0)
+        chosen = random_state.permutation(candidates)[:n_components]
+        # Without enough nonzero samples the remaining atoms stay uniform.
+        atoms[: len(chosen)] = X_batch[chosen] / norms[chosen, None]
+    return unit_atoms(atoms, settings.step, random_state)
+
+
+def unit_atoms(atoms, settings, random_state):
+    """``atoms`` (modified) with unit-norm rows, nonnegative with ``positive_dict``.
+
+    ``settings`` is the :class:`~._settings.StepSettings`. Raises
+    ValueError for an all-zero atom.
+    """
+    # Scaled by the largest entry first: the norms cannot overflow.
+    top = np.abs(atoms).max(axis=1, keepdims=True)
+    if np.any(top == 0):
+        raise ValueError("dict_init has an all-zero atom; it has no direction.")
+    atoms /= top
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    if settings.positive_dict:
+        atoms = nonnegative_directions(
+            atoms, allow_flip=not settings.positive_code, random_state=random_state
+        )
+    return atoms
+
+
+def checked_dict_init(dict_init, dtype):
+    """``dict_init`` validated, as a fresh array of ``dtype``."""
+    return check_array(dict_init, dtype=dtype, copy=True, input_name="dict_init")
+
+
+def components_from_known_support(
+    X, code_init, settings, components, random_state, mean=None
+):
+    """Initial atoms refitted on the known support ``code_init`` (paper 5.4).
+
+    The samples with a known support (at most ``settings.batch_size`` of
+    them, drawn at random when there are more) are read, centred by
+    ``mean``, and the atoms get one K-SVD update with ``code_init`` as the
+    codes: as if the alternation started from the codes rather than from
+    the atoms. Atoms without a known user keep their value; ``components``
+    is not modified.
+    """
+    rows = np.flatnonzero(np.diff(code_init.indptr))
+    if len(rows) == 0:
+        return components
+    if len(rows) > settings.batch_size:
+        rows = np.sort(random_state.choice(rows, settings.batch_size, replace=False))
+    X_known = centred(read_batch(X, rows), mean)
+    codes = code_init[rows].astype(X_known.dtype)
+    step = settings.step
+    components = components.copy()
+    # X and its codes scaled alike keep the K-SVD problem the same.
+    scale = batch_scale(X_known)
+    X_known, codes = scaled(X_known, scale), codes * scale
+    if step.levels is not None:
+        # Split by group and refitted level by level, each level on the
+        # residual of the levels before it (section 4.2).
+        # On the host, as the plain refit below.
+        nested_pass(
+            X_known, components, dataclasses.replace(step, backend="numpy"),
+            random_state=random_state, update=True, codes=codes,
+        )
+        return components
+    refit_atoms(
+        X_known,
+        components,
+        codes,
+        dict_update=step.dict_update,
+        update_batch_size=step.update_batch_size,
+        positive=step.positive_code,
+        random_state=random_state,
+        n_jobs=step.n_jobs,
+        positive_dict=step.positive_dict,
+    )
+    return components

@@ -6,276 +6,19 @@ update, and so on, each group with its own share of the ``k`` nonzeros. The
 first groups must then explain as much as they can alone and later groups
 what is left; the paper (section 5.3) finds the dictionaries less coherent,
 and so does ``benchmarks/paper_toy.py`` on the planted problem.
+
+The step itself is :func:`~._step_matryoshka.matryoshka_step`, beside
+:func:`~._step.dbksvd_step`; a fit differs from the plain estimator's only in
+its settings (nested ``levels``, see :func:`~._settings.fit_settings`).
 """
 
-from numbers import Integral
-
-import numpy as np
-import scipy.sparse as sp
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backend import to_numpy
 from ._base import _BaseDBKSVD
-from ._fit_loop import batch_scale, scaled
-from ._step import clear_dictionary, encode_batch, refit_atoms
-from .metrics import _relative_error_of_residual, _variance_explained_of_residual
-
-
-def default_group_sizes(n_components):
-    """Doubling group sizes summing to ``n_components``.
-
-    The first group has ``max(1, n_components // 16)`` atoms and every next
-    group as many atoms as all groups before it (``g, g, 2g, 4g, ...``), for
-    as long as the next group fits; the last group absorbs the remainder.
-    From 16 atoms on there are always five groups, the paper's choice for
-    4096 atoms (A.1): 4096 gives (256, 256, 512, 1024, 2048) and 1000 gives
-    (62, 62, 124, 248, 504).
-    """
-    sizes = [max(1, n_components // 16)]
-    total = sizes[0]
-    while 2 * total <= n_components:
-        sizes.append(total)
-        total *= 2
-    sizes[-1] += n_components - total
-    return tuple(sizes)
-
-
-def check_group_sizes(group_sizes, n_components):
-    """Resolve ``group_sizes`` (None means the default) and validate it."""
-    if group_sizes is None:
-        return default_group_sizes(n_components)
-    sizes = np.asarray(group_sizes)
-    if sizes.ndim != 1 or sizes.size == 0:
-        raise ValueError(
-            f"group_sizes must be a non-empty sequence of ints; got {group_sizes!r}."
-        )
-    if not all(isinstance(s, Integral | np.integer) for s in sizes.tolist()):
-        raise ValueError(f"group_sizes must contain ints; got {group_sizes!r}.")
-    if np.any(sizes < 1):
-        raise ValueError(f"group_sizes must be positive; got {group_sizes!r}.")
-    if sizes.sum() != n_components:
-        raise ValueError(
-            f"group_sizes {tuple(sizes.tolist())} sum to {sizes.sum()}, but "
-            f"n_components={n_components}."
-        )
-    return tuple(int(s) for s in sizes)
-
-
-def nonzero_shares(n_nonzero_coefs, n_groups):
-    """Equal shares of ``k`` per group; the first ``k % n_groups`` get one more.
-
-    The extra nonzeros go to the coarse groups, which the nesting asks to
-    explain the most. The shares always sum to exactly ``k``.
-    """
-    base, extra = divmod(n_nonzero_coefs, n_groups)
-    return [base + (g < extra) for g in range(n_groups)]
-
-
-def nested_levels(group_sizes, n_nonzero_coefs):
-    """``(atom slice, share of k)`` of each level of the nested coding.
-
-    A level is a group, except when ``k`` is smaller than the number of
-    groups: then groups ``k+1, ...`` would have no nonzero of their own and
-    are merged into group ``k`` (one level, one nonzero), so that every atom
-    can still be used and learned.
-    """
-    shares = nonzero_shares(n_nonzero_coefs, len(group_sizes))
-    bounds = [0, *np.cumsum(group_sizes).tolist()]
-    n_levels = sum(share > 0 for share in shares)
-    levels = [(slice(bounds[g], bounds[g + 1]), shares[g]) for g in range(n_levels)]
-    last, share = levels[-1]
-    levels[-1] = (slice(last.start, bounds[-1]), share)
-    return levels
-
-
-def nested_pass(
-    X,
-    components,
-    levels,
-    *,
-    algorithm,
-    positive,
-    n_jobs,
-    mp_tol=None,
-    mp_refit=False,
-    update=None,
-    codes=None,
-    backend=None,
-    alpha=None,
-    max_iter=1000,
-):
-    """Encode (and, with ``update``, refit) the levels one after another.
-
-    Level ``g`` is encoded on the residual that levels ``1..g-1`` leave, after
-    their update (paper section 4.2).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-        The batch.
-    components : ndarray of shape (n_components, n_features)
-        Atoms; updated in place when ``update`` is given.
-    levels : list of (slice, int)
-        Output of :func:`nested_levels`.
-    algorithm : {"mp", "omp", "lars", "cd"}
-        Coder of each level ("lars", "cd": scikit-learn's lasso coders with
-        penalty ``alpha`` and ``max_iter`` iterations).
-    positive, n_jobs, mp_tol, mp_refit
-        As in :func:`~sklearn_dbksvd._step.encode_batch`. ``mp_tol`` is
-        relative to ``‖x‖``: a sample whose residual already meets it gets no
-        further nonzeros; inside a level the coder stops at ``mp_tol`` times
-        the norm of its own input (the coder takes one scalar tolerance), so
-        it may stop later than strictly needed, never earlier.
-    update : dict, default=None
-        Keyword arguments of the K-SVD refit (``dict_update``,
-        ``update_batch_size``, ``random_state``, optionally ``positive_dict``)
-        and of the replacement (``replace``, ``replace_min_usage``,
-        ``replace_coherence``). None only encodes.
-    codes : sparse matrix of shape (n_samples, n_components), default=None
-        Codes to use instead of encoding (a known support).
-    backend : {"numpy", "cupy"} or ArrayBackend, default=None
-        Where the products of each level run (see ``_backend``).
-
-    Returns
-    -------
-    residual : ndarray of shape (n_samples, n_features)
-        What all levels leave of ``X`` (after the updates, before replacement).
-    codes : scipy.sparse.csr_matrix of shape (n_samples, n_components)
-    n_replaced : int
-    """
-    residual = X
-    if mp_tol is not None:
-        sq_target = mp_tol**2 * np.einsum("ij,ij->i", X, X)
-    blocks, n_replaced = [], 0
-    for atoms, share in levels:
-        group = np.array(components[atoms])
-        if codes is not None:
-            level_codes = sp.csr_matrix(codes[:, atoms])
-        else:
-            level_input = residual
-            if mp_tol is not None:
-                done = np.einsum("ij,ij->i", residual, residual) <= sq_target
-                # A zero row gets no nonzero from matching pursuit.
-                level_input = np.where(done[:, None], 0, residual)
-            level_codes = encode_batch(
-                level_input,
-                group,
-                # scikit-learn's OMP refuses more nonzeros than atoms.
-                n_nonzero_coefs=min(share, len(group)),
-                algorithm=algorithm,
-                positive=positive,
-                tol=mp_tol,
-                refit=mp_refit,
-                n_jobs=n_jobs,
-                backend=backend,
-                alpha=alpha,
-                max_iter=max_iter,
-            )
-        if update is None:
-            residual = residual - level_codes @ group
-        else:
-            residual, level_codes = refit_atoms(
-                residual,
-                group,
-                level_codes,
-                dict_update=update["dict_update"],
-                update_batch_size=update["update_batch_size"],
-                positive=positive,
-                random_state=update["random_state"],
-                n_jobs=n_jobs,
-                backend=backend,
-                positive_dict=update.get("positive_dict", False),
-            )
-            if update["replace"]:
-                if algorithm in ("lars", "cd"):
-                    # The lasso has no budget: usage against its mean support.
-                    share = level_codes.nnz / max(1, level_codes.shape[0])
-                # Per group: a group's atoms are judged on the residual it fits.
-                n_replaced += clear_dictionary(
-                    group,
-                    level_codes,
-                    residual,
-                    n_nonzero_coefs=share,
-                    min_usage=update["replace_min_usage"],
-                    max_coherence=update["replace_coherence"],
-                    positive_dict=update.get("positive_dict", False),
-                    positive_code=positive,
-                )
-            components[atoms] = group
-        blocks.append(level_codes)
-    return residual, sp.hstack(blocks, format="csr"), n_replaced
-
-
-def matryoshka_step(
-    X,
-    components,
-    *,
-    levels,
-    fit_algorithm,
-    dict_update,
-    update_batch_size,
-    positive,
-    replace,
-    replace_min_usage,
-    replace_coherence,
-    random_state,
-    n_jobs,
-    mp_tol=None,
-    mp_refit=False,
-    backend=None,
-    positive_dict=False,
-    alpha=None,
-    max_iter=1000,
-):
-    """One Matryoshka DB-KSVD step (paper section 4.2) on the batch ``X``.
-
-    Arguments as in :func:`~sklearn_dbksvd._step.dbksvd_step`, with
-    ``levels`` from :func:`nested_levels` in place of ``n_nonzero_coefs``.
-
-    Returns
-    -------
-    components : ndarray of shape (n_components, n_features)
-        The new atoms (the input is not modified).
-    info : dict
-        ``relative_error`` and ``variance_explained`` of the final residual
-        against the batch, and ``n_replaced`` over all groups.
-    codes : scipy.sparse.csr_matrix of shape (n_samples, n_components)
-        The codes after the update.
-    """
-    # Each level's products are small next to a whole-batch step: the
-    # nested pass runs on the host.
-    X = to_numpy(X)
-    components = components.copy()
-    update = {
-        "dict_update": dict_update,
-        "update_batch_size": update_batch_size,
-        "random_state": random_state,
-        "replace": replace,
-        "replace_min_usage": replace_min_usage,
-        "replace_coherence": replace_coherence,
-        "positive_dict": positive_dict,
-    }
-    residual, codes, n_replaced = nested_pass(
-        X,
-        components,
-        levels,
-        algorithm=fit_algorithm,
-        positive=positive,
-        n_jobs=n_jobs,
-        mp_tol=mp_tol,
-        mp_refit=mp_refit,
-        update=update,
-        backend=backend,
-        alpha=alpha,
-        max_iter=max_iter,
-    )
-    info = {
-        "relative_error": _relative_error_of_residual(X, residual),
-        "variance_explained": _variance_explained_of_residual(X, residual),
-        "n_replaced": n_replaced,
-    }
-    return components, info, codes
+from ._settings import StepSettings
+from ._step_matryoshka import check_group_sizes, nested_levels, nested_pass
 
 
 class MatryoshkaDBKSVD(_BaseDBKSVD):
@@ -570,76 +313,9 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         check_is_fitted(self, "components_")
         return check_group_sizes(self.group_sizes, self.components_.shape[0])
 
-    def _check_settings(self, n_features):
-        n_components, k = super()._check_settings(n_features)
-        check_group_sizes(self.group_sizes, n_components)
-        if self.transform_mode == "nested":
-            if self.transform_algorithm not in ("mp", "omp"):
-                raise ValueError(
-                    "transform_mode='nested' shares transform_n_nonzero_coefs "
-                    "among the groups, so it needs transform_algorithm 'mp' or "
-                    f"'omp'; got {self.transform_algorithm!r}."
-                )
-        return n_components, k
-
     def _levels(self, n_components, n_nonzero_coefs):
         sizes = check_group_sizes(self.group_sizes, n_components)
         return nested_levels(sizes, n_nonzero_coefs)
-
-    def _step(
-        self, X_batch, components, random_state, replace, scale=1.0, gram=None,
-        residual_out=None,
-    ):
-        # Levels encode with Gram matrices of their own groups: no full one
-        # to take or to hand on; their residuals are their own arrays too.
-        n_components, k = self._check_settings(X_batch.shape[1])
-        components, info, _ = matryoshka_step(
-            X_batch,
-            components,
-            levels=self._levels(n_components, k),
-            fit_algorithm=self.fit_algorithm,
-            dict_update=self.dict_update,
-            update_batch_size=self._resolved_update_batch_size(n_components),
-            positive=self.positive_code,
-            replace=replace,
-            replace_min_usage=self.replace_min_usage,
-            replace_coherence=self.replace_coherence,
-            random_state=random_state,
-            n_jobs=self.n_jobs,
-            mp_tol=self.mp_tol,
-            mp_refit=self.mp_refit,
-            backend=self.backend,
-            positive_dict=self.positive_dict,
-            alpha=self.alpha * scale,
-            max_iter=self.transform_max_iter,
-        )
-        return components, info, None
-
-    def _refit_on_known_support(self, X_known, codes, components, random_state):
-        # The known support is split by group and refitted level by level,
-        # each level on the residual of the levels before it (section 4.2).
-        n_components, k = self._check_settings(X_known.shape[1])
-        components = components.copy()
-        # X and its codes scaled alike keep the K-SVD problem the same.
-        scale = batch_scale(X_known)
-        X_known, codes = scaled(X_known, scale), codes * scale
-        nested_pass(
-            X_known,
-            components,
-            self._levels(n_components, k),
-            algorithm=self.fit_algorithm,
-            positive=self.positive_code,
-            n_jobs=self.n_jobs,
-            update={
-                "dict_update": self.dict_update,
-                "update_batch_size": self._resolved_update_batch_size(n_components),
-                "random_state": random_state,
-                "replace": False,
-                "positive_dict": self.positive_dict,
-            },
-            codes=codes,
-        )
-        return components
 
     def _transform_gram(self, dtype):
         if self.transform_mode == "nested":
@@ -652,14 +328,16 @@ class MatryoshkaDBKSVD(_BaseDBKSVD):
         X = to_numpy(X)  # the nested pass runs on the host
         components = self.components_.astype(X.dtype, copy=False)
         levels = self._levels(len(components), self._transform_n_nonzero_coefs())
-        _, codes, _ = nested_pass(
-            X,
-            components,
-            levels,
-            algorithm=self.transform_algorithm,
-            positive=self.positive_code,
-            n_jobs=self.n_jobs,
+        # The transform coder on each level: the step's settings, encoding only.
+        settings = StepSettings(
+            n_nonzero_coefs=self._transform_n_nonzero_coefs(),
+            n_components=len(components),
+            fit_algorithm=self.transform_algorithm,
+            positive_code=self.positive_code,
             mp_tol=self.mp_tol,
             mp_refit=self.mp_refit,
+            n_jobs=self.n_jobs,
+            levels=tuple(levels),
         )
+        _, codes, _ = nested_pass(X, components, settings)
         return codes if self.sparse_output else codes.toarray()

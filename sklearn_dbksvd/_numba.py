@@ -8,8 +8,14 @@ them in parallel) they run several times faster (numbers in
 dependency; with the environment variable ``SKLEARN_DBKSVD_NUMBA=0`` (or
 where numba cannot be imported) every kernel runs its pure NumPy version,
 which gives the same results to rounding.
+
+Every compiled kernel with a NumPy twin is reached through one dispatch point
+made by :func:`twins`: the two functions take the same arguments, the choice is
+made at each call, and both stay reachable (``.compiled``, ``.numpy``) so that
+one shared set of edge cases (``tests/test_numba_twins.py``) runs against both.
 """
 
+import functools
 import os
 
 try:
@@ -41,3 +47,30 @@ def jit(*, fastmath=False):
         return numba.njit(nogil=True, cache=True, fastmath=fastmath)(func)
 
     return decorate
+
+
+def twins(compiled, numpy_version):
+    """One function that runs ``compiled`` when :func:`use_numba`, else its NumPy twin.
+
+    Parameters
+    ----------
+    compiled : callable
+        The compiled kernel (or a thin Python wrapper that prepares its
+        buffers and calls it).
+    numpy_version : callable
+        Same arguments, same results to rounding, in NumPy.
+
+    Returns
+    -------
+    callable
+        Dispatches at each call (tests switch the fallback on at run time);
+        ``.compiled`` and ``.numpy`` are the two twins.
+    """
+
+    @functools.wraps(numpy_version)
+    def dispatch(*args, **kwargs):
+        kernel = dispatch.compiled if use_numba() else dispatch.numpy
+        return kernel(*args, **kwargs)
+
+    dispatch.compiled, dispatch.numpy = compiled, numpy_version
+    return dispatch

@@ -302,6 +302,21 @@ def _batch_omp_jit(
     return n_parked
 
 
+def _batch_omp_compiled(
+    corr, gram, positive, sq_norms, sq_target, tiny, indices, values, todo,
+    parked, pending,
+):
+    """:func:`_batch_omp_numpy` by the compiled kernel (same selections)."""
+    int_dtype = np.int32 if corr.itemsize == 4 else np.int64
+    alpha = np.empty(corr.shape[1], dtype=corr.dtype)
+    if sq_norms is None:
+        sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
+    return _batch_omp_jit(
+        corr, alpha, alpha.view(int_dtype), gram, positive, sq_norms, sq_target,
+        tiny, indices, values, todo, parked, pending,
+    )
+
+
 def _batch_omp_numpy(
     corr, gram, positive, sq_norms, sq_target, tiny, indices, values, todo,
     parked, pending,
@@ -367,6 +382,10 @@ def _batch_omp_numpy(
     return n_parked
 
 
+# One pass of Batch-OMP over the samples ``todo`` (see :func:`_batch_omp_jit`).
+_batch_omp_pass = _numba.twins(_batch_omp_compiled, _batch_omp_numpy)
+
+
 def _row_source(gram, table=None):
     """The kernels' row source ``(cache, cache_slot, table, table_slot)``."""
     if isinstance(gram, GramRows):
@@ -428,26 +447,13 @@ def _batch_omp_rows(corr, gram, n_nonzero_coefs, positive, sq_norms, tol, table=
         table.clear()
         table.computed = 0
     source = _row_source(gram, table)
-    if _numba.use_numba():
-        int_dtype = np.int32 if corr.itemsize == 4 else np.int64
-        alpha = np.empty(n_components, dtype=corr.dtype)
-        if tol is None:
-            sq_norms = sq_target = np.empty(0, dtype=corr.dtype)
-
-        def run(todo):
-            return _batch_omp_jit(
-                corr, alpha, alpha.view(int_dtype), source, positive, sq_norms,
-                sq_target, tiny, indices, values, todo, parked, pending,
-            )
-    else:
-        def run(todo):
-            return _batch_omp_numpy(
-                corr, source, positive, None if tol is None else sq_norms,
-                sq_target, tiny, indices, values, todo, parked, pending,
-            )
-
+    if tol is None:
+        sq_norms = None
     while len(todo):
-        n_parked = run(todo)
+        n_parked = _batch_omp_pass(
+            corr, source, positive, sq_norms, sq_target, tiny, indices, values,
+            todo, parked, pending,
+        )
         todo = parked[:n_parked].copy()
         if n_parked:
             table.fetch_supports(pending[todo])

@@ -48,19 +48,20 @@ def near_duplicates(gram, usage, max_coherence):
     gram = np.asarray(gram)
     threshold = gram.dtype.type(max_coherence)
     losers = np.zeros(len(gram), dtype=bool)
-    if _numba.use_numba():
-        _near_duplicates_jit(gram, np.asarray(usage), threshold, losers)
-        return np.flatnonzero(losers)
-    step = max(1, _OVERLAP_BLOCK_BYTES // max(1, len(gram) * gram.itemsize))
-    for start in range(0, len(gram), step):
-        block = np.abs(gram[start : start + step, start:])
-        i, j = np.nonzero(block > threshold)
-        i += start
-        j += start
-        upper = j > i
-        i, j = i[upper], j[upper]
-        losers[np.where(usage[i] < usage[j], i, j)] = True
+    _mark_near_duplicates(gram, np.asarray(usage), threshold, losers)
     return np.flatnonzero(losers)
+
+
+def _near_duplicates_numpy(gram, usage, threshold, losers, start=0):
+    """:func:`_near_duplicates_jit` in NumPy, a block of rows at a time."""
+    n_rows, n_cols = gram.shape
+    step = max(1, _OVERLAP_BLOCK_BYTES // max(1, n_cols * gram.itemsize))
+    for first in range(0, n_rows, step):
+        block = np.abs(gram[first : first + step, first:])
+        i, j = np.nonzero(block > threshold)
+        upper = j > i
+        i, j = i[upper] + first + start, j[upper] + first + start
+        losers[np.where(usage[i] < usage[j], i, j)] = True
 
 
 @_numba.jit()
@@ -82,6 +83,10 @@ def _near_duplicates_jit(gram, usage, threshold, losers, start=0):  # pragma: no
                     losers[i] = True
                 else:
                     losers[j] = True
+
+
+# Marks in ``losers`` the less used atom of each pair above ``threshold``.
+_mark_near_duplicates = _numba.twins(_near_duplicates_jit, _near_duplicates_numpy)
 
 
 def near_duplicates_of_atoms(components, usage, max_coherence, *, backend=None):
@@ -121,13 +126,7 @@ def near_duplicates_of_atoms(components, usage, max_coherence, *, backend=None):
         block = _backend.correlations(
             backend, components[start:stop], backend.asarray(components[start:])
         )
-        if _numba.use_numba():
-            _near_duplicates_jit(block, usage, threshold, losers, start)
-            continue
-        i, j = np.nonzero(np.abs(block) > threshold)
-        upper = j > i
-        i, j = i[upper] + start, j[upper] + start
-        losers[np.where(usage[i] < usage[j], i, j)] = True
+        _mark_near_duplicates(block, usage, threshold, losers, start)
     return np.flatnonzero(losers)
 
 

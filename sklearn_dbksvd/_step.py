@@ -339,28 +339,14 @@ def _residual_buffer(residual_out, X, dtype):
 def dbksvd_step(
     X,
     components,
+    settings,
     *,
-    n_nonzero_coefs,
-    fit_algorithm,
-    dict_update,
-    update_batch_size,
-    positive,
-    replace,
-    replace_min_usage,
-    replace_coherence,
     random_state,
-    n_jobs,
-    mp_tol=None,
-    mp_refit=False,
+    replace=True,
     codes=None,
-    backend="numpy",
-    positive_dict=False,
-    alpha=None,
-    max_iter=1000,
     gram=None,
     return_gram=False,
     residual_out=None,
-    gram_memory="auto",
 ):
     """One DB-KSVD step (paper section 4.1) on the batch ``X``.
 
@@ -370,40 +356,23 @@ def dbksvd_step(
         The batch.
     components : ndarray of shape (n_components, n_features)
         Unit-norm atoms; not modified.
-    n_nonzero_coefs : int
-        Nonzeros per code (``k``).
-    fit_algorithm : {"mp", "omp", "lars", "cd"}
-        Sparse coder ("lars" and "cd": scikit-learn's lasso coders).
-    dict_update : {"ksvd", "approx"}
-        Leading singular pair to tolerance, or one power step.
-    update_batch_size : int
-        Atoms refitted from one residual snapshot (``w``).
-    positive : bool
-        Nonnegative codes.
-    replace : bool
-        Whether to replace dead, rare and duplicated atoms after the update.
-    replace_min_usage : float
-        Atoms used by fewer than ``replace_min_usage * n_samples * k / m``
-        samples (that fraction of the mean usage) are replaced.
-    replace_coherence : float
-        Of two atoms with ``|cos| > replace_coherence`` the less used is
-        replaced.
+    settings : StepSettings
+        Everything else the step depends on (``k``, the coder, the update,
+        the replacement thresholds, threads, backend, Gram budget): see
+        :class:`~sklearn_dbksvd._settings.StepSettings`. ``backend`` runs the
+        products that grow with the batch (``X Dᵀ``, ``D Dᵀ``, the residual,
+        ``EᵀE`` of wide error matrices); ``X`` may already live there.
+        ``gram_memory`` bounds the Gram rows the coder and the coherence
+        check hold: the whole matrix when it fits, else a cache of the most
+        used atoms' rows and rows computed on demand
+        (:mod:`sklearn_dbksvd._gram_rows`); the codes are the same to float32
+        rounding.
     random_state : numpy.random.RandomState
         Draws the order of the atom updates.
-    n_jobs : int or None
-        Threads.
-    mp_tol, mp_refit : float or None, bool
-        Residual tolerance and least-squares refit of matching pursuit.
+    replace : bool, default=True
+        Whether to replace dead, rare and duplicated atoms after the update.
     codes : sparse matrix of shape (n_samples, n_components), default=None
         Codes to use instead of encoding (a known support).
-    backend : {"numpy", "cupy"} or ArrayBackend, default="numpy"
-        Where the products that grow with the batch run (``X Dᵀ``, ``D Dᵀ``,
-        the residual, ``EᵀE`` of wide error matrices); ``X`` may already
-        live there. See :mod:`sklearn_dbksvd._backend`.
-    positive_dict : bool, default=False
-        Nonnegative atoms: NN-K-SVD updates, nonnegative replacements.
-    alpha, max_iter : float, int
-        Penalty and iterations of the lasso coders ("lars", "cd").
     gram : array of shape (n_components, n_components) or CacheHint, default=None
         ``components @ components.T`` in the backend's namespace, if known
         (what the previous step returned with ``return_gram``), or the
@@ -422,12 +391,6 @@ def dbksvd_step(
         size per step. Used when it is C-ordered, of the batch's shape and of
         ``components``' dtype; otherwise the step allocates its own. It must
         not share memory with ``X``.
-    gram_memory : "auto", float or None, default="auto"
-        Bytes of Gram rows the coder and the coherence check may hold: the
-        whole matrix when it fits, else a cache of the most used atoms' rows
-        and rows computed on demand (:mod:`sklearn_dbksvd._gram_rows`); the
-        codes are the same to float32 rounding. "auto" is a quarter of the
-        memory available; None always holds the whole matrix.
 
     Returns
     -------
@@ -439,7 +402,12 @@ def dbksvd_step(
     gram : array of shape (n_components, n_components) or None
         Only with ``return_gram``.
     """
-    backend = _as_backend(backend, X)
+    n_nonzero_coefs = settings.n_nonzero_coefs
+    fit_algorithm = settings.fit_algorithm
+    positive = settings.positive_code
+    n_jobs = settings.n_jobs
+    gram_memory = settings.gram_memory
+    backend = _as_backend(settings.backend, X)
     if codes is not None:
         gram = None
     components = _backend.to_numpy(components).copy()
@@ -456,8 +424,8 @@ def dbksvd_step(
             n_nonzero_coefs,
             gram=gram,
             positive=positive,
-            tol=mp_tol,
-            refit=mp_refit,
+            tol=settings.mp_tol,
+            refit=settings.mp_refit,
             n_jobs=n_jobs,
             backend=backend,
             return_residual=True,
@@ -475,8 +443,8 @@ def dbksvd_step(
             positive=positive,
             n_jobs=n_jobs,
             backend=backend,
-            alpha=alpha,
-            max_iter=max_iter,
+            alpha=settings.alpha,
+            max_iter=settings.max_iter,
             gram=gram,
             gram_memory=gram_memory,
         )
@@ -487,14 +455,14 @@ def dbksvd_step(
         X,
         components,
         codes,
-        dict_update=dict_update,
-        update_batch_size=update_batch_size,
+        dict_update=settings.dict_update,
+        update_batch_size=settings.update_batch_size,
         positive=positive,
         random_state=random_state,
         n_jobs=n_jobs,
         residual=residual,
         backend=backend,
-        positive_dict=positive_dict,
+        positive_dict=settings.positive_dict,
     )
     # One pass over the residual: the replacement ranks samples by the
     # squared norms that the metrics compute anyway.
@@ -516,9 +484,9 @@ def dbksvd_step(
             codes,
             residual,
             n_nonzero_coefs=n_nonzero_coefs,
-            min_usage=replace_min_usage,
-            max_coherence=replace_coherence,
-            positive_dict=positive_dict,
+            min_usage=settings.replace_min_usage,
+            max_coherence=settings.replace_coherence,
+            positive_dict=settings.positive_dict,
             positive_code=positive,
             backend=backend,
             sq_norms=sq_norms,

@@ -306,15 +306,25 @@ def leading_singular_pair(E, v0, *, tol=None, max_restarts=_MAX_RESTARTS):
     v0 = np.asarray(v0, dtype=E.dtype)
     if not np.any(v0):
         v0 = np.ones(E.shape[1], dtype=E.dtype)
-    if _numba.use_numba():
-        v, code = _lanczos_rows_jit(
-            _dense_op(E), v0, tol, _MAX_STEPS, max_restarts, E.shape[0]
-        )
-    else:
-        v, code = _lanczos(
-            _rows_product_numpy, (E,), v0, tol, _MAX_STEPS, max_restarts, E.shape[0]
-        )
+    v, code = _lanczos_dense(E, v0, tol, max_restarts)
     return _flip_sign(v, code)
+
+
+def _lanczos_dense_compiled(E, v0, tol, max_restarts):
+    """``(v, σu)`` of a dense ``E`` by the compiled Lanczos iteration."""
+    return _lanczos_rows_jit(
+        _dense_op(E), v0, tol, _MAX_STEPS, max_restarts, E.shape[0]
+    )
+
+
+def _lanczos_dense_numpy(E, v0, tol, max_restarts):
+    """``(v, σu)`` of a dense ``E`` by the Lanczos iteration in NumPy."""
+    return _lanczos(
+        _rows_product_numpy, (E,), v0, tol, _MAX_STEPS, max_restarts, E.shape[0]
+    )
+
+
+_lanczos_dense = _numba.twins(_lanczos_dense_compiled, _lanczos_dense_numpy)
 
 
 def rank_one_power_step(E, atom, code):

@@ -83,9 +83,7 @@ def _batch_metrics(X, residual, *, n_jobs=None, return_sq_norms=False):
     def block_stats(block):
         X_block = np.ascontiguousarray(_backend.to_numpy(X[block, :]))
         R_block = np.ascontiguousarray(residual[block])
-        if _numba.use_numba() and X_block.dtype == R_block.dtype:
-            return _block_stats_compiled(X_block, R_block, sq_norms[block])
-        return _block_stats_numpy(X_block, R_block, sq_norms[block])
+        return _block_stats(X_block, R_block, sq_norms[block])
 
     parts = parallel_map(block_stats, blocks, n_jobs=n_jobs)
     moments_x = moments_r = (0, np.zeros(n_features), np.zeros(n_features))
@@ -118,6 +116,9 @@ def _block_stats_numpy(X_block, R_block, sq_errors):
 
 
 def _block_stats_compiled(X_block, R_block, sq_errors):
+    """:func:`_block_stats_numpy` in one compiled pass (blocks of one dtype)."""
+    if X_block.dtype != R_block.dtype:
+        return _block_stats_numpy(X_block, R_block, sq_errors)
     count = X_block.shape[0]
     sums = np.zeros((4, X_block.shape[1]))
     ratio = _block_stats_jit(X_block, R_block, sums, sq_errors, _STATS_TILE)
@@ -128,6 +129,10 @@ def _block_stats_compiled(X_block, R_block, sq_errors):
         shift = data[0].astype(np.float64)
         moments.append((count, shift + total / count, squares - total**2 / count))
     return ratio, moments[0], moments[1], bool(sums[3].any() or np.any(R_block[0]))
+
+
+# Sum of ratios, moments of ``X`` and ``R``, any nonzero residual of a block.
+_block_stats = _numba.twins(_block_stats_compiled, _block_stats_numpy)
 
 
 @_numba.jit(fastmath={"reassoc", "nsz", "arcp", "contract"})

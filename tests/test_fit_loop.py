@@ -73,12 +73,12 @@ def _fit_params():
 def test_fit_steps_share_one_residual_buffer(monkeypatch):
     X, params = _fit_params()
     # Reference: every step allocates its own residual.
-    step = DBKSVDDictionaryLearning._step
+    step = _fit_loop.fit_step
     with monkeypatch.context() as patch:
         patch.setattr(
-            DBKSVDDictionaryLearning,
-            "_step",
-            lambda self, *a, residual_out=None, **kw: step(self, *a, **kw),
+            _fit_loop,
+            "fit_step",
+            lambda *a, residual_out=None, **kw: step(*a, **kw),
         )
         expected = DBKSVDDictionaryLearning(**params).fit(X)
     written, states = [], []
@@ -148,13 +148,13 @@ def test_batches_read_into_one_buffer_give_the_same_fit(
         patch.setattr(_fit_loop, "_REUSE_BATCH_BUFFER", False)
         expected = DBKSVDDictionaryLearning(**params).fit(X)
     batches, states = [], []
-    step, run_fit = DBKSVDDictionaryLearning._step, _base.run_fit
+    step, run_fit = _fit_loop.fit_step, _base.run_fit
 
-    def recording_step(self, X_batch, *a, **kw):
+    def recording_step(X_batch, *a, **kw):
         batches.append(X_batch)
-        return step(self, X_batch, *a, **kw)
+        return step(X_batch, *a, **kw)
 
-    monkeypatch.setattr(DBKSVDDictionaryLearning, "_step", recording_step)
+    monkeypatch.setattr(_fit_loop, "fit_step", recording_step)
     monkeypatch.setattr(
         _base, "run_fit", lambda *a, **kw: states.append(a[3]) or run_fit(*a, **kw)
     )
@@ -179,14 +179,14 @@ def test_lazy_batches_are_read_into_new_arrays(monkeypatch, tmp_path):
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
     batches, states = [], []
-    step, run_fit = DBKSVDDictionaryLearning._step, _base.run_fit
+    step, run_fit = _fit_loop.fit_step, _base.run_fit
 
-    def recording_step(self, X_batch, *a, **kw):
+    def recording_step(X_batch, *a, **kw):
         assert states[0].batch is None  # no batch buffer for lazy data
         batches.append(X_batch)
-        return step(self, X_batch, *a, **kw)
+        return step(X_batch, *a, **kw)
 
-    monkeypatch.setattr(DBKSVDDictionaryLearning, "_step", recording_step)
+    monkeypatch.setattr(_fit_loop, "fit_step", recording_step)
     monkeypatch.setattr(
         _base, "run_fit", lambda *a, **kw: states.append(a[3]) or run_fit(*a, **kw)
     )

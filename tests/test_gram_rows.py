@@ -204,11 +204,11 @@ def test_step_within_a_budget_equals_the_full_gram_step(fit_algorithm):
     X, start = X.astype(np.float32), start.astype(np.float32)
     settings = dict(fit_algorithm=fit_algorithm, return_gram=True)
     full = dbksvd_step(
-        X, start, **_helpers.step_settings(**settings), gram_memory=None
+        X, start, **_helpers.step_settings(**settings, gram_memory=None)
     )
     small = dbksvd_step(
-        X, start, **_helpers.step_settings(**settings),
-        gram_memory=5 * row_bytes(start),
+        X, start,
+        **_helpers.step_settings(**settings, gram_memory=5 * row_bytes(start)),
     )
     np.testing.assert_allclose(small[0], full[0], atol=2e-5)
     assert small[1]["n_replaced"] == full[1]["n_replaced"]
@@ -218,12 +218,12 @@ def test_step_within_a_budget_equals_the_full_gram_step(fit_algorithm):
     assert isinstance(hint, CacheHint)
     assert hint.usage.sum() > 0
     again = dbksvd_step(
-        X, small[0], **_helpers.step_settings(**settings), gram=hint,
-        gram_memory=5 * row_bytes(start),
+        X, small[0], gram=hint,
+        **_helpers.step_settings(**settings, gram_memory=5 * row_bytes(start)),
     )
     follow = dbksvd_step(
-        X, full[0], **_helpers.step_settings(**settings), gram=full[2],
-        gram_memory=None,
+        X, full[0], gram=full[2],
+        **_helpers.step_settings(**settings, gram_memory=None),
     )
     np.testing.assert_allclose(again[0], follow[0], atol=1e-4)
 
@@ -283,18 +283,18 @@ def test_partial_fit_within_a_budget_carries_the_usage():
 
 
 def test_partial_fit_does_not_copy_the_batch(monkeypatch):
-    from sklearn_dbksvd import _dbksvd
+    from sklearn_dbksvd import _fit_loop
 
     X, _ = _helpers.planted(n_samples=300)
     X = X.astype(np.float32)
     shared = []
-    step = _dbksvd.dbksvd_step
+    step = _fit_loop.dbksvd_step
 
     def spy(batch, *args, **kwargs):
         shared.append(np.shares_memory(batch, X))
         return step(batch, *args, **kwargs)
 
-    monkeypatch.setattr(_dbksvd, "dbksvd_step", spy)
+    monkeypatch.setattr(_fit_loop, "dbksvd_step", spy)
     model = DBKSVDDictionaryLearning(n_components=20, n_nonzero_coefs=3)
     model.partial_fit(X).partial_fit(X)
     assert shared == [True, True]

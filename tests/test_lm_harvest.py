@@ -321,3 +321,28 @@ def test_any_module_with_a_named_submodule(tmp_path, tokenizer):
         expected = model.block(model.embed(torch.from_numpy(tokens["token_id"]).long()))
     np.testing.assert_allclose(X[:], expected.numpy(), rtol=1e-6, atol=1e-6)
     assert read_manifest(directory)["settings"]["hook_name"] == "block"
+
+
+def test_progress_lines_off_a_terminal(tmp_path, tokenizer, capsys, monkeypatch):
+    from sklearn_dbksvd.lm import _progress
+
+    monkeypatch.setattr(_progress, "LINE_SECONDS", 0.0)
+    model, texts = tiny_llama(), random_texts(6)
+    directory = harvest_activations(
+        model, tokenizer, texts, layer=0, output=tmp_path / "h", max_tokens=40,
+        progress="lines",
+    )
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) >= 2
+    assert all(line.startswith("harvest: ") for line in lines)
+    n_rows = load_activations(directory).shape[0]
+    assert lines[-1].startswith(f"harvest: done: {n_rows} of 40 tokens")
+    # A resumed harvest counts from the rows it already has.
+    harvest_activations(
+        model, tokenizer, texts, layer=0, output=tmp_path / "h", max_tokens=60,
+        progress="lines",
+    )
+    last = capsys.readouterr().err.splitlines()[-1]
+    n_rows = load_activations(directory).shape[0]
+    assert last.startswith(f"harvest: done: {n_rows} of 60")

@@ -11,7 +11,9 @@ from sklearn_dbksvd import (
     DBKSVDDictionaryLearning,
     MatryoshkaDBKSVD,
 )
-from sklearn_dbksvd._matryoshka import (
+from sklearn_dbksvd._fit_loop import components_from_known_support
+from sklearn_dbksvd._settings import fit_settings
+from sklearn_dbksvd._step_matryoshka import (
     default_group_sizes,
     matryoshka_step,
     nested_levels,
@@ -44,10 +46,10 @@ def _with(model, **params):
 
 
 def _step_kwargs(**overrides):
-    """``dbksvd_step`` settings without ``n_nonzero_coefs`` (Matryoshka has levels)."""
-    kwargs = _helpers.step_settings(random_state=np.random.RandomState(0))
-    del kwargs["n_nonzero_coefs"]
-    return {**kwargs, **overrides}
+    """Arguments of ``matryoshka_step``; ``levels`` in ``overrides``."""
+    return _helpers.step_settings(
+        **{"random_state": np.random.RandomState(0), **overrides}
+    )
 
 
 # ----------------------------------------------------------------------
@@ -135,8 +137,8 @@ def test_step_encodes_each_group_on_the_updated_residual(problem):
     X, _, _ = problem
     D0 = uniform_atoms(32, 16, np.random.RandomState(3))
     levels = nested_levels((8, 24), 4)  # shares 2 and 2
-    kwargs = _step_kwargs(replace=False)
-    components, _, codes = matryoshka_step(X, D0, levels=levels, **kwargs)
+    kwargs = _step_kwargs(replace=False, levels=levels)
+    components, _, codes = matryoshka_step(X, D0, **kwargs)
 
     # Group 1 codes X, group 2 what group 1 left *after* its update: each
     # level's support is that of textbook matching pursuit of that residual
@@ -157,7 +159,7 @@ def test_step_metrics_are_of_the_final_residual(problem):
     X, _, _ = problem
     D0 = uniform_atoms(32, 16, np.random.RandomState(3))
     components, info, codes = matryoshka_step(
-        X, D0, levels=nested_levels((8, 24), 4), **_step_kwargs(replace=False)
+        X, D0, **_step_kwargs(levels=nested_levels((8, 24), 4), replace=False)
     )
     residual = X - codes @ components
     ratio = np.linalg.norm(residual, axis=1) / np.linalg.norm(X, axis=1)
@@ -172,7 +174,7 @@ def test_fit_codes_have_at_most_k_nonzeros(problem, k, fit_algorithm):
     D0 = uniform_atoms(32, 16, np.random.RandomState(3))
     levels = nested_levels(default_group_sizes(32), k)
     _, _, codes = matryoshka_step(
-        X, D0, levels=levels, **_step_kwargs(fit_algorithm=fit_algorithm)
+        X, D0, **_step_kwargs(levels=levels, fit_algorithm=fit_algorithm)
     )
     assert np.diff(codes.indptr).max() <= k
     for atoms, share in levels:
@@ -185,7 +187,7 @@ def test_replacement_is_per_group(problem):
     D0 = uniform_atoms(32, 16, np.random.RandomState(3))
     D0[20] = D0[21]
     _, info, _ = matryoshka_step(
-        X, D0, levels=nested_levels((8, 24), 4), **_step_kwargs(replace_min_usage=0)
+        X, D0, **_step_kwargs(levels=nested_levels((8, 24), 4), replace_min_usage=0)
     )
     assert info["n_replaced"] >= 1
 
@@ -378,8 +380,9 @@ def test_code_init_refits_only_known_atoms(problem, cls):
     init = uniform_atoms(32, 16, np.random.RandomState(1))
     known = (C != 0) * (np.arange(32) < 8)  # support of the first 8 atoms
     model = cls(32, n_nonzero_coefs=4, dict_init=init, code_init=sp.csr_matrix(known))
-    components = model._components_from_known_support(
-        X, sp.csr_matrix(known, dtype=float), 10_000, init, np.random.RandomState(0)
+    settings = fit_settings(model.set_params(batch_size=10_000), *X.shape)
+    components = components_from_known_support(
+        X, sp.csr_matrix(known, dtype=float), settings, init, np.random.RandomState(0)
     )
     assert_array_equal(components[8:], init[8:])
     assert_allclose(np.linalg.norm(components, axis=1), 1)

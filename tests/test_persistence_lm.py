@@ -51,5 +51,5 @@ def test_harvest_provenance_reaches_the_dictionary_and_the_export(tmp_path, caps
     # Typing another layer than the one fitted: written, with a warning.
     argv = ["export", dictionary, "-o", tmp_path / "sae0", "--hook-name"]
     assert main([str(a) for a in [*argv, "blocks.0.hook_resid_post"]]) == 0
-    assert "differs from the 'blocks.1.hook_resid_post'" in capsys.readouterr().err
+    assert "fitted on the activations of hook_name='blocks.1.hook_resid_post'" in capsys.readouterr().err
     assert np.isfinite(loaded.components_).all()

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sklearn_dbksvd import _backend, _numba, _replace, _step
+from sklearn_dbksvd import _backend, _fit_loop, _numba, _replace, _step
 from sklearn_dbksvd._step import batch_metrics, clear_dictionary, dbksvd_step
 from sklearn_dbksvd._update import leading_singular_pair, rank_one_power_step
 from tests import _helpers
@@ -294,12 +294,10 @@ def fit_computing_every_gram(params, monkeypatch, X):
     """The reference fit: every step computes its own Gram matrix."""
     from sklearn_dbksvd import DBKSVDDictionaryLearning
 
-    step = DBKSVDDictionaryLearning._step
+    step = _fit_loop.fit_step
     with monkeypatch.context() as patch:
         patch.setattr(
-            DBKSVDDictionaryLearning,
-            "_step",
-            lambda self, *a, gram=None, **kw: step(self, *a, **kw),
+            _fit_loop, "fit_step", lambda *a, gram=None, **kw: step(*a, **kw)
         )
         return DBKSVDDictionaryLearning(**params).fit(X)
 
@@ -462,13 +460,13 @@ def test_positive_dict_fit_computes_one_gram_matrix_per_step(monkeypatch):
     params = gram_fit_params(positive_dict=True, replace_coherence=0.999)
     expected = fit_computing_every_gram(params, monkeypatch, X)
     calls, given = count_gram_calls(monkeypatch), []
-    step = DBKSVDDictionaryLearning._step
+    step = _fit_loop.fit_step
 
-    def recording_step(self, *a, gram=None, **kw):
+    def recording_step(*a, gram=None, **kw):
         given.append(gram is not None)
-        return step(self, *a, gram=gram, **kw)
+        return step(*a, gram=gram, **kw)
 
-    monkeypatch.setattr(DBKSVDDictionaryLearning, "_step", recording_step)
+    monkeypatch.setattr(_fit_loop, "fit_step", recording_step)
     model = DBKSVDDictionaryLearning(**params).fit(X)
     # A step hands its matrix on when it checked coherence (the first 80 %
     # of the steps) and replaced no atom; then the next step computes none.

@@ -109,14 +109,10 @@ def make_problem(problem, seed):
 def _current_components(model):
     """The atoms right after the step that just ended, for the callback.
 
-    The public callback only gets the step's metrics. The atoms come from
-    ``_RecordingDBKSVD._step`` or, if the package renamed that hook, from
-    the caller's frame (a local ``components``, or ``state.components``).
+    The public callback only gets the step's metrics; the atoms are read
+    from the fit loop's frame (``state.components``, or a local
+    ``components``).
     """
-    components = getattr(model, "_bench_last_components", None)
-    if components is not None:
-        model._bench_last_components = None
-        return components
     frame = sys._getframe(2)
     components = frame.f_locals.get("components")
     if components is None and "state" in frame.f_locals:
@@ -126,14 +122,6 @@ def _current_components(model):
 
 def fit_dbksvd(X, problem, seed, snaps, **params):
     from sklearn_dbksvd import DBKSVDDictionaryLearning
-
-    class _RecordingDBKSVD(DBKSVDDictionaryLearning):
-        """Keeps the atoms returned by each step for the benchmark's callback."""
-
-        def _step(self, *args, **kwargs):
-            components, info = super()._step(*args, **kwargs)
-            self._bench_last_components = components
-            return components, info
 
     def callback(info):
         components = _current_components(model)
@@ -153,7 +141,7 @@ def fit_dbksvd(X, problem, seed, snaps, **params):
         "random_state": seed,
         **params,
     }
-    model = _RecordingDBKSVD(**config, callback=callback)
+    model = DBKSVDDictionaryLearning(**config, callback=callback)
     snaps.start()
     model.fit(X)
     wall, cpu = snaps.stop()

@@ -1,13 +1,13 @@
 """``dbksvd fit``: the estimator's fit loop, checkpointed and resumable.
 
-The loop is the estimator's own (``_fit_loop.run_fit``), so an uninterrupted
-run gives exactly ``model.fit(X)``. After every ``every`` steps it saves, with
-one atomic rename, everything the rest of the run depends on: the atoms, the
-step counter, the state of the random generator now and at the start of the
-current epoch (the epoch's shuffle is drawn again from it), and the history
-(early stopping is replayed from it). Killing the process loses at most the
-steps since the last checkpoint, and running the same command again
-continues from there to the same dictionary.
+The loop is the estimator's own (``fit_from_state``, which ``fit`` runs from
+a fresh state), so an uninterrupted run gives exactly ``model.fit(X)``. After
+every ``every`` steps it saves, with one atomic rename, everything the rest of
+the run depends on: the atoms, the step counter, the state of the random
+generator now and at the start of the current epoch (the epoch's shuffle is
+drawn again from it), and the history (early stopping is replayed from it).
+Killing the process loses at most the steps since the last checkpoint, and
+running the same command again continues from there to the same dictionary.
 
 The checkpoint file is :mod:`sklearn_dbksvd.persistence._checkpoint`'s. It
 records the input's path, shape, dtype and fingerprint, so that a resumption
@@ -19,10 +19,8 @@ import contextlib
 import json
 from pathlib import Path
 
-from sklearn.utils import check_random_state
-
 from .. import persistence
-from .._fit_loop import FitState, plan_fit, run_fit, set_fitted
+from .._fit_loop import FitState
 from ..persistence import _checkpoint
 from ._io import UserError, to_json
 
@@ -102,21 +100,15 @@ def fit_resumable(
             except OSError as error:
                 raise UserError(str(error)) from error
             path = Path(checkpoint_dir) / CHECKPOINT_NAME
-        X, fit_input = model._validate_fit_data(X, first=True, keep_lazy=True)
-        plan = plan_fit(model, X)
         config = run_config(model, input_description)
         state = None if path is None else load_checkpoint(path, config)
-        if state is None:
-            state = FitState(check_random_state(model.random_state))
-        resumed_from = state.step
+        resumed_from = 0 if state is None else state.step
 
         def checkpoint(state):
             if path is not None and (state.step % every == 0 or state.done):
                 save_checkpoint(path, state, config)
 
-        run_fit(model, X, plan, state, on_step=checkpoint, verbose=progress)
-    if state.components is None:
+        model.fit_from_state(X, state, on_step=checkpoint, verbose=progress)
+    if model.n_steps_ == 0:
         raise UserError("the run made no step.")
-    set_fitted(model, plan, state)
-    model._set_fit_input(fit_input)  # features and provenance, as fit records
     return model, resumed_from

@@ -108,6 +108,7 @@ def add_parser(commands):
 
 def run(args):
     """Learn a dictionary from INPUT and write it to OUTPUT."""
+    from .._settings import resolved_batch_size
     from ._io import (
         check_dictionary_output,
         describe_input,
@@ -134,7 +135,7 @@ def run(args):
     if args.steps is not None:
         # As many epochs as the steps need; early stopping may end sooner.
         n_samples, n_features = X.shape
-        batch_size = model._resolved_batch_size(n_samples, n_features)
+        batch_size = resolved_batch_size(model.batch_size, n_samples, n_features)
         n_batches = math.ceil(n_samples / batch_size)
         model.set_params(
             max_steps=args.steps, max_iter=math.ceil(args.steps / n_batches)

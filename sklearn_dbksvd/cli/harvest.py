@@ -186,7 +186,8 @@ def run(args):
         prepend_bos=not args.no_bos,
         dtype=args.dtype,
         overwrite=args.force,
-        progress=progress_wanted(args),
+        # Off a terminal (a log, a batch job): plain lines, unless -q.
+        progress=progress_wanted(args) or (False if args.quiet else "lines"),
     )
     manifest = read_manifest(directory)
     print(

@@ -117,6 +117,88 @@ def _resolve_hook_layer(hook_name, hook_layer):
     return int(match.group(1))
 
 
+def model_fields(
+    estimator, *, model_name=None, hook_name=None, hook_layer=None,
+    context_size=None, prepend_bos=None,
+):
+    """The language-model fields of an SAELens or SAEBench cfg.
+
+    What is given wins; what is not comes from the estimator's
+    ``provenance_`` (a dictionary fitted on a harvest). A given model, hook
+    or layer that differs from the provenance's is written as given, with a
+    :class:`~sklearn_dbksvd.lm.ProvenanceWarning` (a user may mean it).
+
+    Returns
+    -------
+    fields : dict
+        ``model_name``, ``hook_name``, ``hook_layer``, ``context_size``
+        (None when unknown) and ``prepend_bos`` (True when unknown, SAELens'
+        default and a harvest's).
+
+    Raises
+    ------
+    ValueError
+        When ``model_name`` or ``hook_name`` is neither given nor recorded,
+        or a value is of the wrong type.
+    """
+    from ..lm._provenance import ProvenanceWarning, provenance_of
+
+    provenance = provenance_of(estimator)
+    recorded = {
+        "model_name": provenance.get("model_name"),
+        "hook_name": provenance.get("hook_name"),
+        # Another hook given: its layer is read from its name.
+        "hook_layer": provenance.get("layer")
+        if hook_name in (None, provenance.get("hook_name"))
+        else None,
+        "context_size": provenance.get("context_size"),
+        "prepend_bos": provenance.get("prepend_bos"),
+    }
+    given = {
+        "model_name": model_name,
+        "hook_name": hook_name,
+        "hook_layer": hook_layer,
+        "context_size": context_size,
+        "prepend_bos": prepend_bos,
+    }
+    for key in ("model_name", "hook_name", "hook_layer"):
+        if given[key] is not None and recorded[key] is not None and (
+            given[key] != recorded[key]
+        ):
+            warnings.warn(
+                f"{key}={given[key]!r}, but the dictionary was fitted on the "
+                f"activations of {key}={recorded[key]!r} (its provenance_): "
+                "writing the one given.",
+                ProvenanceWarning,
+                stacklevel=3,
+            )
+    fields = {
+        key: recorded[key] if value is None else value for key, value in given.items()
+    }
+    for key in ("model_name", "hook_name"):
+        value = fields[key]
+        if value is None:
+            raise ValueError(
+                f"{key} is not known: the estimator records no provenance "
+                f"(it was not fitted on a harvest directory); pass {key}=..."
+            )
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{key} must be a non-empty string; got {value!r}.")
+    if fields["context_size"] is not None and not _positive_int(fields["context_size"]):
+        raise ValueError(
+            f"context_size must be a positive int; got {fields['context_size']!r}."
+        )
+    if fields["prepend_bos"] is None:
+        fields["prepend_bos"] = True
+    elif not isinstance(fields["prepend_bos"], bool):
+        raise ValueError(f"prepend_bos must be a bool; got {fields['prepend_bos']!r}.")
+    layer = fields["hook_layer"]
+    fields["hook_layer"] = _resolve_hook_layer(
+        fields["hook_name"], layer if isinstance(layer, Integral) else None
+    )
+    return fields
+
+
 def _read_directory(directory):
     """``(config, our block)`` of a directory written by :func:`save_sae`.
 

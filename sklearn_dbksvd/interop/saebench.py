@@ -12,99 +12,19 @@ not give the fields. ``dbksvd saebench`` runs SAEBench's evaluations on it.
 import contextlib
 import dataclasses
 import os
-import warnings
-from numbers import Integral
 from pathlib import Path
 
-from ._common import _check_estimator, _resolve_hook_layer
-
-# Provenance keys (see the estimators' ``provenance_``) that fill the cfg.
-_PROVENANCE_FIELDS = ("model_name", "hook_name", "context_size", "prepend_bos")
-
-
-def _provenance(estimator):
-    provenance = getattr(estimator, "provenance_", None)
-    return provenance if isinstance(provenance, dict) else {}
+from ._common import _check_estimator, model_fields
 
 
 def saebench_fields(
     estimator, *, model_name=None, hook_name=None, context_size=None, prepend_bos=None
 ):
-    """The model fields of the SAEBench cfg: given, else from the provenance.
-
-    Parameters
-    ----------
-    estimator : DBKSVDDictionaryLearning or MatryoshkaDBKSVD
-        Fitted estimator; its ``provenance_`` (when fitted on a harvest)
-        supplies what is not given.
-    model_name, hook_name, context_size, prepend_bos : default=None
-        See :func:`to_saebench`.
-
-    Returns
-    -------
-    fields : dict
-        ``model_name``, ``hook_name``, ``hook_layer``, ``context_size`` and
-        ``prepend_bos``.
-
-    Raises
-    ------
-    ValueError
-        When ``model_name`` or ``hook_name`` is neither given nor recorded,
-        or a value is of the wrong type.
-
-    Warns
-    -----
-    UserWarning
-        When a given ``model_name`` or ``hook_name`` differs from the
-        provenance's (another model or layer than the dictionary's).
-    """
-    provenance = _provenance(estimator)
-    given = {
-        "model_name": model_name,
-        "hook_name": hook_name,
-        "context_size": context_size,
-        "prepend_bos": prepend_bos,
-    }
-    for key in ("model_name", "hook_name"):
-        recorded = provenance.get(key)
-        if given[key] is not None and recorded is not None and given[key] != recorded:
-            warnings.warn(
-                f"{key}={given[key]!r}, but the dictionary was fitted on the "
-                f"activations of {key}={recorded!r}: SAEBench will evaluate it "
-                "on other activations than its own.",
-                UserWarning,
-                stacklevel=3,
-            )
-    fields = {
-        key: provenance.get(key) if value is None else value
-        for key, value in given.items()
-    }
-    for key in ("model_name", "hook_name"):
-        if fields[key] is None:
-            raise ValueError(
-                f"{key} is not known: the estimator records no provenance "
-                f"(it was not fitted on a harvest directory); pass {key}=..."
-            )
-        if not isinstance(fields[key], str) or not fields[key]:
-            raise ValueError(f"{key} must be a non-empty string; got {fields[key]!r}.")
-    if fields["context_size"] is not None and (
-        not isinstance(fields["context_size"], Integral)
-        or isinstance(fields["context_size"], bool)
-        or fields["context_size"] < 1
-    ):
-        raise ValueError(
-            f"context_size must be a positive int; got {fields['context_size']!r}."
-        )
-    if fields["prepend_bos"] is None:
-        # SAELens' and SAEBench's default, and what a harvest does by default.
-        fields["prepend_bos"] = True
-    elif not isinstance(fields["prepend_bos"], bool):
-        raise ValueError(f"prepend_bos must be a bool; got {fields['prepend_bos']!r}.")
-    layer = provenance.get("layer") if hook_name is None else None
-    fields["hook_layer"] = _resolve_hook_layer(
-        fields["hook_name"], layer if isinstance(layer, Integral) else None
+    """The model fields of the SAEBench cfg (see ``_common.model_fields``)."""
+    return model_fields(
+        estimator, model_name=model_name, hook_name=hook_name,
+        context_size=context_size, prepend_bos=prepend_bos,
     )
-    return fields
 
 
 def to_saebench(

@@ -106,8 +106,8 @@ from ._common import (
     _check_estimator,
     _encoder_settings,
     _read_sae,
-    _resolve_hook_layer,
     _safetensors_numpy,
+    model_fields,
 )
 
 
@@ -228,57 +228,6 @@ def _warn_if_saelens_differs(estimator):
         )
 
 
-# Fields of cfg.json filled from the estimator's provenance_ when not given.
-_PROVENANCE_FIELDS = {
-    "model_name": "model_name",
-    "hook_name": "hook_name",
-    "hook_layer": "layer",
-    "context_size": "context_size",
-    "prepend_bos": "prepend_bos",
-}
-
-
-def _model_fields(estimator, given):
-    """The language-model fields of cfg.json: given, else from the provenance.
-
-    A given ``hook_name``, ``hook_layer`` or ``model_name`` that differs from
-    the provenance's gets a ``UserWarning`` (the user may mean it).
-    """
-    provenance = getattr(estimator, "provenance_", None) or {}
-    fields = {}
-    for field, key in _PROVENANCE_FIELDS.items():
-        recorded = provenance.get(key)
-        if field == "hook_layer" and given["hook_name"] not in (
-            None,
-            provenance.get("hook_name"),
-        ):
-            # Another hook typed: its layer is read from its name.
-            recorded = None
-        value = given[field]
-        if value is None:
-            value = recorded
-        elif (
-            recorded is not None
-            and value != recorded
-            and field in ("model_name", "hook_name", "hook_layer")
-        ):
-            warnings.warn(
-                f"{field}={value!r} differs from the {recorded!r} the dictionary "
-                "was fitted on (its provenance_); writing the one given.",
-                UserWarning,
-                stacklevel=4,
-            )
-        fields[field] = value
-    for field in ("hook_name", "model_name"):
-        value = fields[field]
-        if not isinstance(value, str) or not value:
-            hint = "" if provenance else " (the dictionary has no provenance_)"
-            raise ValueError(f"{field} must be a non-empty str; got {value!r}{hint}.")
-    if fields["prepend_bos"] is None:
-        fields["prepend_bos"] = True
-    return fields
-
-
 def save_sae(
     estimator,
     directory,
@@ -361,19 +310,17 @@ def save_sae(
     load_torch : Load the directory as a :class:`MatchingPursuitEncoder`.
     """
     _check_estimator(estimator)
-    fields = _model_fields(
+    fields = model_fields(
         estimator,
-        {
-            "model_name": model_name,
-            "hook_name": hook_name,
-            "hook_layer": hook_layer,
-            "context_size": context_size,
-            "prepend_bos": prepend_bos,
-        },
+        model_name=model_name,
+        hook_name=hook_name,
+        hook_layer=hook_layer,
+        context_size=context_size,
+        prepend_bos=prepend_bos,
     )
     hook_name, model_name = fields["hook_name"], fields["model_name"]
     context_size, prepend_bos = fields["context_size"], fields["prepend_bos"]
-    hook_layer = _resolve_hook_layer(hook_name, fields["hook_layer"])
+    hook_layer = fields["hook_layer"]
     if architecture not in _ARCHITECTURES:
         raise ValueError(
             f"architecture must be one of {_ARCHITECTURES}; got {architecture!r}."

@@ -22,13 +22,15 @@ class Progress:
         Rows or tokens expected, if known.
     noun : str, default="tokens"
         What is counted.
+    initial : int, default=0
+        Already done before this run (a resumed job).
     """
 
-    def __init__(self, progress, desc, total=None, noun="tokens"):
+    def __init__(self, progress, desc, total=None, noun="tokens", initial=0):
         self.desc, self.total, self.noun = desc, total, noun
         self.lines = progress == "lines"
         self.bar = None
-        self.done = 0
+        self.done = initial
         self.start = self.last = time.monotonic()
         if progress and not self.lines:
             try:
@@ -36,7 +38,7 @@ class Progress:
             except ImportError:
                 self.lines = True
             else:
-                self.bar = tqdm(total=total, unit="tok", desc=desc)
+                self.bar = tqdm(total=total, initial=initial, unit="tok", desc=desc)
 
     def _line(self, extra, finished=False):
         of = "" if self.total is None else f" of {self.total}"

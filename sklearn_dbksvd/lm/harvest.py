@@ -81,6 +81,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _model, _store
+from ._progress import Progress
 
 # Rows per shard: 256 MiB of activations whatever d_in, big enough for
 # sequential reads, small enough to keep in memory while it fills.
@@ -112,16 +113,6 @@ def _check_positive(name, value, allow_none=False):
         return
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
-
-
-def _progress_bar(progress, total, initial):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional (the cli extra)
-        return None
-    return tqdm(total=total, initial=initial, unit="tok", desc="harvest")
 
 
 class _LayerOutput:
@@ -289,8 +280,10 @@ def harvest_activations(
         one that is complete (its texts ran out, or it holds ``max_tokens``
         rows) is returned as it is once ``texts`` are checked to be the
         texts it was made of.
-    progress : bool, default=False
-        Show a tqdm progress bar (counting rows) when tqdm is installed.
+    progress : bool or "lines", default=False
+        ``True``: a tqdm progress bar counting rows (lines when tqdm is not
+        installed); ``"lines"``: a line on stderr every 10 s and one at the
+        end, for logs; ``False``: nothing.
 
     Returns
     -------
@@ -362,7 +355,7 @@ def _run(model, tokenizer, texts, submodule, directory, manifest, settings, *,
     device = _model.model_device(model)
     itemsize = 2 if dtype == "bfloat16" else 4
     buffer = _ShardBuffer(manifest.get("partial"))
-    bar = _progress_bar(progress, max_tokens, manifest["n_rows"])
+    bar = Progress(progress, "harvest", max_tokens, initial=manifest["n_rows"])
     exhausted = True
     try:
         for batch in _model.batches(_feed(documents, manifest, last_ids), batch_size):
@@ -402,12 +395,10 @@ def _run(model, tokenizer, texts, submodule, directory, manifest, settings, *,
                 [ids for _, ids, _, new in batch[:used] if new],
             )
             buffer.partial = cut
-            if bar is not None:
-                bar.update(len(doc))
-                bar.set_postfix(
-                    docs=manifest["n_documents"] + len(buffer.documents),
-                    refresh=False,
-                )
+            bar.update(
+                len(doc),
+                f", {manifest['n_documents'] + len(buffer.documents)} documents",
+            )
             target = shard_rows or max(1, _SHARD_BYTES // (hidden.shape[-1] * itemsize))
             if buffer.n_rows >= target:
                 buffer.flush(directory, manifest, context_size, digest)
@@ -416,8 +407,7 @@ def _run(model, tokenizer, texts, submodule, directory, manifest, settings, *,
                 break
         buffer.flush(directory, manifest, context_size, digest)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     # Complete only when the texts ran out: a larger max_tokens resumes.
     manifest["complete"] = exhausted
     _store.write_manifest(directory, manifest)
