@@ -221,12 +221,6 @@ def atomic_write(path, force=True):
         yield file
 
 
-def save_npz_atomic(path, force=True, **arrays):
-    """``np.savez`` through :func:`atomic_write`."""
-    with atomic_write(path, force) as file:
-        np.savez(file, **arrays)
-
-
 # ----------------------------------------------------------------------
 # Dictionaries
 # ----------------------------------------------------------------------
