@@ -285,8 +285,10 @@ def fit_memory(
     parts["total"] = sum(parts.values())
     parts["minimum"] = minimum
     parts["available"] = available_memory()
-    device_available = None if backend is None else _backend.device_memory(backend)
     parts["device"] = None
+    device_available = None
+    if backend is not None and not backend.is_numpy:
+        device_available = _backend.device_memory(backend)
     if device_available is not None:
         parts["device"] = fit_device_memory(
             n_components, n_features, batch_size, itemsize,
