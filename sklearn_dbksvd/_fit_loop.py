@@ -368,8 +368,9 @@ def format_bytes(n_bytes):
 def check_fit_memory(memory, n_components, n_features):
     """ValueError when even the fit's ``minimum`` exceeds the memory available.
 
-    Called before anything of the fit's size is allocated (see
-    :func:`fit_memory`).
+    Host memory first, then, with a device backend, device memory (the
+    ``device`` part, see :func:`fit_device_memory`). Called before anything
+    of the fit's size is allocated (see :func:`fit_memory`).
     """
     if memory["minimum"] > memory["available"]:
         raise ValueError(
