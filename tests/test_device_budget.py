@@ -7,6 +7,9 @@ check that none asked for more than the budget, and the results are checked
 against float64 NumPy products and against runs with no device limit.
 """
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import sklearn
@@ -264,3 +267,28 @@ def test_device_estimate_of_a_paper_size_fit():
     assert parts["product_bytes"] == 2_535_176
     assert parts["block_rows"] == 99
     assert parts["minimum"] == 75_497_472 + 99 * 6400 * 4
+
+
+GUIDE = Path(__file__).resolve().parents[1] / "doc" / "user_guide.rst"
+
+
+@pytest.mark.skipif(not GUIDE.exists(), reason="the docs are not shipped in wheels")
+def test_user_guide_width_table_is_the_estimates():
+    text = GUIDE.read_text(encoding="utf-8")
+    rows = re.findall(r"^(\d+) GB +([\d,]+) +([\d,]+) +([\d,]+)$", text, re.M)
+    assert [int(r[0]) for r in rows] == [24, 40, 80, 141]
+
+    def fits(m, d, device_bytes):
+        parts = fit_device_memory(
+            m, d, 2**16, 4, available=device_bytes, gram_memory=2**36, n_jobs=16,
+            n_threads=16,
+        )
+        return parts["minimum"] <= device_bytes
+
+    for gb, *widths in rows:
+        for d, width in zip((576, 2304, 4096), widths, strict=True):
+            m = int(width.replace(",", ""))
+            # The largest multiple of 1,024 atoms that fits.
+            assert m % 1024 == 0
+            assert fits(m, d, int(gb) * 10**9)
+            assert not fits(m + 1024, d, int(gb) * 10**9)
