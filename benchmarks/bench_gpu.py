@@ -11,21 +11,28 @@ Usage::
     python benchmarks/bench_gpu.py -n 1048576     # the paper's appendix B size
     python benchmarks/bench_gpu.py --device-input # X already on the GPU
 
+Prints the device budget the run used (a quarter of the free device memory,
+split among the cores: ``_backend.product_budget``), the rows of the blocks
+that budget and the encoder give, the estimate of the device's part
+(``_fit_loop.fit_device_memory``) and what CuPy's memory pool held after
+the step, to set the computed table "largest width per GPU memory" of the
+user guide against a measurement.
+
 Exits with status 1 and a message where CuPy or a GPU is missing.
 """
 
 import argparse
 import sys
-import time
-
-import numpy as np
 
 
 def gpu_or_exit():
     try:
         import cupy
     except ImportError:
-        sys.exit("bench_gpu: CuPy is not installed (pip install 'sklearn-dbksvd[gpu]'); no GPU benchmark.")
+        sys.exit(
+            "bench_gpu: CuPy is not installed (pip install 'sklearn-dbksvd[gpu]'); "
+            "no GPU benchmark."
+        )
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # CUDA driver missing or broken
@@ -50,12 +57,31 @@ def main():
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     from bench_step import best_time, problem, step_kwargs
 
+    from sklearn_dbksvd import _backend
+    from sklearn_dbksvd._fit_loop import fit_device_memory
     from sklearn_dbksvd._step import dbksvd_step
 
     X, D = problem(args.n, args.d, args.m)
     X_in = cupy.asarray(X) if args.device_input else X
     name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"n={args.n} d={args.d} m={args.m} k={args.k} float32 on {name}")
+    backend = _backend.resolve_backend("cupy", X_in)
+    free = _backend.device_memory(backend)
+    budget = backend.product_bytes
+    estimate = fit_device_memory(
+        args.m, args.d, args.n, 4, available=free, gram_memory=None,
+        n_jobs=args.n_jobs,
+    )
+    row_bytes = (args.d + args.m) * 4
+    print(
+        f"  device memory free: {free / 1e9:.2f} GB; budget of one product: "
+        f"{budget / 1e6:.1f} MB ({budget // row_bytes} rows of X Dᵀ or D Dᵀ)"
+    )
+    print(
+        f"  estimate: atoms (twice) {estimate['atoms'] / 1e9:.2f} GB + blocks of "
+        f"{estimate['block_rows']} samples in flight "
+        f"{estimate['blocks'] / 1e9:.2f} GB = {estimate['total'] / 1e9:.2f} GB"
+    )
 
     def gemm():
         Xg, Dg = cupy.asarray(X), cupy.asarray(D)
@@ -66,12 +92,16 @@ def main():
     t_gemm, _ = best_time(gemm, args.repeat)
 
     def gpu_step():
-        result = dbksvd_step(X_in, D, **step_kwargs(args.k, args.n_jobs, backend="cupy"))
+        kwargs = step_kwargs(args.k, args.n_jobs, backend="cupy")
+        result = dbksvd_step(X_in, D, **kwargs)
         cupy.cuda.runtime.deviceSynchronize()
         return result
 
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()  # the pool then holds what the steps asked for
     gpu_step()  # warm-up: CUDA context, cuBLAS handles, compiled kernels
     t_gpu, _ = best_time(gpu_step, args.repeat)
+    print(f"  CuPy memory pool after the steps: {pool.total_bytes() / 1e9:.2f} GB held")
     print(f"  GEMM X @ D.T on the GPU (with transfer): {t_gemm:.3f} s")
     print(f"  one step, backend='cupy'               : {t_gpu:.3f} s  (target < 1 s)")
     if not args.no_cpu:

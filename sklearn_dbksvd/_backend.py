@@ -13,9 +13,17 @@ live on a device are used there without a trip through the host.
 The NumPy backend takes shortcuts (compiled residual kernel, in-place
 updates); the others use only standard functions, so that the CPU test suite
 exercises the same code path with ``array_api_strict`` on a non-default device.
+
+Device memory is bounded like host memory: no device product asks for more
+than :attr:`ArrayBackend.product_bytes` at once (its block of operand rows
+plus its result); larger products go a block of rows at a time into a host
+array (see :func:`device_memory` and :func:`product_budget`).
 """
 
+import threading
+
 import numpy as np
+from joblib import cpu_count
 
 from . import _numba
 
@@ -23,6 +31,18 @@ try:
     import array_api_compat
 except ImportError:  # pragma: no cover - only the NumPy backend then
     array_api_compat = None
+
+
+# Of the device memory free when a backend runs its first product, the
+# fraction its products may ask for at once, shared among the threads that
+# may run them (see :func:`product_budget`): the quarter of
+# ``gram_memory="auto"``, for the same reason. The rest is for what the
+# device holds besides (the atoms, twice while the encoder's copy and the
+# Gram rows' coexist), the GEMM library's workspace and other processes.
+_DEVICE_FRACTION = 0.25
+
+# One backend resolves its budget once, whichever thread runs a product first.
+_BUDGET_LOCK = threading.Lock()
 
 
 def _is_numpy_array(array):
@@ -44,15 +64,105 @@ class ArrayBackend:
         self.xp = xp
         self.device = device
         self.is_numpy = xp is np
+        self._product_bytes = None
+        self._resolved = self.is_numpy
 
     def __repr__(self):
         return f"ArrayBackend({getattr(self.xp, '__name__', self.xp)}, {self.device})"
+
+    @property
+    def product_bytes(self):
+        """Bytes one device product may ask for at once; None: no device limit.
+
+        :func:`product_budget` of :func:`device_memory`, resolved when the
+        first product runs (the atoms are then on the device, the blocks not
+        yet) and kept for the backend's life, so that how the products are
+        split never depends on which thread ran first or what memory other
+        callers held meanwhile. None for host namespaces (NumPy,
+        ``array_api_strict``, torch on the CPU): their products are host
+        memory, within the host budgets already.
+        """
+        if not self._resolved:
+            with _BUDGET_LOCK:
+                if not self._resolved:
+                    self._product_bytes = product_budget(device_memory(self))
+                    self._resolved = True
+        return self._product_bytes
 
     def asarray(self, array):
         """``array`` in this namespace and on this device (no copy if it is)."""
         if self.is_numpy:
             return to_numpy(array)
         return self.xp.asarray(array, device=self.device)
+
+
+def device_memory(backend):
+    """Bytes the device of ``backend`` can still give; None for host memory.
+
+    CuPy: the device's free memory plus the free bytes of CuPy's default
+    memory pool (held by this process, given to the next allocation). Torch
+    on a CUDA device: the device's free memory plus the bytes its caching
+    allocator holds unused. Other namespaces (NumPy, ``array_api_strict``,
+    torch on the CPU) use host memory, budgeted by ``gram_memory`` and the
+    fit's estimate: None.
+    """
+    if backend.is_numpy or array_api_compat is None:
+        return None
+    xp = backend.xp
+    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - GPU only
+        import cupy
+
+        device = backend.device if backend.device is not None else cupy.cuda.Device()
+        with cupy.cuda.Device(getattr(device, "id", device)):
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        device = torch.device(backend.device if backend.device is not None else "cpu")
+        if device.type == "cuda":  # pragma: no cover - GPU only
+            free, _ = torch.cuda.mem_get_info(device)
+            unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
+                device
+            )
+            return int(free) + int(unused)
+    return None
+
+
+def product_budget(available, n_threads=None):
+    """Bytes one device product may ask for, of ``available`` device bytes.
+
+    ``_DEVICE_FRACTION`` of ``available``, split among ``n_threads`` (default:
+    the machine's cores, so that the split never depends on ``n_jobs``: the
+    blocks decide how each product is rounded). None when ``available`` is
+    None (host memory). Not a parameter of the estimators: the device holds
+    no cache a user would size, only the atoms and blocks in flight, and
+    ``gram_memory`` already sizes what the host keeps.
+    """
+    if available is None:
+        return None
+    n_threads = max(1, cpu_count() if n_threads is None else n_threads)
+    return int(_DEVICE_FRACTION * available) // n_threads
+
+
+def _row_blocks(backend, n_rows, row_bytes, fixed_bytes=0):
+    """Slices of ``n_rows`` so a product of ``row_bytes`` a row fits the budget.
+
+    One slice (the whole product) when the backend has no device limit or
+    the product fits; else blocks of as many rows as fit beside
+    ``fixed_bytes`` (at least one row).
+    """
+    limit = backend.product_bytes
+    if limit is None or fixed_bytes + n_rows * row_bytes <= limit:
+        return [slice(0, n_rows)]
+    step = max(1, int((limit - fixed_bytes) // max(1, row_bytes)))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
+
+
+def _itemsize(array):
+    if _is_numpy_array(array):
+        return array.itemsize
+    return array_api_compat.array_namespace(array).finfo(array.dtype).bits // 8
 
 
 def is_device_array(array):
@@ -150,34 +260,66 @@ def gram(backend, dictionary):
     """Host ``D Dᵀ`` of shape (n_components, n_components).
 
     NumPy computes ``D @ D.T`` with a symmetric rank-k update (half the
-    flops) when both operands are the same buffer; keep it that way.
+    flops) when both operands are the same buffer; keep it that way. On a
+    device, when the whole matrix exceeds the backend's
+    :attr:`~ArrayBackend.product_bytes`, blocks of rows ``D[i:j] Dᵀ`` go into
+    a host array: the same entries up to the rounding of the GEMM.
     """
     if backend.is_numpy:
         return dictionary @ dictionary.T
     D = backend.asarray(dictionary)
-    return to_numpy(D @ D.T)
+    n_components = dictionary.shape[0]
+    row_bytes = (n_components + dictionary.shape[1]) * dictionary.itemsize
+    blocks = _row_blocks(backend, n_components, row_bytes)
+    if len(blocks) == 1:
+        return to_numpy(D @ D.T)
+    out = np.empty((n_components, n_components), dtype=dictionary.dtype)
+    for rows in blocks:
+        out[rows] = to_numpy(D[rows, :] @ D.T)
+    return out
 
 
 def correlations(backend, X_block, dictionary_dev, out=None):
     """Host ``X_block @ Dᵀ`` of shape (n_block, n_components), C-ordered.
 
     ``out`` (C-ordered, of that shape and the dictionary's dtype) receives
-    the product when the backend is NumPy; otherwise a new array is made.
+    the product when given and of the product's dtype; otherwise a new array
+    is made. On a device the product goes a block of rows at a time when the
+    whole of it (the rows sent and the result) exceeds the backend's
+    :attr:`~ArrayBackend.product_bytes`.
     """
     if backend.is_numpy:
         if out is not None and out.dtype == np.result_type(X_block, dictionary_dev):
             return np.matmul(X_block, dictionary_dev.T, out=out)
         return X_block @ dictionary_dev.T
-    corr = backend.asarray(X_block) @ dictionary_dev.T
-    return np.ascontiguousarray(to_numpy(corr))
+    n_rows, n_components = X_block.shape[0], dictionary_dev.shape[0]
+    row_bytes = (X_block.shape[1] + n_components) * _itemsize(dictionary_dev)
+    blocks = _row_blocks(backend, n_rows, row_bytes)
+    result = out
+    for rows in blocks:
+        part = X_block if len(blocks) == 1 else X_block[rows, :]
+        corr = to_numpy(backend.asarray(part) @ dictionary_dev.T)
+        if result is None or result.dtype != corr.dtype or not (
+            result.shape == (n_rows, n_components) and result.flags.c_contiguous
+        ):
+            if len(blocks) == 1:
+                return np.ascontiguousarray(corr)
+            result = np.empty((n_rows, n_components), dtype=corr.dtype)
+        result[rows] = corr
+    return result
 
 
 def sq_norms(backend, X_block):
     """Host squared norms of the rows of ``X_block``."""
     if backend.is_numpy:
         return np.einsum("ij,ij->i", X_block, X_block)
-    X_block = backend.asarray(X_block)
-    return to_numpy(backend.xp.sum(X_block * X_block, axis=1))
+    # The rows sent and their squares.
+    row_bytes = 2 * X_block.shape[1] * _itemsize(X_block)
+    parts = []
+    for rows in _row_blocks(backend, X_block.shape[0], row_bytes):
+        block = backend.asarray(X_block[rows, :])
+        parts.append(to_numpy(backend.xp.sum(block * block, axis=1)))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def residual(backend, X_block, indices, values, dictionary, dictionary_dev, out):
@@ -191,15 +333,19 @@ def residual(backend, X_block, indices, values, dictionary, dictionary_dev, out)
         _subtract_selections(out, indices, values, dictionary)
         return out
     xp = backend.xp
-    R = backend.asarray(X_block)
-    idx = backend.asarray(indices)
-    val = backend.asarray(values)
-    # One selection at a time: a (n_block, n_features) temporary, never
-    # (n_block, n_selections, n_features).
-    for t in range(indices.shape[1]):
-        atoms = xp.take(dictionary_dev, idx[:, t], axis=0)
-        R = R - val[:, t : t + 1] * atoms
-    out[...] = to_numpy(R)
+    # A row of the residual, of the atoms gathered, of their scaled copy and
+    # of the next residual, and the row's selections.
+    row_bytes = 4 * X_block.shape[1] * _itemsize(dictionary_dev) + 16 * indices.shape[1]
+    for rows in _row_blocks(backend, X_block.shape[0], row_bytes):
+        R = backend.asarray(X_block[rows, :])
+        idx = backend.asarray(indices[rows])
+        val = backend.asarray(values[rows])
+        # One selection at a time: a (n_block, n_features) temporary, never
+        # (n_block, n_selections, n_features).
+        for t in range(indices.shape[1]):
+            atoms = xp.take(dictionary_dev, idx[:, t], axis=0)
+            R = R - val[:, t : t + 1] * atoms
+        out[rows] = to_numpy(R)
     return out
 
 
@@ -245,13 +391,32 @@ _subtract_selections = _numba.twins(
 def normal_matrix(backend, E):
     """``EᵀE`` of a wide error matrix, computed in the backend.
 
-    Returns the device copy of ``E`` (for the final ``E v``) and the host
-    ``EᵀE`` of shape (n_features, n_features).
+    Returns what :func:`matvec` takes for the final ``E v`` (the device copy
+    of ``E``; the host ``E`` itself when it exceeds the backend's
+    :attr:`~ArrayBackend.product_bytes`, then summed a block of rows at a
+    time) and the host ``EᵀE`` of shape (n_features, n_features).
     """
-    E_dev = backend.asarray(E)
-    return E_dev, to_numpy(E_dev.T @ E_dev)
+    n_features = E.shape[1]
+    blocks = _row_blocks(
+        backend, E.shape[0], n_features * E.itemsize, n_features**2 * E.itemsize
+    )
+    if len(blocks) == 1:
+        E_dev = backend.asarray(E)
+        return E_dev, to_numpy(E_dev.T @ E_dev)
+    normal = np.zeros((n_features, n_features), dtype=E.dtype)
+    for rows in blocks:
+        E_part = backend.asarray(E[rows])
+        normal += to_numpy(E_part.T @ E_part)
+    return E, normal
 
 
 def matvec(backend, E_dev, vector):
-    """Host ``E @ vector`` for an error matrix already in the backend."""
-    return to_numpy(E_dev @ backend.asarray(vector))
+    """Host ``E @ vector`` for an error matrix from :func:`normal_matrix`."""
+    if backend.is_numpy or not _is_numpy_array(E_dev):
+        return to_numpy(E_dev @ backend.asarray(vector))
+    # The host ``E`` that did not fit the budget: a block of rows at a time.
+    vector = backend.asarray(vector)
+    blocks = _row_blocks(backend, E_dev.shape[0], (E_dev.shape[1] + 1) * E_dev.itemsize)
+    return np.concatenate(
+        [to_numpy(backend.asarray(E_dev[rows]) @ vector) for rows in blocks]
+    )

@@ -19,6 +19,7 @@ from joblib import effective_n_jobs
 from sklearn.utils import check_array
 from sklearn.utils._array_api import get_namespace
 
+from . import _backend
 from ._backend import host_dtype, is_device_array, to_namespace_of, to_numpy
 from ._data import (
     BatchReader,
@@ -221,14 +222,22 @@ def plan_fit(settings, X):
         n_components, n_features, min(batch_size, n_samples), k,
         dtype.itemsize if dtype.kind == "f" else 8,
         gram_memory=settings.step.gram_memory, n_jobs=settings.step.n_jobs,
+        backend=_fit_backend(settings, X),
     )
     check_fit_memory(memory, n_components, n_features)
     return FitPlan(n_components, batch_size, schedule, n_steps, memory)
 
 
+def _fit_backend(settings, X):
+    """The backend the fit's steps will resolve, for its memory estimate."""
+    return _backend.resolve_backend(
+        settings.step.backend, X if is_device_array(X) else None
+    )
+
+
 def fit_memory(
     n_components, n_features, batch_size, n_nonzero_coefs, itemsize, *,
-    gram_memory="auto", n_jobs=None,
+    gram_memory="auto", n_jobs=None, backend=None,
 ):
     """Estimated peak memory of a fit's step, in bytes, by part.
 
@@ -239,12 +248,17 @@ def fit_memory(
     carried one and the new one, at a step's end) when it fits in
     ``gram_memory``, else the budget. ``minimum`` is what no budget can
     shrink: everything but the Gram rows, with one block and one row of them.
+    With a ``backend`` whose products run on a device (an
+    :class:`~._backend.ArrayBackend` for which
+    :func:`~._backend.device_memory` is not None), ``device`` holds
+    :func:`fit_device_memory`'s estimate of the device's part.
 
     Returns
     -------
     dict
         ``atoms``, ``batch``, ``codes``, ``blocks``, ``gram``, ``total`` and
-        ``minimum`` in bytes, and ``available``: the memory available now.
+        ``minimum`` in bytes, ``available``: the memory available now, and
+        ``device``: a dict or None.
     """
     from . import _encode
     from ._gram_rows import _ROWS_BLOCK_BYTES, available_memory, resolve_gram_memory
@@ -271,6 +285,74 @@ def fit_memory(
     parts["total"] = sum(parts.values())
     parts["minimum"] = minimum
     parts["available"] = available_memory()
+    parts["device"] = None
+    device_available = None
+    if backend is not None and not backend.is_numpy:
+        device_available = _backend.device_memory(backend)
+    if device_available is not None:
+        parts["device"] = fit_device_memory(
+            n_components, n_features, batch_size, itemsize,
+            available=device_available, gram_memory=gram_memory, n_jobs=n_jobs,
+        )
+    return parts
+
+
+def fit_device_memory(
+    n_components, n_features, batch_size, itemsize, *, available,
+    gram_memory="auto", n_jobs=None, n_threads=None,
+):
+    """Estimated peak device memory of a fit's step, in bytes, by part.
+
+    What a device backend holds at once: the atoms, twice (the encoder's
+    copy beside that of the Gram matrix's or Gram rows' products), and one
+    product in flight per worker: a block of samples with its block of
+    correlations (or of Gram rows, or another product of the step, none
+    larger). A block has the encoder's rows (see :func:`fit_memory`), fewer
+    when that exceeds the budget of one product,
+    :func:`~._backend.product_budget` of the memory left beside one copy of
+    the atoms (the budget is resolved when the first product runs, the atoms
+    then on the device); at least one row. No budget shrinks this further,
+    so ``minimum`` is ``total``.
+
+    Parameters
+    ----------
+    n_components, n_features, batch_size, itemsize : int
+        Sizes of the fit.
+    available : int
+        Device bytes available (:func:`~._backend.device_memory`).
+    gram_memory : "auto", int, float or None, default="auto"
+        The host budget of Gram rows: past it the encoder takes larger
+        blocks of samples.
+    n_jobs : int, default=None
+        Workers running products at once.
+    n_threads : int, default=None
+        Threads the budget is split among (default: the machine's cores).
+
+    Returns
+    -------
+    dict
+        ``atoms``, ``blocks``, ``total`` and ``minimum`` in bytes,
+        ``block_rows`` (rows of one block), ``product_bytes`` (the budget of
+        one product) and ``available``.
+    """
+    from . import _encode
+    from ._gram_rows import _ROWS_BLOCK_BYTES, resolve_gram_memory
+
+    n_workers = max(1, effective_n_jobs(n_jobs))
+    atoms = n_components * n_features * itemsize
+    whole = n_components * n_components * itemsize
+    block_bytes = (
+        _encode._BLOCK_BYTES
+        if whole <= resolve_gram_memory(gram_memory)
+        else _ROWS_BLOCK_BYTES
+    )
+    rows = min(batch_size, _encode._block_size(n_components, itemsize, block_bytes))
+    row_bytes = (n_features + n_components) * itemsize
+    product = _backend.product_budget(max(0, available - atoms), n_threads)
+    rows = max(1, min(rows, product // row_bytes))
+    parts = {"atoms": 2 * atoms, "blocks": n_workers * rows * row_bytes}
+    parts["total"] = parts["minimum"] = parts["atoms"] + parts["blocks"]
+    parts.update(block_rows=rows, product_bytes=product, available=available)
     return parts
 
 
@@ -286,8 +368,9 @@ def format_bytes(n_bytes):
 def check_fit_memory(memory, n_components, n_features):
     """ValueError when even the fit's ``minimum`` exceeds the memory available.
 
-    Called before anything of the fit's size is allocated (see
-    :func:`fit_memory`).
+    Host memory first, then, with a device backend, device memory (the
+    ``device`` part, see :func:`fit_device_memory`). Called before anything
+    of the fit's size is allocated (see :func:`fit_memory`).
     """
     if memory["minimum"] > memory["available"]:
         raise ValueError(
@@ -298,6 +381,16 @@ def check_fit_memory(memory, n_components, n_features):
             f"one correlation block and one Gram row) but "
             f"{format_bytes(memory['available'])} is available: use a "
             f"smaller batch_size or fewer n_components."
+        )
+    device = memory.get("device")
+    if device is not None and device["minimum"] > device["available"]:
+        raise ValueError(
+            f"n_components={n_components} with {n_features} features needs at "
+            f"least {format_bytes(device['minimum'])} of device memory (the "
+            f"atoms, twice: {format_bytes(device['atoms'])}; blocks of samples "
+            f"and correlations in flight: {format_bytes(device['blocks'])}) but "
+            f"the device has {format_bytes(device['available'])} free: use "
+            f"fewer n_components, fewer n_jobs or backend='numpy'."
         )
 
 
@@ -574,6 +667,7 @@ def initial_components(X_batch, settings, random_state):
     when the fit's atoms and working arrays would not fit in memory (see
     :func:`fit_memory`).
     """
+    backend = _fit_backend(settings, X_batch)
     X_batch = to_numpy(X_batch)  # atoms live on the host
     dtype = X_batch.dtype
     n_features = X_batch.shape[1]
@@ -581,7 +675,7 @@ def initial_components(X_batch, settings, random_state):
     memory = fit_memory(
         n_components, n_features, X_batch.shape[0], settings.n_nonzero_coefs,
         dtype.itemsize, gram_memory=settings.step.gram_memory,
-        n_jobs=settings.step.n_jobs,
+        n_jobs=settings.step.n_jobs, backend=backend,
     )
     check_fit_memory(memory, n_components, n_features)
     if settings.dict_init is not None:

@@ -142,13 +142,20 @@ class GramRows:
         benchmarks. Updated by :meth:`add_stats` after each block.
     """
 
-    def __init__(self, dictionary, cache_rows, cache_slot, table_rows, backend):
+    def __init__(
+        self, dictionary, cache_rows, cache_slot, table_rows, backend,
+        dictionary_dev=None,
+    ):
         self.dictionary = dictionary
         self.cache_rows = cache_rows
         self.cache_slot = cache_slot
         self.table_rows = int(table_rows)
         self.backend = backend
-        self.dictionary_dev = backend.asarray(dictionary)
+        # The caller's device copy when it has one: one copy of the atoms less
+        # on the device.
+        self.dictionary_dev = (
+            backend.asarray(dictionary) if dictionary_dev is None else dictionary_dev
+        )
         self.dtype = dictionary.dtype
         self.itemsize = dictionary.itemsize
         self.shape = (dictionary.shape[0], dictionary.shape[0])
@@ -287,7 +294,9 @@ def plan_gram(
         )
     cache_slot = np.full(n_components, -1, dtype=np.intp)
     cache_slot[cached] = np.arange(n_cached)
-    return GramRows(dictionary, cache_rows, cache_slot, table_rows, backend)
+    return GramRows(
+        dictionary, cache_rows, cache_slot, table_rows, backend, dictionary_dev
+    )
 
 
 class CarriedGram:
