@@ -53,6 +53,17 @@ def _block_size(n_components, itemsize, block_bytes=_BLOCK_BYTES):
     return max(64, block_bytes // (n_components * itemsize) // 64 * 64)
 
 
+def encode_block_rows(n_components, itemsize, whole_gram=True):
+    """Samples per correlation block of :func:`_mp_encode`.
+
+    Larger blocks (``_ROWS_BLOCK_BYTES``) when the Gram rows are computed on
+    demand (``whole_gram`` false), so that more samples share each computed
+    row. The fit's memory estimates size their blocks with it too.
+    """
+    block_bytes = _BLOCK_BYTES if whole_gram else _ROWS_BLOCK_BYTES
+    return _block_size(n_components, itemsize, block_bytes)
+
+
 def _matching_pursuit_numpy(corr, gram, n_nonzero_coefs, positive, sq_norms, tol):
     """NumPy fallback of :func:`_matching_pursuit_gram`, one chunk at a time."""
     n_samples = corr.shape[0]
@@ -603,9 +614,9 @@ def _mp_encode(
             n_nonzero_coefs=n_nonzero_coefs, backend=backend,
         )
     n_samples = X.shape[0] if cov is None else cov.shape[1]
-    step = _block_size(gram.shape[0], gram.itemsize)
-    if isinstance(gram, GramRows):
-        step = _block_size(gram.shape[0], gram.itemsize, _ROWS_BLOCK_BYTES)
+    step = encode_block_rows(
+        gram.shape[0], gram.itemsize, whole_gram=not isinstance(gram, GramRows)
+    )
     blocks = [
         slice(start, min(start + step, n_samples))
         for start in range(0, n_samples, step)

@@ -261,7 +261,7 @@ def fit_memory(
         ``device``: a dict or None.
     """
     from . import _encode
-    from ._gram_rows import _ROWS_BLOCK_BYTES, available_memory, resolve_gram_memory
+    from ._gram_rows import available_memory, resolve_gram_memory
 
     n_workers = max(1, effective_n_jobs(n_jobs))
     atoms = 3 * n_components * n_features * itemsize
@@ -269,9 +269,9 @@ def fit_memory(
     codes = 40 * batch_size * n_nonzero_coefs
     whole = n_components * n_components * itemsize
     budget = resolve_gram_memory(gram_memory)
-    # Past the budget the coders take larger blocks (``_ROWS_BLOCK_BYTES``).
-    block_bytes = _encode._BLOCK_BYTES if whole <= budget else _ROWS_BLOCK_BYTES
-    block = min(batch_size, _encode._block_size(n_components, itemsize, block_bytes))
+    block = min(
+        batch_size, _encode.encode_block_rows(n_components, itemsize, whole <= budget)
+    )
     block *= n_components * itemsize
     gram = 2 * whole if whole <= budget else budget
     minimum = atoms + batch + codes + block + n_components * itemsize
@@ -292,7 +292,8 @@ def fit_memory(
     if device_available is not None:
         parts["device"] = fit_device_memory(
             n_components, n_features, batch_size, itemsize,
-            available=device_available, gram_memory=gram_memory, n_jobs=n_jobs,
+            # The budget resolved above: "auto" is read once.
+            available=device_available, gram_memory=budget, n_jobs=n_jobs,
         )
     return parts
 
@@ -336,17 +337,17 @@ def fit_device_memory(
         one product) and ``available``.
     """
     from . import _encode
-    from ._gram_rows import _ROWS_BLOCK_BYTES, resolve_gram_memory
+    from ._gram_rows import resolve_gram_memory
 
     n_workers = max(1, effective_n_jobs(n_jobs))
     atoms = n_components * n_features * itemsize
     whole = n_components * n_components * itemsize
-    block_bytes = (
-        _encode._BLOCK_BYTES
-        if whole <= resolve_gram_memory(gram_memory)
-        else _ROWS_BLOCK_BYTES
+    rows = min(
+        batch_size,
+        _encode.encode_block_rows(
+            n_components, itemsize, whole <= resolve_gram_memory(gram_memory)
+        ),
     )
-    rows = min(batch_size, _encode._block_size(n_components, itemsize, block_bytes))
     row_bytes = (n_features + n_components) * itemsize
     product = _backend.product_budget(max(0, available - atoms), n_threads)
     rows = max(1, min(rows, product // row_bytes))
